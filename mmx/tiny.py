@@ -1,0 +1,269 @@
+"""Tiny random Hugging Face checkpoints of Qwen2-VL / Qwen2.5-VL, built locally with no downloads.
+
+``make_tiny_checkpoint(out_dir, family="qwen2_5_vl")`` writes a directory that transformers loads through its real
+``from_pretrained`` paths (``AutoProcessor``, ``AutoTokenizer``, ``Qwen2_5_VLForConditionalGeneration``)::
+
+    config.json                   transformers' own config class, written by it (tiny sizes, see TINY_SIZES)
+    model.safetensors             random float32 weights under the names transformers 5.x save_pretrained writes
+                                  (``model.visual.*``, ``model.language_model.*``, ``lm_head.weight`` unless tied)
+    generation_config.json
+    tokenizer.json + tokenizer_config.json   byte-level BPE trained with ``tokenizers`` + the Qwen special tokens
+    chat_template.jinja           the Qwen2-VL / Qwen2.5-VL instruct chat template
+    preprocessor_config.json      Qwen2VLImageProcessor with small min/max pixels (images stay a few patches)
+    video_preprocessor_config.json, processor_config.json
+
+Weights come from numpy only (``numpy.random.default_rng(seed)``), so the builder works where torch is not
+installed; the same seed and overrides give byte-identical files. Norm weights are ``1 + 0.1 * randn`` and biases
+``0.1 * randn`` so a parity test notices a dropped norm or bias.
+
+Overrides: any ``text_config`` / ``vision_config`` field by name with a ``text_`` / ``vision_`` prefix
+(``text_num_attention_heads=8``, ``vision_depth=4``), or a top-level field (``mrope_section=[2, 2, 4]``,
+``vision_start_token_id`` etc. are fixed by the tokenizer and cannot be overridden).
+"""
+import json
+import os
+
+import numpy as np
+from safetensors.numpy import save_file
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+# The Qwen special tokens, in the order they get ids 0..6 in the tiny vocabulary.
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>")
+TOKEN_ID = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+
+BPE_VOCAB_SIZE = 300   # byte-level alphabet (256) + special tokens + a few merges
+PATCH_SIZE = 14        # the real Qwen-VL patch; the resize factor is patch * merge = 28 pixels
+MERGE_SIZE = 2
+MIN_PIXELS = 56 * 56   # every image is at least 2x2 merged tokens
+MAX_PIXELS = 56 * 84   # ... and at most 6 merged tokens, so the vision tower stays tiny
+
+TINY_SIZES = {
+    "text": dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=4096),
+    "mrope_section": [2, 3, 3],   # sums to head_dim / 2 = 64 / 4 / 2
+    "rope_theta": 10000.0,
+    "qwen2_vl_vision": dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
+                            hidden_act="quick_gelu"),
+    # window_size 56 px = 2x2 merged tokens per window: a 2x3 merged-token image is cut into 2 windows, so window
+    # attention differs from full attention; block 1 is a full-attention block.
+    "qwen2_5_vl_vision": dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                              window_size=56, fullatt_block_indexes=[1], tokens_per_second=2, hidden_act="silu"),
+}
+
+# The chat template of Qwen2-VL-7B-Instruct / Qwen2.5-VL-7B-Instruct (default system prompt, one
+# <|vision_start|><|image_pad|><|vision_end|> per image, <|video_pad|> per video).
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "You are a helpful assistant.", "Describe the image.", "What is in the picture?", "A cat sits on a mat.",
+    "The video shows a red ball rolling across the floor.", "user", "assistant", "system",
+    "There are two dogs and one bird in the photo.", "Answer the question with a short sentence.",
+    "The quick brown fox jumps over the lazy dog.", "Picture 1: Video 1:", "yes no maybe 0 1 2 3 4 5 6 7 8 9",
+]
+
+
+def make_tiny_checkpoint(out_dir, family="qwen2_5_vl", tied=False, seed=0, **overrides):
+    """Write a tiny random HF checkpoint of ``family`` into ``out_dir`` (created) and return ``out_dir``.
+
+    ``tied``: ``tie_word_embeddings`` (no ``lm_head.weight`` in the file). ``seed``: numpy seed of the weights.
+    ``overrides``: ``text_<field>=`` / ``vision_<field>=`` / ``mrope_section=`` / ``rope_theta=`` (see module doc).
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: make_tiny_checkpoint supports {', '.join(FAMILIES)}")
+    os.makedirs(out_dir, exist_ok=True)
+    config = _write_config(out_dir, family, tied, dict(overrides))
+    save_file(_random_weights(config, family, np.random.default_rng(seed)),
+              os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    _write_tokenizer(out_dir)
+    _write_processor(out_dir, family)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config.json and generation_config.json
+# ----------------------------------------------------------------------------------------------------------------
+
+def _write_config(out_dir, family, tied, overrides):
+    """Build the config with transformers' own class (it writes the exact 5.x format) and return it as a dict."""
+    text = dict(TINY_SIZES["text"])
+    vision = dict(TINY_SIZES[f"{family}_vision"])
+    mrope_section = list(overrides.pop("mrope_section", TINY_SIZES["mrope_section"]))
+    rope_theta = overrides.pop("rope_theta", TINY_SIZES["rope_theta"])
+    for key, value in overrides.items():
+        if key.startswith("text_"):
+            text[key[len("text_"):]] = value
+        elif key.startswith("vision_"):
+            vision[key[len("vision_"):]] = value
+        else:
+            raise ValueError(f"make_tiny_checkpoint: unknown override {key!r}; use text_<field>=, vision_<field>=, "
+                             f"mrope_section= or rope_theta=")
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    if sum(mrope_section) != head_dim // 2:
+        raise ValueError(f"mrope_section {mrope_section} sums to {sum(mrope_section)} but must sum to head_dim/2 = "
+                         f"{head_dim // 2} (hidden_size {text['hidden_size']} / {text['num_attention_heads']} heads)")
+    if family == "qwen2_vl":
+        vision["hidden_size"] = text["hidden_size"]       # the merger projects straight into the LLM width
+        from transformers import Qwen2VLConfig as config_class
+    else:
+        vision["out_hidden_size"] = text["hidden_size"]
+        from transformers import Qwen2_5_VLConfig as config_class
+    vision.update(patch_size=PATCH_SIZE, spatial_merge_size=MERGE_SIZE, temporal_patch_size=2, in_channels=3)
+    text.update(rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section},
+                bos_token_id=TOKEN_ID["<|endoftext|>"], eos_token_id=TOKEN_ID["<|im_end|>"],
+                pad_token_id=TOKEN_ID["<|endoftext|>"], tie_word_embeddings=tied)
+    hf_config = config_class(
+        text_config=text, vision_config=vision, tie_word_embeddings=tied,
+        image_token_id=TOKEN_ID["<|image_pad|>"], video_token_id=TOKEN_ID["<|video_pad|>"],
+        vision_start_token_id=TOKEN_ID["<|vision_start|>"], vision_end_token_id=TOKEN_ID["<|vision_end|>"],
+        bos_token_id=TOKEN_ID["<|endoftext|>"], eos_token_id=TOKEN_ID["<|im_end|>"],
+        pad_token_id=TOKEN_ID["<|endoftext|>"])
+    hf_config.dtype = "float32"
+    hf_config.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": TOKEN_ID["<|endoftext|>"], "pad_token_id": TOKEN_ID["<|endoftext|>"],
+                   "eos_token_id": [TOKEN_ID["<|im_end|>"], TOKEN_ID["<|endoftext|>"]], "do_sample": False},
+                  f, indent=2)
+    with open(os.path.join(out_dir, "config.json")) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model.safetensors
+# ----------------------------------------------------------------------------------------------------------------
+
+class _Init:
+    """Random tensors for one checkpoint: linear weights ~ N(0, 1/fan_in), norms 1 + 0.1 N, biases 0.1 N."""
+
+    def __init__(self, rng):
+        self.rng, self.tensors = rng, {}
+
+    def _normal(self, shape, std):
+        return (self.rng.standard_normal(shape) * std).astype(np.float32)
+
+    def linear(self, name, out_features, in_features, bias):
+        self.tensors[f"{name}.weight"] = self._normal((out_features, in_features), in_features ** -0.5)
+        if bias:
+            self.tensors[f"{name}.bias"] = self._normal((out_features,), 0.1)
+
+    def norm(self, name, size, bias):
+        self.tensors[f"{name}.weight"] = 1.0 + self._normal((size,), 0.1)
+        if bias:
+            self.tensors[f"{name}.bias"] = self._normal((size,), 0.1)
+
+    def raw(self, name, shape, std):
+        self.tensors[name] = self._normal(shape, std)
+
+
+def _random_weights(config, family, rng):
+    init = _Init(rng)
+    _vision_weights(init, config["vision_config"], family)
+    text = config["text_config"]
+    hidden, heads, kv_heads = text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"]
+    head_dim = hidden // heads
+    init.raw("model.language_model.embed_tokens.weight", (text["vocab_size"], hidden), 1.0)
+    for j in range(text["num_hidden_layers"]):
+        layer = f"model.language_model.layers.{j}"
+        init.norm(f"{layer}.input_layernorm", hidden, bias=False)
+        init.linear(f"{layer}.self_attn.q_proj", heads * head_dim, hidden, bias=True)
+        init.linear(f"{layer}.self_attn.k_proj", kv_heads * head_dim, hidden, bias=True)
+        init.linear(f"{layer}.self_attn.v_proj", kv_heads * head_dim, hidden, bias=True)
+        init.linear(f"{layer}.self_attn.o_proj", hidden, heads * head_dim, bias=False)
+        init.norm(f"{layer}.post_attention_layernorm", hidden, bias=False)
+        init.linear(f"{layer}.mlp.gate_proj", text["intermediate_size"], hidden, bias=False)
+        init.linear(f"{layer}.mlp.up_proj", text["intermediate_size"], hidden, bias=False)
+        init.linear(f"{layer}.mlp.down_proj", hidden, text["intermediate_size"], bias=False)
+    init.norm("model.language_model.norm", hidden, bias=False)
+    if not config.get("tie_word_embeddings", False):
+        init.linear("lm_head", text["vocab_size"], hidden, bias=False)
+    return init.tensors
+
+
+def _vision_weights(init, vision, family):
+    qwen2_vl = family == "qwen2_vl"
+    width = vision["embed_dim"] if qwen2_vl else vision["hidden_size"]
+    out_width = vision["hidden_size"] if qwen2_vl else vision["out_hidden_size"]
+    mlp_width = width * vision["mlp_ratio"] if qwen2_vl else vision["intermediate_size"]
+    merge = vision["spatial_merge_size"]
+    patch = (width, vision["in_channels"], vision["temporal_patch_size"], vision["patch_size"], vision["patch_size"])
+    init.raw("model.visual.patch_embed.proj.weight", patch, (np.prod(patch[1:])) ** -0.5)
+    for i in range(vision["depth"]):
+        block = f"model.visual.blocks.{i}"
+        init.norm(f"{block}.norm1", width, bias=qwen2_vl)      # Qwen2-VL LayerNorm, Qwen2.5-VL RMSNorm
+        init.norm(f"{block}.norm2", width, bias=qwen2_vl)
+        init.linear(f"{block}.attn.qkv", 3 * width, width, bias=True)
+        init.linear(f"{block}.attn.proj", width, width, bias=True)
+        if qwen2_vl:
+            init.linear(f"{block}.mlp.fc1", mlp_width, width, bias=True)
+            init.linear(f"{block}.mlp.fc2", width, mlp_width, bias=True)
+        else:
+            init.linear(f"{block}.mlp.gate_proj", mlp_width, width, bias=True)
+            init.linear(f"{block}.mlp.up_proj", mlp_width, width, bias=True)
+            init.linear(f"{block}.mlp.down_proj", width, mlp_width, bias=True)
+    merged = width * merge * merge
+    init.norm("model.visual.merger.ln_q", width, bias=qwen2_vl)
+    init.linear("model.visual.merger.mlp.0", merged, merged, bias=True)
+    init.linear("model.visual.merger.mlp.2", out_width, merged, bias=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer, chat template, image / video processors
+# ----------------------------------------------------------------------------------------------------------------
+
+def _write_tokenizer(out_dir):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(_CORPUS, trainer)
+    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    added = {str(TOKEN_ID[token]): {"content": token, "lstrip": False, "rstrip": False, "normalized": False,
+                                    "single_word": False, "special": True} for token in SPECIAL_TOKENS}
+    tokenizer_config = {
+        "tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": added, "bos_token": None,
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None, "model_max_length": 4096,
+        "errors": "replace", "split_special_tokens": False, "clean_up_tokenization_spaces": False,
+        "additional_special_tokens": list(SPECIAL_TOKENS[1:]),
+    }
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(tokenizer_config, f, indent=2)
+    with open(os.path.join(out_dir, "chat_template.jinja"), "w") as f:
+        f.write(CHAT_TEMPLATE)
+
+
+def _write_processor(out_dir, family):
+    shared = {
+        "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "merge_size": MERGE_SIZE, "patch_size": PATCH_SIZE, "temporal_patch_size": 2, "resample": 3,
+        "rescale_factor": 1 / 255, "size": {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
+    }
+    image = dict(shared, image_processor_type="Qwen2VLImageProcessor")
+    video = dict(shared, video_processor_type="Qwen2VLVideoProcessor", do_sample_frames=False, min_frames=2,
+                 max_frames=8, return_metadata=False, cap_pixels_per_frame=False)
+    processor_class = "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor"
+    for name, content in (("preprocessor_config.json", image), ("video_preprocessor_config.json", video),
+                          ("processor_config.json", {"processor_class": processor_class})):
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump(content, f, indent=2)
