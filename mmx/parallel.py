@@ -14,8 +14,23 @@ class Stage:
     vision_layers: tuple      # global vision block indices held by this stage
     llm_layers: tuple         # global LLM layer indices held by this stage
     first: bool               # holds the patch embedding, the projector and the token embedding
-    last: bool                # holds the final norm and the output layer (tied: a copy of the embedding)
+    last: bool                # holds the final norm and the output layer; with tied embeddings a last stage that
+                              # is not also first holds a copy of the embedding as text_decoder.output_layer.weight
 
     @classmethod
     def full(cls, num_vision_layers, num_llm_layers):
         return cls(tuple(range(num_vision_layers)), tuple(range(num_llm_layers)), True, True)
+
+
+def pipeline_stages(vit_pp_layers, llm_pp_layers):
+    """One :class:`Stage` per pipeline stage from the guides' per-stage layer counts (validated lists).
+
+    ``pipeline_stages([2, 0], [1, 3])`` → stage 0 holds vision blocks 0-1 and LLM layer 0 (+ embeddings and
+    projector), stage 1 holds LLM layers 1-3 (+ final norm and output layer).
+    """
+    stages, vision_start, llm_start, count = [], 0, 0, len(llm_pp_layers)
+    for index, (vision, llm) in enumerate(zip(vit_pp_layers, llm_pp_layers)):
+        stages.append(Stage(tuple(range(vision_start, vision_start + vision)),
+                            tuple(range(llm_start, llm_start + llm)), index == 0, index == count - 1))
+        vision_start, llm_start = vision_start + vision, llm_start + llm
+    return stages

@@ -1,0 +1,17 @@
+"""Model families the checkpoint tools know: HF ``model_type`` → the family's name table and parallel plan."""
+import importlib
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+
+class UnknownModelError(ValueError):
+    """A model type mmx has no name table / plan for."""
+
+
+def family(model_type, source="config.json"):
+    """(hf_names module, plan module) of ``model_type``; an error listing the supported types otherwise."""
+    if model_type not in FAMILIES:
+        raise UnknownModelError(f"{source}: model_type {model_type!r} is not supported by mmx convert; supported: "
+                                f"{', '.join(FAMILIES)}")
+    return (importlib.import_module(f"mmx.models.{model_type}.hf_names"),
+            importlib.import_module(f"mmx.models.{model_type}.plan"))

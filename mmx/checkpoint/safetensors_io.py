@@ -1,0 +1,154 @@
+"""Safetensors files read and written tensor by tensor, with numpy only (bf16 / fp8 through ml_dtypes).
+
+The ``safetensors`` package loads or saves a whole file at once; conversion must stream (peak memory near the
+largest tensor group, not the model), so this module parses the header itself and moves one tensor at a time:
+
+* :class:`SafetensorsFile` reads the header only when opened; :meth:`SafetensorsFile.read` reads one tensor's bytes
+  straight into a fresh array (no memory map: mapped pages would count towards the process RSS).
+* :class:`SafetensorsWriter` takes every tensor's name, dtype and shape up front, writes the header, then accepts the
+  tensors in any order (each lands at its precomputed offset). Files it writes load with ``safetensors.safe_open``.
+
+Format: 8-byte little-endian header length N, N bytes of JSON ``{name: {dtype, shape, data_offsets}, "__metadata__":
+{str: str}}`` (padded with spaces so the data starts 8-byte aligned), then the tensors' bytes back to back.
+"""
+import json
+import os
+import struct
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8), "I16": np.dtype(np.int16),
+    "U16": np.dtype(np.uint16), "I32": np.dtype(np.int32), "U32": np.dtype(np.uint32), "I64": np.dtype(np.int64),
+    "U64": np.dtype(np.uint64), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32),
+    "F64": np.dtype(np.float64), "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class SafetensorsError(ValueError):
+    """A safetensors file that cannot be read: the message names the file, the tensor and what is wrong."""
+
+
+def dtype_name(dtype):
+    """numpy dtype → safetensors dtype string ("BF16", "F32", ...)."""
+    try:
+        return DTYPE_NAMES[np.dtype(dtype)]
+    except KeyError:
+        raise SafetensorsError(f"dtype {np.dtype(dtype)} has no safetensors equivalent") from None
+
+
+def nbytes(dtype_str, shape):
+    return DTYPES[dtype_str].itemsize * int(np.prod(shape, dtype=np.int64))
+
+
+class SafetensorsFile:
+    """One safetensors file; the header is parsed on open, tensors are read only when asked for.
+
+    ``entries``: {name: (dtype string, shape tuple)} in file order; ``metadata``: the header's ``__metadata__``.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        with open(self.path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise SafetensorsError(f"{self.path}: not a safetensors file (only {len(head)} bytes)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > MAX_HEADER_BYTES:
+                raise SafetensorsError(f"{self.path}: not a safetensors file (header length {header_len})")
+            raw = handle.read(header_len)
+        try:
+            header = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SafetensorsError(f"{self.path}: unreadable safetensors header ({err})") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.data_start = 8 + header_len
+        self._offsets = {}
+        self.entries = {}
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if info["dtype"] not in DTYPES:
+                raise SafetensorsError(f"{self.path}: tensor {name!r} has dtype {info['dtype']}, which mmx cannot "
+                                       f"read (supported: {', '.join(DTYPES)})")
+            self.entries[name] = (info["dtype"], tuple(info["shape"]))
+            self._offsets[name] = tuple(info["data_offsets"])
+
+    def offset(self, name):
+        """Byte offset of ``name``'s data inside the file (to read tensors in file order)."""
+        return self.data_start + self._offsets[name][0]
+
+    def read(self, name):
+        """The tensor ``name`` as a new numpy array (bf16 as ml_dtypes.bfloat16)."""
+        dtype_str, shape = self.entries[name]
+        begin, end = self._offsets[name]
+        raw = np.empty(end - begin, np.uint8)
+        with open(self.path, "rb") as handle:
+            handle.seek(self.data_start + begin)
+            got = handle.readinto(raw)
+        if got != end - begin:
+            raise SafetensorsError(f"{self.path} is truncated: tensor {name!r} needs bytes {self.data_start + begin}"
+                                   f"..{self.data_start + end} but the file has {os.path.getsize(self.path)}; "
+                                   f"copy or download the file again")
+        return raw.view(DTYPES[dtype_str]).reshape(shape)
+
+
+class SafetensorsWriter:
+    """Write a safetensors file whose tensors (name, dtype string, shape) are known before their data.
+
+    ``write(name, array)`` may come in any order; ``close()`` checks every tensor arrived, flushes and fsyncs.
+    """
+
+    def __init__(self, path, entries, metadata=None):
+        self.path = str(path)
+        header, self._slots, offset = {}, {}, 0
+        for name, dtype_str, shape in entries:
+            size = nbytes(dtype_str, shape)
+            header[name] = {"dtype": dtype_str, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            self._slots[name] = (dtype_str, tuple(shape), offset)
+            offset += size
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-(len(raw) + 8) % 8)
+        self._data_start = 8 + len(raw)
+        self._pending = set(self._slots)
+        self._handle = open(self.path, "wb")
+        self._handle.write(struct.pack("<Q", len(raw)) + raw)
+        self._handle.truncate(self._data_start + offset)
+
+    def write(self, name, array):
+        dtype_str, shape, offset = self._slots[name]
+        if dtype_name(array.dtype) != dtype_str or tuple(array.shape) != shape:
+            raise SafetensorsError(f"{self.path}: tensor {name!r} was declared {dtype_str}{list(shape)} but got "
+                                   f"{dtype_name(array.dtype)}{list(array.shape)}")
+        self._handle.seek(self._data_start + offset)
+        self._handle.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+        self._pending.discard(name)
+
+    def close(self):
+        if self._pending:
+            missing = sorted(self._pending)
+            self._handle.close()
+            raise SafetensorsError(f"{self.path}: {len(missing)} declared tensors were never written "
+                                   f"(first: {missing[:3]})")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+
+
+def save_file(tensors, path, metadata=None):
+    """Write {name: numpy array} to ``path`` (names sorted) — the in-memory convenience over the writer."""
+    names = sorted(tensors)
+    writer = SafetensorsWriter(path, [(n, dtype_name(tensors[n].dtype), tensors[n].shape) for n in names], metadata)
+    for name in names:
+        writer.write(name, tensors[name])
+    writer.close()
+
+
+def load_file(path):
+    """{name: numpy array} of every tensor in ``path``."""
+    file = SafetensorsFile(path)
+    return {name: file.read(name) for name in file.entries}

@@ -1,0 +1,79 @@
+"""Tensor-parallel split and merge of whole mm tensors, by the split rules a model's plan declares.
+
+Rules (``plan.TENSOR_PARALLEL``: mm name with ``{i}``/``{j}`` placeholders → rule):
+``replicate`` every rank holds the whole tensor (merge takes rank 0's copy);
+``column`` / ``vocab`` / ``qkv``: equal chunks of dim 0 (``qkv`` is the per-KV-group interleaved linear_qkv, so
+chunks are whole KV groups); ``row``: equal chunks of dim 1; ``gate_up``: the gate and up halves are each chunked
+on dim 0 and rank r holds ``cat(gate_r, up_r)``. Splits and merges only slice and concatenate: byte-exact.
+"""
+import re
+from functools import lru_cache
+
+import numpy as np
+
+RULES = ("replicate", "column", "vocab", "qkv", "row", "gate_up")
+
+
+@lru_cache(maxsize=None)
+def _compiled(plan):
+    patterns = []
+    for pattern, rule in plan.TENSOR_PARALLEL.items():
+        if rule not in RULES:
+            raise ValueError(f"{plan.__name__}: rule {rule!r} for {pattern!r} is not one of {', '.join(RULES)}")
+        regex = re.escape(pattern).replace(r"\{i\}", r"\d+").replace(r"\{j\}", r"\d+")
+        patterns.append((re.compile(regex + "$"), rule))
+    return patterns
+
+
+def tp_rule(name, plan):
+    """The split rule of mm tensor ``name`` in ``plan`` (a model's plan module)."""
+    for regex, rule in _compiled(plan):
+        if regex.match(name):
+            return rule
+    raise KeyError(f"tensor {name!r} has no tensor-parallel rule in {plan.__name__}.TENSOR_PARALLEL; add one")
+
+
+def _split_dim(rule):
+    return 1 if rule == "row" else 0
+
+
+def piece_shape(shape, rule, tp_size, name="tensor"):
+    """Shape of one rank's piece; a clear error when ``tp_size`` does not divide the split dimension."""
+    shape = tuple(shape)
+    if rule == "replicate" or tp_size == 1:
+        return shape
+    dim = _split_dim(rule)
+    parts = 2 * tp_size if rule == "gate_up" else tp_size
+    if len(shape) <= dim or shape[dim] % parts:
+        size = shape[dim] if len(shape) > dim else None
+        raise ValueError(f"tp_size {tp_size} cannot split {name} (shape {list(shape)}, rule {rule!r}): dimension "
+                         f"{dim} of size {size} is not divisible by {parts}; choose a tp_size that divides it")
+    return shape[:dim] + (shape[dim] // tp_size,) + shape[dim + 1:]
+
+
+def full_shape(shape, rule, tp_size):
+    """Inverse of piece_shape."""
+    if rule == "replicate" or tp_size == 1:
+        return tuple(shape)
+    dim = _split_dim(rule)
+    return tuple(shape[:dim]) + (shape[dim] * tp_size,) + tuple(shape[dim + 1:])
+
+
+def split(tensor, rule, tp_size):
+    """Whole tensor → list of tp_size pieces (views when the split is along dim 0)."""
+    if rule == "replicate" or tp_size == 1:
+        return [tensor] * tp_size
+    if rule == "gate_up":
+        gate, up = np.split(tensor, 2, axis=0)
+        return [np.concatenate([g, u], axis=0) for g, u in zip(np.split(gate, tp_size), np.split(up, tp_size))]
+    return np.split(tensor, tp_size, axis=_split_dim(rule))
+
+
+def merge(pieces, rule):
+    """List of tp pieces (rank order) → whole tensor."""
+    if rule == "replicate" or len(pieces) == 1:
+        return pieces[0]
+    if rule == "gate_up":
+        halves = [np.split(piece, 2, axis=0) for piece in pieces]
+        return np.concatenate([gate for gate, _ in halves] + [up for _, up in halves], axis=0)
+    return np.concatenate(pieces, axis=_split_dim(rule))

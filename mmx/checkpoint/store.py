@@ -1,0 +1,219 @@
+"""Reading and writing mm checkpoints in any parallel layout, streaming one tensor (group) at a time.
+
+``{mm_dir}/latest_checkpointed_iteration.txt`` names the iteration (``release`` or a number);
+``{mm_dir}/{release|iter_NNNNNNN}/`` holds ``mmx_checkpoint.json`` (metadata, below) and one directory per rank
+(``mp_rank_..``, see layout.py) with a ``model.safetensors`` of that rank's pieces under their global mm names.
+
+Metadata keys: ``format`` ("mmx"), ``layout_version``, ``model_type``, ``iteration``, ``dtype`` (numpy name, or
+"mixed"), ``hf_names`` ("transformers" or "legacy": the HF naming to write back), ``model`` (the numbers of
+hf_names.dimensions), ``parallel`` (Layout.to_dict), ``backend`` (null for backend-neutral weights; "torch" or
+"mindspore" when the iteration also holds that backend's optimizer state), ``mmx_version``.
+
+Writes are atomic: everything goes to a hidden temporary directory, files are fsynced, the directory is renamed
+into place, and ``latest_checkpointed_iteration.txt`` is replaced last.
+"""
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import mmx
+from mmx.checkpoint.families import family
+from mmx.checkpoint.layout import SHARD_FILE, Layout, iteration_dir_name, placements, read_json, stored_name
+from mmx.checkpoint.safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter, dtype_name, nbytes
+from mmx.checkpoint.shard import full_shape, merge, piece_shape, split, tp_rule
+
+META_FILE = "mmx_checkpoint.json"
+LATEST_FILE = "latest_checkpointed_iteration.txt"
+LAYOUT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """An mm checkpoint that is missing pieces or contradicts its metadata; the message names file and fix."""
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path, text):
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def resolve_iteration(mm_dir, iteration=None):
+    """The iteration directory of ``mm_dir``: ``iteration`` if given, else the one latest_checkpointed_iteration.txt
+    names."""
+    mm_dir = Path(mm_dir)
+    if iteration is None:
+        latest = mm_dir / LATEST_FILE
+        if not latest.exists():
+            raise CheckpointError(f"{latest} not found: {mm_dir} is not an mm checkpoint (convert one with "
+                                  f"`mmx convert hf_to_mm --hf-dir HF --mm-dir {mm_dir}`)")
+        iteration = latest.read_text().strip()
+    return mm_dir / iteration_dir_name(iteration)
+
+
+class MMSource:
+    """An mm checkpoint opened for reading whole tensors, whatever its TP/PP/EP layout (headers only on open).
+
+    ``entries``: {mm name: (dtype string, full shape)} in reading order; ``read(name)`` merges the TP pieces.
+    A tied embedding's copy on the last stage (stored as the output layer) is not an entry: the first stage's
+    embedding is.
+    """
+
+    def __init__(self, mm_dir, iteration=None):
+        self.directory = resolve_iteration(mm_dir, iteration)
+        self.metadata = read_json(self.directory / META_FILE, f"{self.directory} has no mmx metadata; was it "
+                                  f"written by mmx (`mmx convert hf_to_mm`)?")
+        if self.metadata.get("layout_version", 0) > LAYOUT_VERSION:
+            raise CheckpointError(f"{self.directory / META_FILE}: layout_version {self.metadata['layout_version']} "
+                                  f"is newer than this mmx reads ({LAYOUT_VERSION}); upgrade mmx")
+        self.names, self.plan = family(self.metadata["model_type"], str(self.directory / META_FILE))
+        self.layout = Layout.from_dict(self.metadata["parallel"])
+        self._files, self._where = {}, {}
+        for tp, pp, ep in self.layout.ranks():
+            if ep:
+                continue  # expert-parallel ranks repeat the non-expert tensors; Qwen-VL families have no experts
+            path = self.directory / self.layout.rank_dir(tp, pp, ep) / SHARD_FILE
+            if not path.exists():
+                raise CheckpointError(f"{path} is missing: the metadata's layout {self.layout.to_dict()} needs a "
+                                      f"file for tp rank {tp}, pp stage {pp}")
+            self._files[tp, pp] = SafetensorsFile(path)
+        self.entries = {}
+        tied_copy = self.plan.PIPELINE["tied_copy"][1] if self.tied else None
+        for pp in range(self.layout.pp_size):
+            first = self._files[0, pp]
+            for name, (dtype, shape) in first.entries.items():
+                if name in self.entries or name == tied_copy:
+                    continue
+                rule = tp_rule(name, self.plan)
+                for tp in range(1, self.layout.tp_size):
+                    if name not in self._files[tp, pp].entries:
+                        raise CheckpointError(f"{self._files[tp, pp].path} lacks {name!r}, which tp rank 0 of stage "
+                                              f"{pp} holds: the checkpoint is incomplete")
+                self.entries[name] = (dtype, full_shape(shape, rule, self.layout.tp_size))
+                self._where[name] = pp
+
+    @property
+    def tied(self):
+        return self.metadata["model"]["tied"]
+
+    def read(self, name):
+        pp, tp_size = self._where[name], self.layout.tp_size
+        rule = tp_rule(name, self.plan)
+        if rule == "replicate":
+            return self._files[0, pp].read(name)
+        return merge([self._files[tp, pp].read(name) for tp in range(tp_size)], rule)
+
+
+class ArraySource:
+    """In-memory {name: numpy array} presented like MMSource (for save_mm)."""
+
+    def __init__(self, tensors):
+        self._tensors = tensors
+        self.entries = {name: (dtype_name(array.dtype), tuple(array.shape)) for name, array in tensors.items()}
+
+    def read(self, name):
+        return self._tensors[name]
+
+
+def progress_bar(total_bytes, enabled, description):
+    from tqdm import tqdm
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=description, file=sys.stderr,
+                disable=not enabled, leave=False)
+
+
+def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=False):
+    """Stream every tensor of ``source`` into an mm checkpoint at ``mm_dir``/``iteration`` in ``layout``.
+
+    ``source`` has ``entries`` ({name: (dtype string, whole shape)}, in reading order) and ``read(name)``.
+    All shapes are checked against the layout before the first tensor is read. Returns the iteration directory.
+    """
+    mm_dir = Path(mm_dir)
+    mm_dir.mkdir(parents=True, exist_ok=True)
+    final = mm_dir / iteration_dir_name(iteration)
+    temporary = mm_dir / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    stages, tied = layout.stages(), metadata["model"]["tied"]
+    placement, declared = {}, {rank: [] for rank in layout.ranks()}
+    for name, (dtype, shape) in source.entries.items():
+        rule = tp_rule(name, plan)
+        piece = piece_shape(shape, rule, layout.tp_size, name)
+        held = dict(placements(name, stages, plan, tied))
+        if not held:
+            raise CheckpointError(f"no pipeline stage of {layout.to_dict()} holds {name!r}")
+        placement[name] = (rule, held)
+        for tp, pp, ep in layout.ranks():
+            if pp in held:
+                declared[tp, pp, ep].append((held[pp], dtype, piece))
+    writers = {}
+    for rank, entries in declared.items():
+        rank_dir = temporary / layout.rank_dir(*rank)
+        rank_dir.mkdir(parents=True)
+        writers[rank] = SafetensorsWriter(rank_dir / SHARD_FILE, entries, {"format": "pt"})
+    dtypes = {dtype for dtype, _ in source.entries.values()}
+    with progress_bar(sum(nbytes(*entry) for entry in source.entries.values()), progress, final.name) as bar:
+        for name, (dtype, shape) in source.entries.items():
+            rule, held = placement[name]
+            pieces = split(source.read(name), rule, layout.tp_size)
+            for tp, pp, ep in layout.ranks():
+                if pp in held:
+                    writers[tp, pp, ep].write(held[pp], pieces[tp])
+            bar.update(nbytes(dtype, shape))
+    for writer in writers.values():
+        writer.close()
+    full_metadata = {**metadata, "format": "mmx", "layout_version": LAYOUT_VERSION, "iteration": iteration,
+                     "dtype": _dtype_label(dtypes), "parallel": layout.to_dict(),
+                     "backend": metadata.get("backend"), "mmx_version": mmx.__version__}
+    _write_text_atomic(temporary / META_FILE, json.dumps(full_metadata, indent=2) + "\n")
+    for rank in declared:
+        _fsync_dir(temporary / layout.rank_dir(*rank))
+    if final.exists():
+        trash = mm_dir / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, trash)
+        shutil.rmtree(trash)
+    os.replace(temporary, final)
+    _fsync_dir(mm_dir)
+    _write_text_atomic(mm_dir / LATEST_FILE, f"{iteration}\n")
+    return final
+
+
+def _dtype_label(dtypes):
+    floats = {DTYPES[d].name for d in dtypes if DTYPES[d].kind == "f" or d == "BF16"}
+    return floats.pop() if len(floats) == 1 else ("mixed" if floats else "none")
+
+
+def load_mm(mm_dir, stage=None, iteration=None):
+    """(metadata, {mm name: numpy array}) of an mm checkpoint in any layout, TP pieces merged into whole tensors.
+
+    ``stage`` (an mmx.parallel.Stage, of any layout) keeps only the tensors that stage's model holds, under the
+    names its state dict uses (global layer indices; a tied last stage gets the embedding as its output layer).
+    ``iteration`` overrides latest_checkpointed_iteration.txt.
+    """
+    source = MMSource(mm_dir, iteration)
+    if stage is None:
+        return source.metadata, {name: source.read(name) for name in source.entries}
+    stored = {name: stored_name(name, stage, source.plan, source.tied) for name in source.entries}
+    return source.metadata, {held: source.read(name) for name, held in stored.items() if held is not None}
+
+
+def save_mm(directory, iteration, tensors, metadata, layout):
+    """Write whole tensors {mm name: numpy array} as an mm checkpoint split into ``layout`` (atomic).
+
+    ``metadata`` needs ``model_type`` and ``model`` (the numbers, as load_mm returns them); ``backend`` tags the
+    optimizer-state layout when the caller stores one beside the weights. ``iteration``: "release" or an int.
+    """
+    _, plan = family(metadata["model_type"], "metadata")
+    layout.validate(metadata["model"], plan)
+    return write_layout(ArraySource(tensors), directory, iteration, layout, plan, metadata)
