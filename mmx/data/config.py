@@ -1,0 +1,197 @@
+"""The data config: the one place that reads data keys.
+
+Accepted sources (``load_data_config(path_or_dict)``):
+
+* the guides' ``data.json``: ``{"dataset_param": {"preprocess_parameters": {...}, "basic_parameters": {...}},
+  "dataloader_param": {...}}`` — known keys are read from those sections; MindSpeed-MM keys mmx has no use for
+  (``dataset_type``, ``template``, ``sampler_type`` ...) are listed in ``DataConfig.ignored`` rather than failing;
+* a flat mmx section (YAML or JSON, or the ``data:`` section of a finetune config): unknown keys are an error.
+
+Relative ``dataset`` / ``dataset_dir`` / ``cache_dir`` / ``model_name_or_path`` are resolved against ``base_dir``
+(default: the current directory, which is what the guides' relative ``./data`` paths mean).
+"""
+import json
+import os
+from dataclasses import dataclass, field, fields
+
+from mmx.data.formats import check_attr
+
+# key: (default, meaning). The order is the order of `mmx data check` output and of the docs.
+KEYS = {
+    "model_name_or_path": (None, "HF model dir whose AutoProcessor and chat template are used"),
+    "dataset_dir": (None, "root of relative image/video paths (default: each dataset file's folder)"),
+    "dataset": ((), "dataset files, a comma-separated string or a list (.json array or .jsonl)"),
+    "max_samples": (None, "read at most this many samples per dataset file"),
+    "cache_dir": (None, "folder for preprocessed samples (none: no cache)"),
+    "overwrite_cache": (False, "recompute even when a cache entry exists"),
+    "streaming": (False, "iterate the files lazily (sharded by rank/worker, shuffle buffer, resumable)"),
+    "buffer_size": (1000, "streaming shuffle buffer size (records)"),
+    "cutoff_len": (1024, "max tokens per sample; samples whose image tokens would be cut are dropped"),
+    "train_on_prompt": (False, "supervise prompt tokens too (vision placeholder tokens never are)"),
+    "mask_history": (False, "supervise only the last assistant turn"),
+    "image_max_pixels": (None, "processor max_pixels for images (None: the processor's own)"),
+    "image_min_pixels": (None, "processor min_pixels for images"),
+    "video_max_pixels": (None, "processor max_pixels per video frame"),
+    "video_min_pixels": (None, "processor min_pixels per video frame"),
+    "video_fps": (2.0, "frames sampled per second of video"),
+    "video_maxlen": (16, "at most this many sampled frames per video"),
+    "frame_folder_fps": (2.0, "the fps a folder of frame images was recorded at"),
+    "preprocessing_num_workers": (1, "processes that preprocess a map-style dataset"),
+    "skip_bad_samples": (False, "skip bad samples (counted and summarised) instead of failing"),
+    "attr": (None, "record layout, e.g. {messages: conversations, role_tag: from, ...} (default: auto-detect)"),
+    "packing": (False, "pack several samples per row up to cutoff_len (cu_seqlens + per-sample 3-D positions)"),
+    "ensure_vision": (True, "a batch with no image gets a zero-weighted dummy image, so all ranks run the ViT"),
+    "pad_to_multiple_of": (1, "pad each batch's sequence length to a multiple of this"),
+    "seed": (1234, "shuffle seed (map-style order and the streaming buffer)"),
+    "shuffle": (True, "shuffle samples"),
+}
+
+# MindSpeed-MM / LLaMA-Factory data.json keys that mmx reads elsewhere or has no use for.
+IGNORED_GUIDE_KEYS = {"dataset_type", "template", "sampler_type", "val_dataset", "val_max_samples", "val_rate",
+                      "tokenized_path", "mix_strategy", "interleave_probs", "num_workers", "pin_memory",
+                      "shuffle_seed", "collate_param", "drop_last", "dataloader_mode", "split_batches",
+                      "image_resolution", "video_resolution", "ignore_pad_token_for_loss", "neat_packing",
+                      "tool_format", "freeze_vision_tower"}
+
+
+@dataclass
+class DataConfig:
+    """Parsed data keys (see ``KEYS`` for meanings)."""
+
+    model_name_or_path: str = None
+    dataset_dir: str = None
+    dataset: tuple = ()
+    max_samples: int = None
+    cache_dir: str = None
+    overwrite_cache: bool = False
+    streaming: bool = False
+    buffer_size: int = 1000
+    cutoff_len: int = 1024
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    image_max_pixels: int = None
+    image_min_pixels: int = None
+    video_max_pixels: int = None
+    video_min_pixels: int = None
+    video_fps: float = 2.0
+    video_maxlen: int = 16
+    frame_folder_fps: float = 2.0
+    preprocessing_num_workers: int = 1
+    skip_bad_samples: bool = False
+    attr: dict = None
+    packing: bool = False
+    ensure_vision: bool = True
+    pad_to_multiple_of: int = 1
+    seed: int = 1234
+    shuffle: bool = True
+    source: str = "<dict>"
+    ignored: list = field(default_factory=list)
+
+    def preprocess_fingerprint(self):
+        """The keys that change what preprocessing produces (part of the cache key)."""
+        keys = ("dataset_dir", "max_samples", "cutoff_len", "train_on_prompt", "mask_history", "image_max_pixels",
+                "image_min_pixels", "video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen",
+                "frame_folder_fps", "skip_bad_samples", "attr")
+        return {key: getattr(self, key) for key in keys}
+
+
+assert [f.name for f in fields(DataConfig)][:len(KEYS)] == list(KEYS), "KEYS and DataConfig fields must agree"
+
+
+def _read_file(path):
+    with open(path) as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        return yaml.safe_load(text) or {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: malformed JSON config ({err.msg})") from None
+
+
+def _flatten_guide(raw, source):
+    """Keys of a guides' data.json, pulled from dataset_param.{preprocess,basic}_parameters and dataloader_param."""
+    flat, ignored = {}, []
+    param = raw["dataset_param"]
+    sections = [("dataset_param", {k: v for k, v in param.items() if not isinstance(v, dict) or k == "attr"})]
+    for name in ("preprocess_parameters", "basic_parameters"):
+        sections.append((f"dataset_param.{name}", param.get(name) or {}))
+    sections.append(("dataloader_param", raw.get("dataloader_param") or {}))
+    for where, section in sections:
+        for key, value in section.items():
+            if key in KEYS:
+                flat[key] = value
+            elif where == "dataloader_param" and key == "shuffle":
+                flat["shuffle"] = value
+            else:
+                ignored.append(f"{where}.{key}")
+    return flat, ignored
+
+
+def _coerce(key, value, source):
+    default = KEYS[key][0]
+    if value is None:
+        return default if key != "attr" else None
+    if key == "dataset":
+        items = value.split(",") if isinstance(value, str) else list(value)
+        items = [item.strip() for item in items if item.strip()]
+        if not items:
+            raise ValueError(f"{source}: dataset is empty; give one or more dataset files (comma-separated)")
+        return tuple(items)
+    if key == "attr":
+        return check_attr(value, source)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if key in ("video_fps", "frame_folder_fps"):
+        return float(value)
+    if key in ("max_samples", "cutoff_len", "image_max_pixels", "image_min_pixels", "video_max_pixels",
+               "video_min_pixels", "video_maxlen", "preprocessing_num_workers", "buffer_size", "seed",
+               "pad_to_multiple_of"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{source}: {key} must be a non-negative integer, got {value!r}")
+        return value
+    return str(value)
+
+
+def load_data_config(config, base_dir=None, **overrides):
+    """A :class:`DataConfig` from a path (``.json`` / ``.yaml``) or a dict, guides' nested or flat mmx style."""
+    source = config if isinstance(config, str) else "<dict>"
+    raw = _read_file(config) if isinstance(config, str) else dict(config or {})
+    if "data" in raw and isinstance(raw["data"], dict) and "dataset_param" not in raw:
+        raw = raw["data"]
+    if "dataset_param" in raw:
+        flat, ignored = _flatten_guide(raw, source)
+    else:
+        flat, ignored = raw, []
+        unknown = sorted(set(flat) - set(KEYS))
+        if unknown:
+            raise ValueError(f"{source}: unknown data key(s) {unknown}; known keys: {', '.join(KEYS)}")
+    flat.update({k: v for k, v in overrides.items() if v is not None})
+    values = {key: _coerce(key, flat.get(key), source) for key in KEYS}
+    base = base_dir or os.getcwd()
+    for key in ("dataset_dir", "cache_dir", "model_name_or_path"):
+        if values[key] is not None:
+            values[key] = os.path.normpath(os.path.join(base, values[key]))
+    values["dataset"] = tuple(_resolve_dataset(path, base, values["dataset_dir"], source)
+                              for path in values["dataset"])
+    if not values["dataset"]:
+        raise ValueError(f"{source}: no dataset given; set dataset (comma-separated dataset files)")
+    if values["cutoff_len"] < 8:
+        raise ValueError(f"{source}: cutoff_len {values['cutoff_len']} is too small for a chat turn (use >= 8)")
+    return DataConfig(**values, source=source, ignored=ignored)
+
+
+def _resolve_dataset(path, base, dataset_dir, source):
+    """A dataset file relative to the current dir, else relative to dataset_dir (the guides use both)."""
+    if os.path.isabs(path):
+        return path
+    candidates = [os.path.normpath(os.path.join(base, path))]
+    if dataset_dir:
+        candidates.append(os.path.normpath(os.path.join(dataset_dir, path)))
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    return candidates[0]

@@ -1,0 +1,223 @@
+"""One sample → token ids, labels and pixel arrays, with the model dir's own AutoProcessor and chat template.
+
+Nothing here resizes images or builds prompts by hand: the chat template renders the conversation, the processor
+resizes images / videos and expands each ``<|image_pad|>`` into ``grid_t*grid_h*grid_w / merge**2`` copies.
+
+Labels (unshifted, HF convention: ``labels[s]`` is the target at position ``s``; the loss shifts). The assistant
+part of each turn is found by rendering the conversation prefix by prefix: turn ``i``'s supervised text is
+``render(messages[:i+1])`` minus ``render(messages[:i], add_generation_prompt=True)`` — the answer and the template's
+end-of-turn marker (``answer<|im_end|>\\n`` for Qwen). So masking follows whatever template the model dir ships.
+``train_on_prompt`` supervises every token; ``mask_history`` only the last assistant turn. Image / video placeholder
+tokens are never supervised.
+
+Truncation at ``cutoff_len`` keeps the first tokens; a sample whose vision tokens reach past the cut is dropped
+(kind ``cut_through_image``), never cut, and one with no supervised token left is dropped too.
+"""
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+
+from mmx.data.errors import CUT_THROUGH_IMAGE, NO_LABELS, DataError
+from mmx.data.formats import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
+from mmx.data.media import load_image, load_video
+
+IGNORE_INDEX = -100
+FORMAT_VERSION = 1          # bump when the encoded sample layout changes (part of the cache key)
+_PLACEHOLDER_RE = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})")
+# Files of a model dir that change what the processor and template produce (cache key).
+PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
+                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+
+
+def hf_messages(messages):
+    """mmx messages (text with <image>/<video>) → the chat template's content-part form."""
+    converted = []
+    for message in messages:
+        parts = []
+        for piece in _PLACEHOLDER_RE.split(message["content"]):
+            if piece == IMAGE_PLACEHOLDER:
+                parts.append({"type": "image"})
+            elif piece == VIDEO_PLACEHOLDER:
+                parts.append({"type": "video"})
+            elif piece:
+                parts.append({"type": "text", "text": piece})
+        converted.append({"role": message["role"], "content": parts})
+    return converted
+
+
+class Preprocessor:
+    """Encodes samples with the processor of ``config.model_name_or_path`` (see module doc for labels).
+
+    ``encode(sample)`` returns ``{"id", "input_ids" (S,) int64, "labels" (S,) int64}`` plus, when present,
+    ``"pixel_values" (P, C*T*p*p) float32``, ``"image_grid_thw" (N, 3) int64``, ``"pixel_values_videos"``,
+    ``"video_grid_thw" (V, 3) int64`` and ``"second_per_grid_ts" (V,) float32``.
+    """
+
+    def __init__(self, config, processor=None):
+        from transformers import AutoProcessor
+
+        if processor is None:
+            if not config.model_name_or_path or not os.path.isdir(config.model_name_or_path):
+                raise ValueError(f"{config.source}: model_name_or_path {config.model_name_or_path!r} is not a "
+                                 f"directory; point it at the HF model dir (the one before conversion)")
+            processor = AutoProcessor.from_pretrained(config.model_name_or_path)
+        if not getattr(processor, "chat_template", None):
+            raise ValueError(f"{config.model_name_or_path}: the processor has no chat template "
+                             f"(chat_template.jinja); use an instruct model dir")
+        self.config, self.processor, self.tokenizer = config, processor, processor.tokenizer
+        self.image_token_id = processor.image_token_id
+        self.video_token_id = processor.video_token_id
+        vocab = self.tokenizer.get_vocab()
+        self.vision_start_id = vocab.get("<|vision_start|>")
+        self.vision_end_id = vocab.get("<|vision_end|>")
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.merge_size = processor.image_processor.merge_size
+        self.images_kwargs = _size_kwargs(processor.image_processor, config.image_min_pixels,
+                                          config.image_max_pixels)
+        self.videos_kwargs = dict(_size_kwargs(processor.video_processor, config.video_min_pixels,
+                                               config.video_max_pixels), do_sample_frames=False)
+        self._dummy = None
+
+    # -- identity ------------------------------------------------------------------------------------------------
+
+    def fingerprint(self):
+        """sha256 of the processor files, the chat template, the preprocessing keys and the format version."""
+        digest = hashlib.sha256()
+        directory = self.config.model_name_or_path or ""
+        for name in PROCESSOR_FILES:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                digest.update(name.encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+        digest.update(self.processor.chat_template.encode())
+        digest.update(json.dumps(self.config.preprocess_fingerprint(), sort_keys=True, default=str).encode())
+        digest.update(f"format{FORMAT_VERSION}".encode())
+        return digest.hexdigest()
+
+    def vision_token_ids(self):
+        return [i for i in (self.image_token_id, self.video_token_id, self.vision_start_id, self.vision_end_id)
+                if i is not None]
+
+    # -- encoding ------------------------------------------------------------------------------------------------
+
+    def render(self, messages, add_generation_prompt=False):
+        return self.processor.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def assistant_spans(self, messages):
+        """Full rendered text and the [start, end) character spans of each assistant turn (module doc)."""
+        text = self.render(messages)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self.render(messages[:i], add_generation_prompt=True) if i else ""
+            upto = self.render(messages[:i + 1])
+            if not (upto.startswith(prompt) and text.startswith(upto)):
+                raise ValueError(f"{self.config.model_name_or_path}: the chat template does not render a "
+                                 f"conversation as a prefix of its continuation, so assistant turns cannot be found "
+                                 f"for label masking (turn {i})")
+            spans.append((len(prompt), len(upto)))
+        return text, spans
+
+    def encode(self, sample):
+        """The encoded sample (class doc) or a :class:`DataError` (bad media, image cut by cutoff_len, no labels)."""
+        cfg = self.config
+        images = [load_image(path, sample) for path in sample["images"]]
+        videos, metadata = [], []
+        for path in sample["videos"]:
+            frames, meta = load_video(path, sample, cfg.video_fps, cfg.video_maxlen, cfg.frame_folder_fps)
+            videos.append(frames)
+            metadata.append(meta)
+        messages = hf_messages(sample["messages"])
+        text, spans = self.assistant_spans(messages)
+        kwargs = {}
+        if images:
+            kwargs.update(images=images, images_kwargs=self.images_kwargs)
+        if videos:
+            kwargs.update(videos=videos, videos_kwargs=dict(self.videos_kwargs, video_metadata=metadata))
+        out = self.processor(text=[text], return_tensors="np", return_offsets_mapping=True,
+                             return_text_replacement_offsets=True, add_special_tokens=False, **kwargs)
+        input_ids = np.asarray(out["input_ids"][0], dtype=np.int64)
+        labels = self._labels(input_ids, np.asarray(out["offset_mapping"][0]), spans,
+                              out.get("text_replacement_offsets", [[]])[0])
+        input_ids, labels = self._truncate(sample, input_ids, labels)
+        encoded = {"id": sample["id"], "input_ids": input_ids, "labels": labels}
+        for key, dtype in (("pixel_values", np.float32), ("image_grid_thw", np.int64),
+                           ("pixel_values_videos", np.float32), ("video_grid_thw", np.int64),
+                           ("second_per_grid_ts", np.float32)):
+            if key in out and out[key] is not None and len(out[key]):
+                encoded[key] = np.asarray(out[key], dtype=dtype)
+        if "video_grid_thw" in encoded and "second_per_grid_ts" not in encoded:
+            # Qwen2-VL's processor has no second_per_grid_ts; one temporal patch per 1/fps*temporal_patch seconds.
+            temporal = self.processor.video_processor.temporal_patch_size
+            encoded["second_per_grid_ts"] = np.asarray([temporal / m.sampled_fps for m in metadata], np.float32)
+        return encoded
+
+    def _labels(self, input_ids, offsets, spans, replacements):
+        labels = np.full_like(input_ids, IGNORE_INDEX)
+        if self.config.train_on_prompt:
+            labels[:] = input_ids
+        else:
+            chosen = spans[-1:] if self.config.mask_history else spans
+            # spans are in the rendered text; offsets are in the text after placeholder expansion.
+            shifts = sorted((r["span"][1], (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0]))
+                            for r in replacements)
+            starts = offsets[:, 0]
+            for start, end in chosen:
+                new_start = start + sum(d for pos, d in shifts if pos <= start)
+                new_end = end + sum(d for pos, d in shifts if pos <= end)
+                inside = (starts >= new_start) & (starts < new_end)
+                labels[inside] = input_ids[inside]
+        for token in (self.image_token_id, self.video_token_id):
+            labels[input_ids == token] = IGNORE_INDEX
+        return labels
+
+    def _truncate(self, sample, input_ids, labels):
+        cutoff = self.config.cutoff_len
+        if len(input_ids) > cutoff:
+            vision = np.isin(input_ids, self.vision_token_ids())
+            if vision[cutoff:].any():
+                last = int(np.nonzero(vision)[0][-1])
+                raise DataError(CUT_THROUGH_IMAGE, sample["file"], sample["id"],
+                                f"{len(input_ids)} tokens > cutoff_len {cutoff} and its image/video tokens reach "
+                                f"position {last}; dropped (raise cutoff_len or lower image_max_pixels)",
+                                line=sample.get("line"))
+            input_ids, labels = input_ids[:cutoff], labels[:cutoff]
+        if not (labels != IGNORE_INDEX).any():
+            raise DataError(NO_LABELS, sample["file"], sample["id"],
+                            f"no supervised token within cutoff_len {cutoff}; dropped", line=sample.get("line"))
+        return input_ids, labels
+
+    # -- the dummy image of mixed batches --------------------------------------------------------------------------
+
+    def dummy_image(self):
+        """(token ids, pixel_values, image_grid_thw) of the smallest image the processor makes (a black square)."""
+        if self._dummy is None:
+            from PIL import Image
+
+            side = self.processor.image_processor.patch_size * self.merge_size
+            out = self.processor.image_processor(images=[Image.new("RGB", (side, side))], return_tensors="np",
+                                                 **self.images_kwargs)
+            grid = np.asarray(out["image_grid_thw"], dtype=np.int64)
+            count = int(grid.prod()) // self.merge_size ** 2
+            ids = np.asarray([self.vision_start_id] + [self.image_token_id] * count + [self.vision_end_id], np.int64)
+            self._dummy = (ids, np.asarray(out["pixel_values"], np.float32), grid)
+        return self._dummy
+
+
+def _size_kwargs(image_or_video_processor, min_pixels, max_pixels):
+    """The processor's ``size`` with the config's min/max pixels, when given."""
+    if min_pixels is None and max_pixels is None:
+        return {}
+    size = dict(image_or_video_processor.size)
+    if min_pixels is not None:
+        size["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        size["longest_edge"] = max_pixels
+    return {"size": size}
