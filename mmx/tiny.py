@@ -179,7 +179,7 @@ def _random_weights(config, family, rng):
     text = config["text_config"]
     hidden, heads, kv_heads = text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"]
     head_dim = hidden // heads
-    init.raw("model.language_model.embed_tokens.weight", (text["vocab_size"], hidden), 1.0)
+    init.raw("model.language_model.embed_tokens.weight", (text["vocab_size"], hidden), 0.25)
     for j in range(text["num_hidden_layers"]):
         layer = f"model.language_model.layers.{j}"
         init.norm(f"{layer}.input_layernorm", hidden, bias=False)

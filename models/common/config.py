@@ -1,0 +1,121 @@
+"""Plain-value configs of the Qwen-VL families, read from a Hugging Face ``config.json`` (stdlib json only).
+
+Both layouts are read: transformers ≥ 4.52 nests the LLM under ``text_config`` with ``rope_parameters``; older hub
+files keep the LLM fields at the top level with ``rope_scaling`` / ``rope_theta``.
+"""
+import json
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The Qwen2 LLM with multimodal RoPE."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    rms_norm_eps: float
+    rope_theta: float
+    mrope_section: tuple     # (t, h, w) frequencies per axis, summing to head_dim / 2
+    tie_word_embeddings: bool
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The vision tower; the fields one family does not use keep their defaults."""
+
+    depth: int
+    hidden_size: int          # width of the vision blocks (Qwen2-VL ``embed_dim``)
+    intermediate_size: int    # MLP width (Qwen2-VL: embed_dim * mlp_ratio)
+    num_heads: int
+    out_hidden_size: int      # the projector's output = the LLM width
+    patch_size: int
+    temporal_patch_size: int
+    in_channels: int
+    spatial_merge_size: int
+    rope_theta: float
+    hidden_act: str
+    window_size: int = 0                 # Qwen2.5-VL window attention (pixels)
+    fullatt_block_indexes: tuple = ()    # Qwen2.5-VL blocks that attend over the whole frame
+    tokens_per_second: int = None        # Qwen2.5-VL video temporal positions; None = Qwen2-VL (1 per frame)
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str               # "qwen2_vl" | "qwen2_5_vl"
+    text: TextConfig
+    vision: VisionConfig
+    image_token_id: int
+    video_token_id: int
+    vision_start_token_id: int
+
+    # rope_index reads these three from the config it is given
+    @property
+    def spatial_merge_size(self):
+        return self.vision.spatial_merge_size
+
+    @property
+    def tokens_per_second(self):
+        return self.vision.tokens_per_second
+
+
+def read_hf_config(source):
+    """The raw dict of ``source``: a dict, a ``config.json`` path, or a checkpoint directory."""
+    if isinstance(source, dict):
+        return source
+    path = os.path.join(source, "config.json") if os.path.isdir(source) else source
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no config.json at {path}: pass a Hugging Face checkpoint directory")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _field(source, key, where):
+    if key not in source:
+        raise ValueError(f"config.json: {where} has no {key!r}; is this a Qwen2-VL / Qwen2.5-VL config?")
+    return source[key]
+
+
+def text_config(raw):
+    """TextConfig from a Qwen-VL config dict (nested ``text_config`` or the older flat layout)."""
+    text = raw.get("text_config") or raw
+    where = "text_config" if "text_config" in raw else "the top level"
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or raw.get("rope_scaling") or {}
+    theta = rope.get("rope_theta", text.get("rope_theta", raw.get("rope_theta", 1000000.0)))
+    heads = _field(text, "num_attention_heads", where)
+    hidden = _field(text, "hidden_size", where)
+    mrope = tuple(_field(rope, "mrope_section", f"{where}.rope_parameters"))
+    if sum(mrope) * 2 != hidden // heads:
+        raise ValueError(f"config.json: mrope_section {list(mrope)} sums to {sum(mrope)} but head_dim/2 is "
+                         f"{hidden // heads // 2}; fix rope_parameters.mrope_section")
+    tie = raw.get("tie_word_embeddings", False) or text.get("tie_word_embeddings", False)
+    return TextConfig(
+        vocab_size=_field(text, "vocab_size", where), hidden_size=hidden,
+        intermediate_size=_field(text, "intermediate_size", where),
+        num_layers=_field(text, "num_hidden_layers", where), num_heads=heads,
+        num_kv_heads=text.get("num_key_value_heads") or heads, rms_norm_eps=text.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta), mrope_section=mrope, tie_word_embeddings=bool(tie))
+
+
+def vision_rope_theta(vision):
+    return float((vision.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+
+
+def model_config(raw, family, vision):
+    """ModelConfig for ``family`` from the raw dict and that family's VisionConfig."""
+    return ModelConfig(family=family, text=text_config(raw), vision=vision,
+                       image_token_id=_field(raw, "image_token_id", "the top level"),
+                       video_token_id=_field(raw, "video_token_id", "the top level"),
+                       vision_start_token_id=raw.get("vision_start_token_id", -1))

@@ -1,0 +1,137 @@
+"""Integer metadata of Qwen-VL models, computed on the host with numpy (as transformers does on the host).
+
+- :func:`rope_index` — the 3-D (temporal, height, width) position ids of the LLM tokens (HF ``get_rope_index`` in
+  ``modeling_qwen2_vl.py`` / ``modeling_qwen2_5_vl.py``), per row or per packed sample.
+- :func:`vision_position_ids`, :func:`vision_cu_seqlens`, :func:`vision_window_index` — the vision tower's 2-D rotary
+  positions, per-frame attention segments and Qwen2.5-VL's window reordering (HF ``transformers/vision_utils.py``).
+
+All take and return numpy arrays; nothing here touches a backend tensor.
+"""
+import itertools
+
+import numpy as np
+
+TEXT, IMAGE, VIDEO = 0, 1, 2
+
+
+def _as_grid(grid_thw):
+    return np.zeros((0, 3), np.int64) if grid_thw is None else np.asarray(grid_thw, np.int64).reshape(-1, 3)
+
+
+def _vision_positions(start, grid_thw, spatial_merge_size, time_interval):
+    """(3, t*h*w) positions of one image/video's merged tokens, offset by ``start`` (HF get_vision_position_ids)."""
+    t, h, w = int(grid_thw[0]), int(grid_thw[1]) // spatial_merge_size, int(grid_thw[2]) // spatial_merge_size
+    # HF: (arange(t) * time_interval).long() in float32, truncating toward zero.
+    temporal = (np.arange(t, dtype=np.float32) * np.float32(time_interval)).astype(np.int64) + start
+    grid_t, grid_h, grid_w = np.meshgrid(temporal, np.arange(h) + start, np.arange(w) + start, indexing="ij")
+    return np.stack([grid_t, grid_h, grid_w]).reshape(3, -1)
+
+
+def _segment_positions(token_type, grids, spatial_merge_size, time_intervals):
+    """(3, n) positions of one sample's tokens; consumes this sample's grids from the shared iterators."""
+    pieces, current = [], 0
+    for modality, group in itertools.groupby(token_type.tolist()):
+        length = len(list(group))
+        if modality == TEXT:
+            pieces.append(np.broadcast_to(np.arange(length) + current, (3, length)))
+            current += length
+            continue
+        try:
+            grid = next(grids[modality])
+        except StopIteration:
+            kind = "image_grid_thw" if modality == IMAGE else "video_grid_thw"
+            raise ValueError(f"the input ids hold more {'image' if modality == IMAGE else 'video'} groups than "
+                             f"{kind} has rows; pass one grid row per image/video in order") from None
+        interval = next(time_intervals) if modality == VIDEO else 1.0
+        positions = _vision_positions(current, grid, spatial_merge_size, interval)
+        if positions.shape[1] != length:
+            raise ValueError(f"an {'image' if modality == IMAGE else 'video'} group has {length} placeholder tokens "
+                             f"but its grid {grid.tolist()} gives {positions.shape[1]} merged tokens")
+        pieces.append(positions)
+        current += max(int(grid[1]), int(grid[2])) // spatial_merge_size
+    return np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), np.int64)
+
+
+def rope_index(input_ids, attention_mask, image_grid_thw, video_grid_thw, config, second_per_grid_ts=None,
+               cu_seqlens=None):
+    """3-D rotary position ids of the LLM tokens and, per row, the next free position (for decoding).
+
+    input_ids (B, S) int; attention_mask (B, S) or None (1 = real token; padding gets position 0 like HF);
+    image_grid_thw (N_img, 3), video_grid_thw (N_vid, 3) in the order the images/videos appear in the batch;
+    ``config``: an object with ``image_token_id``, ``video_token_id``, ``spatial_merge_size`` and
+    ``tokens_per_second`` (``None`` for Qwen2-VL: video frames step by 1); second_per_grid_ts (N_vid,) seconds per
+    temporal grid step (Qwen2.5-VL). ``cu_seqlens`` (N+1,): the rows are packed, each segment is one sample whose
+    positions start at 0.
+    → (position_ids (3, B, S) int64, next_position (B, N_segments) int64 = max position + 1 of each sample).
+    """
+    input_ids = np.asarray(input_ids)
+    batch, length = input_ids.shape
+    mask = np.ones((batch, length), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    token_type = np.where(input_ids == config.image_token_id, IMAGE,
+                          np.where(input_ids == config.video_token_id, VIDEO, TEXT))
+    grids = {IMAGE: iter(_as_grid(image_grid_thw)), VIDEO: iter(_as_grid(video_grid_thw))}
+    if config.tokens_per_second is None:
+        intervals = itertools.repeat(1.0)
+    else:
+        seconds = [1.0] * len(_as_grid(video_grid_thw)) if second_per_grid_ts is None else second_per_grid_ts
+        intervals = iter([np.float32(config.tokens_per_second) * np.float32(s) for s in np.asarray(seconds)])
+    bounds = [0, length] if cu_seqlens is None else [int(b) for b in np.asarray(cu_seqlens)]
+    position_ids = np.zeros((3, batch, length), np.int64)
+    next_position = np.zeros((batch, len(bounds) - 1), np.int64)
+    for row in range(batch):
+        for segment, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+            real = np.nonzero(mask[row, start:end])[0] + start
+            positions = _segment_positions(token_type[row, real], grids, config.spatial_merge_size, intervals)
+            position_ids[:, row, real] = positions
+            next_position[row, segment] = positions.max() + 1 if positions.size else 0
+    return position_ids, next_position
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vision tower metadata (HF transformers/vision_utils.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+def vision_position_ids(grid_thw, spatial_merge_size):
+    """(T_patches, 2) (row, column) of each patch, laid out block-major over merge x merge blocks, per frame."""
+    rows = []
+    for t, h, w in _as_grid(grid_thw).tolist():
+        hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        block = (h // spatial_merge_size, spatial_merge_size, w // spatial_merge_size, spatial_merge_size)
+        hpos = hpos.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
+        wpos = wpos.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
+        rows.append(np.tile(np.stack([hpos, wpos], axis=-1), (t, 1)))
+    return np.concatenate(rows, axis=0)
+
+
+def vision_cu_seqlens(grid_thw):
+    """(frames + 1,) int32: each frame of each image/video is its own attention segment of h*w patches."""
+    grid = _as_grid(grid_thw)
+    lengths = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+
+
+def vision_window_index(grid_thw, spatial_merge_size, window_size, patch_size):
+    """Qwen2.5-VL window attention: (window_index (T_merged,) int64, cu_window_seqlens (W+1,) int32).
+
+    Merged tokens (merge x merge patch blocks) are reordered so each window of ``window_size`` pixels is contiguous;
+    ``cu_window_seqlens`` counts patches (not merged tokens) per window, empty windows dropped.
+    """
+    merger_window = window_size // spatial_merge_size // patch_size
+    unit = spatial_merge_size ** 2
+    window_index, cu_window_seqlens, offset = [], [0], 0
+    for t, h, w in _as_grid(grid_thw).tolist():
+        llm_h, llm_w = h // spatial_merge_size, w // spatial_merge_size
+        index = np.arange(t * llm_h * llm_w).reshape(t, llm_h, llm_w)
+        pad_h, pad_w = merger_window - llm_h % merger_window, merger_window - llm_w % merger_window
+        windows_h, windows_w = (llm_h + pad_h) // merger_window, (llm_w + pad_w) // merger_window
+        padded = np.pad(index, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=-100)
+        padded = padded.reshape(t, windows_h, merger_window, windows_w, merger_window).transpose(0, 1, 3, 2, 4)
+        padded = padded.reshape(t, windows_h * windows_w, merger_window * merger_window)
+        seqlens = (padded != -100).sum(-1).reshape(-1)
+        flat = padded.reshape(-1)
+        window_index.append(flat[flat != -100] + offset)
+        cu_window_seqlens.extend((np.cumsum(seqlens) * unit + cu_window_seqlens[-1]).tolist())
+        offset += t * llm_h * llm_w
+    cu = np.asarray(cu_window_seqlens, np.int32)
+    keep = np.concatenate([[True], cu[1:] != cu[:-1]])   # HF unique_consecutive: drop empty windows
+    return np.concatenate(window_index).astype(np.int64), cu[keep]

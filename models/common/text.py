@@ -1,0 +1,136 @@
+"""The Qwen2 language model with multimodal RoPE, shared by Qwen2-VL and Qwen2.5-VL.
+
+Mirrors ``Qwen2VLTextModel`` / ``Qwen2_5_VLTextModel`` (+ ``lm_head``) in transformers'
+``models/qwen2_vl/modeling_qwen2_vl.py`` and ``models/qwen2_5_vl/modeling_qwen2_5_vl.py``, in the mm layout of
+``docs/checkpoint-layout.md``::
+
+    TextDecoder (state-dict prefix text_decoder.)
+    ├── embedding.word_embeddings            ids (B, S) → (B, S, C)
+    ├── decoder.layers["{j}"]  DecoderLayer  (global layer index j)
+    │   ├── input_layernorm                  RMSNorm
+    │   ├── self_attention                   fused qkv (per-KV-group interleave) → mRoPE → causal GQA → linear_proj
+    │   ├── pre_mlp_layernorm                RMSNorm
+    │   └── mlp                              linear_fc1 = [gate; up] → silu(gate) * up → linear_fc2
+    ├── decoder.final_layernorm              RMSNorm
+    └── output_layer                         (absent when tie_word_embeddings: the embedding matrix is reused)
+"""
+import numpy as np
+
+from mmx import nn, ops
+from mmx.nn.layers import Embedding, Linear, RMSNorm
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU MLP with fused gate/up: x (..., C) → linear_fc1 (..., 2F) = [gate | up] → (..., C)."""
+
+    def __init__(self, hidden_size, intermediate_size, bias):
+        super().__init__()
+        self.intermediate_size = intermediate_size
+        self.linear_fc1 = Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        self.linear_fc2 = Linear(intermediate_size, hidden_size, bias=bias)
+
+    def forward(self, x):
+        gate_up = self.linear_fc1(x)
+        gate, up = gate_up[..., :self.intermediate_size], gate_up[..., self.intermediate_size:]
+        return self.linear_fc2(ops.silu(gate) * up)
+
+
+class SelfAttention(nn.Module):
+    """Causal GQA self-attention with mRoPE.
+
+    ``linear_qkv`` rows are grouped per KV head g: [q heads g*r .. g*r+r-1; k head g; v head g] (r = Hq / Hkv), so
+    query head h uses KV head h // r, as in HF's ``repeat_kv``.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.group = self.num_heads // self.num_kv_heads
+        self.linear_qkv = Linear(config.hidden_size, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim)
+        self.linear_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, layer_index=None):
+        """x (B, S, C), cos/sin (B, S, D); attention_mask (B, S_past + S) 1 = real token; cu_seqlens (N+1,)
+        int32 for a packed row (B = 1); cache: a KVCache that stores this layer's keys/values → (B, S, C)."""
+        batch, length = x.shape[0], x.shape[1]
+        qkv = ops.reshape(self.linear_qkv(x), (batch, length, self.num_kv_heads, self.group + 2, self.head_dim))
+        q = ops.reshape(qkv[:, :, :, :self.group, :], (batch, length, self.num_heads, self.head_dim))
+        k, v = qkv[:, :, :, self.group, :], qkv[:, :, :, self.group + 1, :]
+        q, k = ops.apply_rotary(q, cos, sin), ops.apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer_index, k, v)
+        if cu_seqlens is not None:
+            out = ops.attention(q[0], k[0], v[0], causal=True, cu_seqlens=cu_seqlens)
+        else:
+            out = ops.attention(q, k, v, causal=True, key_padding_mask=attention_mask)
+        return self.linear_proj(ops.reshape(out, (batch, length, self.num_heads * self.head_dim)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer layer: x + attn(norm(x)), then + mlp(norm(.)). x (B, S, C) → (B, S, C)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attention = SelfAttention(config)
+        self.pre_mlp_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, bias=False)
+
+    def forward(self, x, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, layer_index=None):
+        x = x + self.self_attention(self.input_layernorm(x), cos, sin, attention_mask, cu_seqlens, cache,
+                                    layer_index)
+        return x + self.mlp(self.pre_mlp_layernorm(x))
+
+
+class _Embedding(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, config, layer_indices, last):
+        super().__init__()
+        self.layers = nn.ModuleDict({str(j): DecoderLayer(config) for j in layer_indices})
+        if last:
+            self.final_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class TextDecoder(nn.Module):
+    """The LLM, or the part of it one pipeline stage holds (``layer_indices``, ``first``, ``last``)."""
+
+    def __init__(self, config, layer_indices, first=True, last=True):
+        super().__init__()
+        self.config, self.first, self.last = config, first, last
+        self.layer_indices = tuple(layer_indices)
+        if first:
+            self.embedding = _Embedding(config)
+        self.decoder = _Decoder(config, self.layer_indices, last)
+        # Tied embeddings: the full model reuses the embedding matrix. A last stage without the embedding holds a
+        # copy as output_layer (kept equal by the trainer), like Megatron's pipeline stages.
+        if last and (not config.tie_word_embeddings or not first):
+            self.output_layer = Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def embed(self, input_ids):
+        """input_ids (B, S) backend int tensor → (B, S, C)."""
+        return self.embedding.word_embeddings(input_ids)
+
+    def rotary(self, position_ids):
+        """position_ids (3, B, S) numpy int → cos, sin (B, S, head_dim) float32 (multimodal RoPE)."""
+        dim = self.config.head_dim
+        inv_freq = 1.0 / (self.config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+        return ops.rotary_cos_sin(ops.tensor(np.asarray(position_ids, np.int64)),
+                                  ops.tensor(inv_freq.astype(np.float32)), list(self.config.mrope_section))
+
+    def forward(self, hidden, cos, sin, attention_mask=None, cu_seqlens=None, cache=None):
+        """hidden (B, S, C) → this stage's layers → (B, S, C); on the last stage → float32 logits (B, S, V)."""
+        for j in self.layer_indices:
+            hidden = self.decoder.layers[str(j)](hidden, cos, sin, attention_mask, cu_seqlens, cache, j)
+        if not self.last:
+            return hidden
+        hidden = self.decoder.final_layernorm(hidden)
+        if hasattr(self, "output_layer"):
+            logits = self.output_layer(hidden)
+        else:
+            logits = ops.linear(hidden, self.embedding.word_embeddings.weight)
+        return ops.cast(logits, ops.float32)

@@ -1,0 +1,119 @@
+"""The Qwen-VL conditional-generation model around a family's vision encoder.
+
+Mirrors ``Qwen2VLForConditionalGeneration.forward`` / ``Qwen2_5_VLForConditionalGeneration.forward`` (and their
+``Model.forward``) in transformers::
+
+    forward(input_ids (B, S), ...)
+    ├── text_decoder.embed(input_ids)                          (B, S, C)
+    ├── image_encoder(pixel_values, image_grid_thw)            (N_image_tokens, C) → masked_scatter at <|image_pad|>
+    ├── image_encoder(pixel_values_videos, video_grid_thw)     (N_video_tokens, C) → masked_scatter at <|video_pad|>
+    ├── 3-D position ids (host, numpy: positions.rope_index, or the cache's next positions when decoding)
+    ├── text_decoder.rotary(position_ids)                      cos/sin (B, S, D)
+    └── text_decoder(hidden, cos, sin, mask)                   float32 logits (B, S, V)
+
+A family subclass names its vision encoder class in ``image_encoder_class`` (built as ``cls(vision, stage)``).
+"""
+import numpy as np
+
+from mmx import nn, ops
+from mmx.parallel import Stage
+from mmx.models.common.positions import rope_index
+from mmx.models.common.text import TextDecoder
+
+
+def _host(x, dtype=None):
+    """A numpy copy of integer metadata given as numpy, a list or a backend tensor (None stays None)."""
+    if x is None:
+        return None
+    array = x if isinstance(x, (np.ndarray, list, tuple)) else ops.to_numpy(x)
+    return np.asarray(array, dtype)
+
+
+def _device(x, dtype):
+    """A backend tensor of ``x`` (numpy or already a backend tensor) in ``dtype``."""
+    return ops.tensor(np.asarray(x), dtype) if isinstance(x, (np.ndarray, list, tuple)) else ops.cast(x, dtype)
+
+
+class QwenVLModel(nn.Module):
+    """Image encoder + Qwen2 LLM; state-dict keys are the mm names (``image_encoder.*``, ``text_decoder.*``).
+
+    ``stage`` (mmx.parallel.Stage, default the whole model) selects the vision blocks, LLM layers and ends this
+    model holds; ``forward`` runs the whole model only.
+    """
+
+    image_encoder_class = None
+
+    def __init__(self, config, stage=None):
+        super().__init__()
+        self.config = config
+        self.stage = stage or Stage.full(config.vision.depth, config.text.num_layers)
+        if self.stage.first or self.stage.vision_layers:
+            self.image_encoder = self.image_encoder_class(config.vision, self.stage)
+        self.text_decoder = TextDecoder(config.text, self.stage.llm_layers, self.stage.first, self.stage.last)
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, position_ids=None,
+                cache=None, cu_seqlens=None):
+        """Float32 logits (B, S, V).
+
+        input_ids (B, S) int; attention_mask (B, S_past + S), 1 = real token (left or right padding);
+        pixel_values (N_patches, C*kT*kH*kW) and image_grid_thw (N_images, 3) as the processor returns them;
+        pixel_values_videos / video_grid_thw likewise; second_per_grid_ts (N_videos,) (Qwen2.5-VL);
+        position_ids (3, B, S) to override the computed 3-D positions; cache: a KVCache (prefill when empty, then
+        decode steps); cu_seqlens (N+1,) int: a packed row (B = 1) of N samples that attend only to themselves and
+        whose positions each start at 0.
+        """
+        full = Stage.full(self.config.vision.depth, self.config.text.num_layers)
+        if self.stage != full:
+            raise ValueError(f"forward runs the whole model; this one holds only pipeline stage {self.stage} "
+                             f"(build it without a stage, or run stages through the trainer's pipeline)")
+        if cu_seqlens is not None and cache is not None:
+            raise ValueError("packed inputs (cu_seqlens) are for training; pass either cu_seqlens or a cache")
+        ids = _host(input_ids, np.int64)
+        mask = _host(attention_mask, np.int64)
+        hidden = self.text_decoder.embed(ops.tensor(ids))
+        hidden = self._insert(hidden, ids, pixel_values, image_grid_thw, self.config.image_token_id, "image")
+        hidden = self._insert(hidden, ids, pixel_values_videos, video_grid_thw, self.config.video_token_id, "video")
+        positions = self._positions(ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts, position_ids,
+                                    cache, cu_seqlens)
+        cos, sin = self.text_decoder.rotary(positions)
+        key_mask = None if mask is None or mask.all() else ops.tensor(mask.astype(bool))
+        packed = None if cu_seqlens is None else ops.tensor(np.asarray(_host(cu_seqlens), np.int32))
+        return self.text_decoder(hidden, cos, sin, key_mask, packed, cache)
+
+    def _insert(self, hidden, ids, pixels, grid_thw, token_id, kind):
+        """Replace the placeholder embeddings of ``token_id`` by the vision features of ``pixels``."""
+        slots = ids == token_id
+        if pixels is None:
+            if slots.any() and self.stage.first:
+                raise ValueError(f"input_ids hold {int(slots.sum())} {kind} placeholder tokens (id {token_id}) but "
+                                 f"no {'pixel_values' if kind == 'image' else 'pixel_values_videos'} were given")
+            return hidden
+        if grid_thw is None:
+            raise ValueError(f"{kind} pixels given without {kind}_grid_thw: pass the grid the processor returned")
+        features = self.image_encoder(_device(pixels, ops.float32), _host(grid_thw, np.int64))
+        if features.shape[0] != int(slots.sum()):
+            raise ValueError(f"{kind.capitalize()} features and {kind} tokens do not match: input_ids hold "
+                             f"{int(slots.sum())} {kind} tokens (id {token_id}) but the {kind}s give "
+                             f"{features.shape[0]} features; build input_ids with the checkpoint's processor")
+        return ops.masked_scatter(hidden, ops.tensor(slots[..., None]), ops.cast(features, hidden.dtype))
+
+    def _positions(self, ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts, position_ids, cache,
+                   cu_seqlens):
+        """(3, B, S) numpy positions; records the cache's next positions on prefill."""
+        length = ids.shape[1]
+        if position_ids is not None:
+            positions = _host(position_ids, np.int64)
+            positions = np.broadcast_to(positions, (3,) + positions.shape) if positions.ndim == 2 else positions
+            if cache is not None:
+                cache.next_position = positions.max(axis=(0, 2)) + 1
+            return positions
+        if cache is not None and cache.length > 0:
+            return cache.decode_positions(length)
+        current_mask = None if mask is None else mask[:, -length:]
+        positions, next_position = rope_index(ids, current_mask, _host(image_grid_thw), _host(video_grid_thw),
+                                              self.config, _host(second_per_grid_ts, np.float32),
+                                              _host(cu_seqlens))
+        if cache is not None:
+            cache.next_position = next_position[:, 0]
+        return positions
