@@ -31,3 +31,16 @@ def backends_command():
             click.echo(f"{name:10s} missing  {error}\n{'':10s} install: {backend.INSTALL_HINT[name]}")
     if not working:
         raise click.ClickException("no backend imports; install one (see above)")
+
+
+from mmx.cli.convert_cmd import convert_group  # noqa: E402 - command groups register after main exists
+
+main.add_command(convert_group)
+
+from mmx.cli.verify_cmd import verify_command  # noqa: E402
+
+main.add_command(verify_command)
+
+from mmx.cli.data_cmd import data_group  # noqa: E402
+
+main.add_command(data_group)

@@ -1,0 +1,188 @@
+"""Converters from public dataset layouts to the mmx / MindSpeed-MM messages format.
+
+Output records (written as a ``.json`` array, or ``.jsonl`` when the output name ends so)::
+
+    {"id": ..., "messages": [{"role": "user", "content": "<image>\\n..."}, {"role": "assistant", ...}],
+     "images": ["<image-dir>/000000033471.jpg"]}            # no "images" key for text-only records
+
+``llava``: LLaVA-Instruct-150K (``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}``); image
+file names are joined to ``image_dir`` (e.g. ``./data/COCO2017/train2017``), as the guides' conversion script does.
+
+``qwen-vl``: the Qwen-VL fine-tuning format: ``Picture 1: <img>path</img>\\n`` becomes an ``<image>`` placeholder
+(+ the path in ``images``) and grounding ``<ref>text</ref><box>(x1,y1),(x2,y2)</box>`` (corners normalised to
+[0, 1000) of the image) is rewritten in the target model's convention:
+
+* ``qwen2_vl``: ``<|object_ref_start|>text<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``, the same
+  [0, 1000) numbers (Qwen2-VL kept Qwen-VL's normalised boxes, with its own special tokens);
+* ``qwen2_5_vl``: ``{"bbox_2d": [x1, y1, x2, y2], "label": "text"}`` in absolute pixels of the image *as the
+  processor resizes it* (Qwen2.5-VL grounds in absolute coordinates of its input): ``x = round(x_norm / 1000 * W')``
+  with ``(H', W')`` from transformers' ``smart_resize`` under the model dir's (or given) min/max pixels. Train with
+  the same ``image_min_pixels`` / ``image_max_pixels``, or the boxes will not match the pixels the model sees.
+
+A box refers to the latest image placed at or before its turn. Relative image paths (after joining ``image_dir``)
+are read, for their sizes, from the input file's folder.
+"""
+import json
+import os
+import re
+
+from mmx.data.formats import IMAGE_PLACEHOLDER
+
+SOURCES = ("llava", "qwen-vl")
+TARGETS = ("qwen2_vl", "qwen2_5_vl")
+_IMG_RE = re.compile(r"(?:Picture \d+:\s*)?<img>(.*?)</img>\n?")
+_BOX = r"<box>\((\d+),(\d+)\),\((\d+),(\d+)\)</box>"
+_GROUND_RE = re.compile(rf"(?:<ref>(.*?)</ref>)?((?:{_BOX})+)")
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+class ConvertError(ValueError):
+    """A record that cannot be converted; names the input file, record and problem."""
+
+
+def _read(path):
+    with open(path) as f:
+        if path.endswith(".jsonl"):
+            records = []
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ConvertError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+            return records
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ConvertError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    if not isinstance(records, list):
+        raise ConvertError(f"{path}: expected a JSON array of records, got {type(records).__name__}")
+    return records
+
+
+def _turns(record, path, index):
+    turns = record.get("conversations") if isinstance(record, dict) else None
+    rid = record.get("id", f"#{index}") if isinstance(record, dict) else f"#{index}"
+    if not isinstance(turns, list) or not turns:
+        raise ConvertError(f"{path} record {rid!r}: no 'conversations' list")
+    out = []
+    for turn in turns:
+        role = _ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+        if role is None or not isinstance(turn.get("value"), str):
+            raise ConvertError(f"{path} record {rid!r}: turn {turn!r} needs 'from' (human/gpt/user/assistant) and "
+                               f"a string 'value'"[:300])
+        out.append((role, turn["value"]))
+    return str(rid), out
+
+
+def llava_record(record, path, index, image_dir=None):
+    """One LLaVA-Instruct record → the messages format (module doc)."""
+    rid, turns = _turns(record, path, index)
+    out = {"id": rid, "messages": [{"role": role, "content": value} for role, value in turns]}
+    image = record.get("image")
+    if image:
+        out["images"] = [os.path.join(image_dir, image) if image_dir else image]
+        count = sum(value.count(IMAGE_PLACEHOLDER) for _, value in turns)
+        if count != 1:
+            raise ConvertError(f"{path} record {rid!r}: has an image but {count} {IMAGE_PLACEHOLDER} placeholders "
+                               f"(LLaVA puts exactly one in the first human turn)")
+    return out
+
+
+class BoxWriter:
+    """Rewrites Qwen-VL grounding for ``target`` (module doc); image sizes are read lazily for qwen2_5_vl."""
+
+    def __init__(self, target, model_dir=None, min_pixels=None, max_pixels=None, image_root=None):
+        if target not in TARGETS:
+            raise ValueError(f"unknown box target {target!r}; choose one of {', '.join(TARGETS)}")
+        self.target, self.image_root = target, image_root
+        self.factor = None
+        if target == "qwen2_5_vl":
+            if model_dir is None:
+                raise ValueError("--target qwen2_5_vl writes absolute pixel boxes of the resized image, so it needs "
+                                 "--model-dir (the HF dir whose image processor resizes the images)")
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(model_dir)
+            self.factor = processor.patch_size * processor.merge_size
+            self.min_pixels = min_pixels or processor.size["shortest_edge"]
+            self.max_pixels = max_pixels or processor.size["longest_edge"]
+
+    def resized_size(self, image_path):
+        """(height, width) the processor resizes ``image_path`` to (transformers' smart_resize)."""
+        from PIL import Image
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        path = image_path if os.path.isabs(image_path) or not self.image_root else os.path.join(self.image_root,
+                                                                                              image_path)
+        with Image.open(path) as image:
+            width, height = image.size
+        return smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+
+    def rewrite(self, text, image_path):
+        def one(match):
+            label, boxes = match.group(1), re.findall(_BOX, match.group(2))
+            if self.target == "qwen2_vl":
+                ref = f"<|object_ref_start|>{label}<|object_ref_end|>" if label is not None else ""
+                return ref + "".join(f"<|box_start|>({a},{b}),({c},{d})<|box_end|>" for a, b, c, d in boxes)
+            if image_path is None:
+                raise ConvertError("a <box> appears before any image; cannot make absolute coordinates")
+            height, width = self.resized_size(image_path)
+            items = []
+            for a, b, c, d in boxes:
+                box = [round(int(a) / 1000 * width), round(int(b) / 1000 * height),
+                       round(int(c) / 1000 * width), round(int(d) / 1000 * height)]
+                item = {"bbox_2d": box} if label is None else {"bbox_2d": box, "label": label}
+                items.append(json.dumps(item, ensure_ascii=False))
+            return ", ".join(items)
+
+        return _GROUND_RE.sub(one, text)
+
+
+def qwen_vl_record(record, path, index, boxes, image_dir=None):
+    """One Qwen-VL record → the messages format with boxes rewritten by ``boxes`` (a :class:`BoxWriter`)."""
+    rid, turns = _turns(record, path, index)
+    images, messages = [], []
+    for role, value in turns:
+        found = _IMG_RE.findall(value)
+        images.extend(os.path.join(image_dir, p) if image_dir and not os.path.isabs(p) else p for p in found)
+        text = _IMG_RE.sub(IMAGE_PLACEHOLDER, value)
+        try:
+            text = boxes.rewrite(text, images[-1] if images else None)
+        except (ConvertError, OSError) as err:
+            raise ConvertError(f"{path} record {rid!r}: {err}") from None
+        messages.append({"role": role, "content": text})
+    out = {"id": rid, "messages": messages}
+    if images:
+        out["images"] = images
+    return out
+
+
+def convert_file(source, input_path, output_path, image_dir=None, target="qwen2_5_vl", model_dir=None,
+                 min_pixels=None, max_pixels=None, skip_bad=False):
+    """Convert ``input_path`` to ``output_path``; returns ``{"converted": n, "skipped": m, "errors": [...]}``."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source format {source!r}; choose one of {', '.join(SOURCES)}")
+    # relative image paths (after joining image_dir) are read from the input file's folder for their sizes
+    boxes = BoxWriter(target, model_dir, min_pixels, max_pixels, image_root=os.path.dirname(
+        os.path.abspath(input_path))) if source == "qwen-vl" else None
+    converted, errors = [], []
+    for index, record in enumerate(_read(input_path)):
+        try:
+            if source == "llava":
+                converted.append(llava_record(record, input_path, index, image_dir))
+            else:
+                converted.append(qwen_vl_record(record, input_path, index, boxes, image_dir))
+        except ConvertError as err:
+            if not skip_bad:
+                raise
+            errors.append(str(err))
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    tmp = f"{output_path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        if output_path.endswith(".jsonl"):
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in converted)
+        else:
+            json.dump(converted, f, ensure_ascii=False, indent=1)
+    os.replace(tmp, output_path)
+    return {"converted": len(converted), "skipped": len(errors), "errors": errors[:20]}
