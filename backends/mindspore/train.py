@@ -1,0 +1,150 @@
+"""The MindSpore training step: AdamW, gradient accumulation, global-norm clipping, RNG state.
+
+Same public names, signatures and order as ``backends/torch/train.py``; the optimizer state crosses backends as
+numpy in the same layout (``{"step", "exp_avg": {name: array}, "exp_avg_sq": {name: array}}``).
+
+Why AdamW is written here: ``nn.AdamWeightDecay`` has no bias correction, and in-place ``Tensor`` methods silently
+do nothing in PyNative (ARCHITECTURE.md, MindSpore landmines), so each update is computed out of place and written
+with ``ops.assign``, in torch's ``_single_tensor_adamw`` order of operations (decay, lerp of the first moment,
+second moment, bias-corrected denominator) so the numbers agree with torch to float32 rounding.
+Parameters with ndim < 2 (norms, biases) get no weight decay, as in the torch backend.
+"""
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+
+from . import nn as backend_nn
+
+
+class AdamW:
+    """AdamW over ``named_params`` [(name, Parameter)]; the learning rate is passed per step by the scheduler."""
+
+    def __init__(self, named_params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        self.names = [name for name, _ in named_params]
+        self.params = [param for _, param in named_params]
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = float(eps)
+        self.weight_decays = [float(weight_decay) if param.ndim >= 2 else 0.0 for param in self.params]
+        self.exp_avg = [self._moment(name, param, "exp_avg") for name, param in named_params]
+        self.exp_avg_sq = [self._moment(name, param, "exp_avg_sq") for name, param in named_params]
+        self.step_count = 0
+
+    @staticmethod
+    def _moment(name, param, kind):
+        return ms.Parameter(ops.zeros(param.shape, ms.float32), name=f"{kind}.{name}", requires_grad=False)
+
+    def step(self, grads, lr):
+        """One update with ``grads`` (list aligned with the parameters) at learning rate ``lr``."""
+        self.step_count += 1
+        bias_correction1 = 1.0 - self.beta1 ** self.step_count
+        bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** self.step_count)
+        step_size = lr / bias_correction1
+        for param, grad, exp_avg, exp_avg_sq, decay in zip(self.params, grads, self.exp_avg, self.exp_avg_sq,
+                                                            self.weight_decays):
+            grad = ops.cast(grad, ms.float32)
+            value = ops.cast(param, ms.float32)
+            if decay:
+                value = value * (1.0 - lr * decay)
+            # torch's lerp(exp_avg, grad, 1 - beta1) for weights < 0.5: exp_avg + w * (grad - exp_avg)
+            new_avg = exp_avg + (1.0 - self.beta1) * (grad - exp_avg)
+            new_avg_sq = exp_avg_sq * self.beta2 + (1.0 - self.beta2) * (grad * grad)
+            denom = ops.sqrt(new_avg_sq) / bias_correction2_sqrt + self.eps
+            value = value + (-step_size) * (new_avg / denom)
+            ops.assign(exp_avg, new_avg)
+            ops.assign(exp_avg_sq, new_avg_sq)
+            ops.assign(param, ops.cast(value, param.dtype))
+
+    def state_dict(self):
+        """Numpy optimizer state (float32 moments keyed by parameter name), backend-neutral layout."""
+        if not self.step_count:
+            return {"step": 0, "exp_avg": {}, "exp_avg_sq": {}}
+        return {"step": self.step_count,
+                "exp_avg": {name: m.asnumpy().copy() for name, m in zip(self.names, self.exp_avg)},
+                "exp_avg_sq": {name: v.asnumpy().copy() for name, v in zip(self.names, self.exp_avg_sq)}}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict` output (from either backend); a parameter with no saved moments is an error."""
+        missing = [name for name in self.names if name not in state["exp_avg"]] if state["step"] else []
+        if missing:
+            raise KeyError(f"optimizer state has no moments for {len(missing)} trainable parameters, e.g. "
+                           f"{missing[:3]}; was the checkpoint trained with other freeze flags? Resume with "
+                           f"no_load_optim: true to start the optimizer fresh.")
+        self.step_count = int(state["step"])
+        if not self.step_count:
+            return
+        for name, exp_avg, exp_avg_sq in zip(self.names, self.exp_avg, self.exp_avg_sq):
+            ops.assign(exp_avg, ms.Tensor(np.asarray(state["exp_avg"][name], np.float32)))
+            ops.assign(exp_avg_sq, ms.Tensor(np.asarray(state["exp_avg_sq"][name], np.float32)))
+
+
+def trainable_parameters(module):
+    """[(name, Parameter)] of ``module`` that require gradients, in state-dict order."""
+    return [(name, param) for name, param in backend_nn.named_parameters(module) if param.requires_grad]
+
+
+def accumulate_grads(params, loss_fn, micro_batches, precision="fp32"):
+    """Forward + backward over ``micro_batches``, summing gradients: (sum of losses (float), grads list).
+
+    ``loss_fn(micro_batch)`` returns a scalar tensor already weighted for its share of the global batch (see
+    mmx.train.loss). MindSpore on CPU computes in fp32 only (bf16 matmul/softmax kernels are missing there).
+    """
+    if precision != "fp32":
+        raise ValueError(f"precision {precision!r}: the MindSpore backend trains in fp32 (bf16 compute has no CPU "
+                         f"kernels in MindSpore 2.10); set training.precision: fp32")
+    total, grads = 0.0, None
+    for micro_batch in micro_batches:
+        def forward():
+            return loss_fn(micro_batch)
+        loss, micro_grads = ms.value_and_grad(forward, None, params)()
+        total += float(loss.asnumpy())
+        grads = list(micro_grads) if grads is None else [g + m for g, m in zip(grads, micro_grads)]
+    if grads is None:
+        grads = [ops.zeros(param.shape, param.dtype) for param in params]
+    return total, grads
+
+
+def clip_grad_norm(grads, max_norm):
+    """(grads scaled so their global L2 norm is at most ``max_norm`` (0/None: unchanged), the norm before)."""
+    if not grads:
+        return grads, 0.0
+    squares = ops.stack([ops.sum(ops.cast(g, ms.float32) ** 2) for g in grads])
+    norm = ops.sqrt(ops.sum(squares))
+    norm_value = float(norm.asnumpy())
+    if max_norm and norm_value > max_norm:
+        # torch.nn.utils.clip_grad_norm_'s arithmetic: coefficient max_norm / (norm + 1e-6).
+        coefficient = max_norm / (norm + 1e-6)
+        grads = [g * ops.cast(coefficient, g.dtype) for g in grads]
+    return grads, norm_value
+
+
+def train_step(params, optimizer, loss_fn, micro_batches, lr, max_grad_norm, precision="fp32"):
+    """One optimizer step on a global batch: (loss, grad norm before clipping) as floats.
+
+    A non-finite loss or gradient norm skips the update and is returned as is, so the loop can stop with the
+    last good weights.
+    """
+    loss, grads = accumulate_grads(params, loss_fn, micro_batches, precision)
+    grads, norm = clip_grad_norm(grads, max_grad_norm)
+    if np.isfinite(loss) and np.isfinite(norm):
+        optimizer.step(grads, lr)
+    return loss, norm
+
+
+def set_seed(seed):
+    """Seed MindSpore's global generator."""
+    ms.set_seed(seed)
+
+
+def get_rng_state():
+    """MindSpore's default generator state as {name: uint8 array}."""
+    return {"mindspore_default": ms.get_rng_state().asnumpy().copy()}
+
+
+def set_rng_state(state):
+    """Restore :func:`get_rng_state` output; False when ``state`` is not MindSpore's (the caller reports it)."""
+    if "mindspore_default" not in state:
+        return False
+    ms.set_rng_state(ms.Tensor(np.asarray(state["mindspore_default"], np.uint8)))
+    return True

@@ -1,0 +1,156 @@
+"""The ``mmx finetune`` config: one YAML/JSON file with ``model``, ``data`` and ``training`` sections, plus dotted
+``section.key=value`` overrides from the command line. This module is the one place that reads training keys.
+
+``model`` (the guides' model.json keys)::
+
+    init_from_hf_path: DIR        # an HF checkpoint, converted in memory (or an mm dir from `mmx convert hf_to_mm`)
+    image_encoder: {vision_encoder: {freeze: false}, vision_projector: {freeze: false}}
+    text_decoder: {freeze: false, lm_head: {freeze: false}}
+
+Model structure (layers, heads, sizes) always comes from the checkpoint's config.json; a structure key here is an
+error rather than silently overriding it.
+
+``data``: passed to the data pipeline (mmx.data); its keys are checked there.
+
+``training`` (Megatron's argument names, with ``_`` for ``-``): see ``TRAINING_DEFAULTS``.
+"""
+import copy
+import difflib
+import json
+import os
+
+import yaml
+
+TRAINING_DEFAULTS = {
+    "seed": 1234,
+    "train_iters": 100,
+    "micro_batch_size": 1,
+    "global_batch_size": 8,         # = micro_batch_size × gradient-accumulation steps × data-parallel size
+    "lr": 1e-5,
+    "min_lr": 0.0,
+    "lr_warmup_iters": 0,
+    "lr_warmup_fraction": None,     # overrides lr_warmup_iters when set (fraction of train_iters)
+    "lr_decay_style": "cosine",     # cosine | linear | constant
+    "lr_decay_iters": None,         # default train_iters
+    "weight_decay": 0.0,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_eps": 1e-8,
+    "clip_grad": 1.0,               # global-norm clip; 0 disables
+    "precision": "fp32",            # fp32 | bf16 (torch: autocast with fp32 master weights)
+    "loss_type": "default",         # default | per_token | per_sample (vlm_model_loss_calculate_type)
+    "save": None,                   # checkpoint directory
+    "load": None,                   # resume from this checkpoint directory (latest_checkpointed_iteration.txt)
+    "save_interval": 0,             # 0: only at the end
+    "log_interval": 1,
+    "log_tps": False,               # print mean sequence length per step and tokens/s at the end
+    "no_load_optim": False,
+    "no_load_rng": False,
+    "no_save_optim": False,
+    "no_save_rng": False,
+    "log_dir": None,                # metrics.jsonl, loss_curve.png, TensorBoard events (default: save or ".")
+    "peak_tflops": None,            # for MFU; default: measured with a matmul at start
+    "progress_bar": True,
+}
+
+MODEL_DEFAULTS = {
+    "init_from_hf_path": None,
+    "image_encoder": {"vision_encoder": {"freeze": False}, "vision_projector": {"freeze": False}},
+    "text_decoder": {"freeze": False, "lm_head": {"freeze": False}},
+}
+
+STRUCTURE_KEYS = ("hidden_size", "num_layers", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                  "intermediate_size", "vocab_size", "depth", "num_heads", "pipeline_num_layers")
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the file, the key and the fix."""
+
+
+def read_config_file(path):
+    """The dict in a YAML (.yaml/.yml) or JSON file."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as handle:
+        text = handle.read()
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping with model / data / training sections")
+    return data
+
+
+def apply_overrides(config, overrides, source="command line"):
+    """``config`` with each ``section.key.sub=value`` set (value parsed as YAML: numbers, true/false, lists)."""
+    config = copy.deepcopy(config)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} on the {source} must look like training.lr=1e-4")
+        dotted, raw = override.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = config
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {key!r} is a value, not a section")
+        node[keys[-1]] = yaml.safe_load(raw)
+    return config
+
+
+def _merge(defaults, given, where):
+    merged = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            close = difflib.get_close_matches(key, defaults, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(defaults))}"
+            raise ConfigError(f"unknown key {where}.{key}{hint}")
+        if isinstance(defaults[key], dict) and isinstance(value, dict):
+            merged[key] = _merge(defaults[key], value, f"{where}.{key}")
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path=None, overrides=(), base=None):
+    """The full config: file (or ``base`` dict) + overrides, merged over the defaults and checked.
+
+    Returns {"model": ..., "data": ..., "training": ...}; ``training`` has every key of ``TRAINING_DEFAULTS``.
+    """
+    raw = read_config_file(path) if path else copy.deepcopy(base or {})
+    raw = apply_overrides(raw, overrides)
+    where = path or "config"
+    unknown = set(raw) - {"model", "data", "training"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown sections {sorted(unknown)}; use model / data / training")
+    model = raw.get("model") or {}
+    structure = [key for key in model if key in STRUCTURE_KEYS]
+    if structure:
+        raise ConfigError(f"{where}: model.{structure[0]} sets model structure, which comes from the checkpoint's "
+                          f"config.json; remove it here (edit the checkpoint's config to change the model)")
+    config = {"model": _merge(MODEL_DEFAULTS, model, "model"), "data": raw.get("data") or {},
+              "training": _merge(TRAINING_DEFAULTS, raw.get("training") or {}, "training")}
+    check_training(config["training"], where)
+    return config
+
+
+def check_training(training, where="config"):
+    """Errors for values that cannot work, naming the key and the fix."""
+    micro, global_batch = training["micro_batch_size"], training["global_batch_size"]
+    if micro < 1 or global_batch < 1 or global_batch % micro:
+        raise ConfigError(f"{where}: training.global_batch_size ({global_batch}) must be a positive multiple of "
+                          f"training.micro_batch_size ({micro}); gradient accumulation = global / micro")
+    if training["precision"] not in ("fp32", "bf16"):
+        raise ConfigError(f"{where}: training.precision {training['precision']!r}: use fp32 or bf16")
+    if training["train_iters"] < 1:
+        raise ConfigError(f"{where}: training.train_iters must be at least 1")
+    if training["load"] and not os.path.isdir(training["load"]):
+        raise ConfigError(f"{where}: training.load {training['load']} is not a directory")
+
+
+def warmup_iters(training):
+    """Warmup steps: ``lr_warmup_fraction × train_iters`` when the fraction is set, else ``lr_warmup_iters``."""
+    if training["lr_warmup_fraction"] is not None:
+        return int(training["lr_warmup_fraction"] * training["train_iters"])
+    return int(training["lr_warmup_iters"])

@@ -1,0 +1,216 @@
+"""The framework-free training loop: sampling, micro-batching, loss weights, checkpoint/resume, logging.
+
+The backend supplies the step (``backend.train``: AdamW, gradient accumulation, clipping); this file decides what
+goes into each step and when to save. One optimizer step consumes ``global_batch_size`` samples as
+``global_batch_size / micro_batch_size`` micro-batches whose gradients are summed (loss weights in mmx.train.loss).
+
+Sample order: epoch ``e`` visits the dataset in ``RandomState(seed + e).permutation(n)``; the data position saved in
+checkpoints is the number of samples consumed, so a resumed run draws exactly the batches the uninterrupted run
+would have drawn.
+"""
+import inspect
+import time
+
+import numpy as np
+
+from mmx import backend as _backend
+from mmx import nn, ops
+from mmx.train import checkpoint as ckpt
+from mmx.train.loss import shifted_targets, token_weights, weighted_lm_loss
+from mmx.train.metrics import MetricsLogger, measure_matmul_peak
+from mmx.train.schedule import LRSchedule
+
+# Batch keys that are integer metadata for the host (grids, window/rope indices), passed to the model as numpy.
+HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the update was not applied and no checkpoint was written."""
+
+
+class Sampler:
+    """Dataset indices for consumed-sample positions: a fresh seeded permutation per epoch."""
+
+    def __init__(self, num_samples, seed):
+        if num_samples < 1:
+            raise ValueError("the training dataset is empty")
+        self.num_samples, self.seed = num_samples, seed
+        self._epoch, self._order = None, None
+
+    def _permutation(self, epoch):
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = np.random.RandomState(self.seed + epoch).permutation(self.num_samples)
+        return self._order
+
+    def indices(self, start, count):
+        """Dataset indices of consumed positions ``[start, start + count)``."""
+        return [int(self._permutation(p // self.num_samples)[p % self.num_samples]) for p in range(start, start + count)]
+
+
+def model_inputs(model, batch):
+    """The keyword arguments of ``model.forward`` found in ``batch``: tensors, except integer host metadata."""
+    accepted = inspect.signature(model.forward).parameters
+    inputs = {}
+    for key, value in batch.items():
+        if key not in accepted or value is None or key == "labels":
+            continue
+        inputs[key] = np.asarray(value) if key in HOST_KEYS else ops.tensor(np.asarray(value))
+    return inputs
+
+
+def count_tokens(batch):
+    """Real (unpadded) tokens of a batch: the attention mask's sum, or every position without one."""
+    mask = batch.get("attention_mask")
+    return int(np.asarray(mask).sum()) if mask is not None else int(np.asarray(batch["input_ids"]).size)
+
+
+def sample_ids(batch, indices):
+    """Ids for error messages: the batch's ``sample_ids`` when the data pipeline gives them, else dataset indices."""
+    ids = batch.get("sample_ids")
+    return [str(i) for i in ids] if ids is not None else [f"#{i}" for i in indices]
+
+
+class Trainer:
+    """Runs ``training`` (the config's training section) on ``model`` over ``dataset`` (len + getitem) batched by
+    ``collate`` (list of samples → numpy batch dict with ``input_ids``, ``labels`` (-100 ignored) and the model's
+    other inputs). ``metadata`` (model type, dtype, ...) goes into every checkpoint with the backend tag.
+    """
+
+    def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None):
+        self.model, self.dataset, self.collate = model, dataset, collate
+        self.training = training
+        self.metadata = dict(metadata or {})
+        self.log_dir = log_dir or training.get("log_dir") or training.get("save") or "."
+        self.backend = _backend.get()
+        self.steps = self.backend.train
+        self.backend.train.set_seed(training["seed"])
+        self.sampler = Sampler(len(dataset), training["seed"])
+        self.schedule = LRSchedule(training["lr"], training["train_iters"], training["min_lr"],
+                                   training["lr_warmup_iters"], training["lr_decay_style"],
+                                   training["lr_decay_iters"])
+        self.iteration, self.consumed_samples, self.history = 0, 0, []
+        self.resume_notes = []
+        if training.get("load"):
+            self._load_model(training["load"])
+        self.named_params = self.steps.trainable_parameters(model)
+        if not self.named_params:
+            raise ValueError("every parameter is frozen (model.*.freeze); nothing would train")
+        self.params = [param for _, param in self.named_params]
+        self.optimizer = self.steps.AdamW(self.named_params, (training["adam_beta1"], training["adam_beta2"]),
+                                          training["adam_eps"], training["weight_decay"])
+        if training.get("load") and self._loaded is not None:
+            self._load_state(self._loaded)
+        self._loaded = None
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def _load_model(self, load_dir):
+        self._loaded = None
+        if ckpt.read_latest(load_dir) is None:
+            return
+        loaded = ckpt.load_checkpoint(load_dir)
+        nn.load_state_dict(self.model, {name: ops.tensor(value) for name, value in loaded["model"].items()})
+        self._loaded = loaded
+
+    def _load_state(self, loaded):
+        state, training = loaded["trainer_state"], self.training
+        self.iteration = int(loaded["iteration"]) if loaded["iteration"] != "release" else 0
+        self.consumed_samples = int(state.get("consumed_samples", 0))
+        self.history = list(state.get("history", []))
+        saved_by = loaded["metadata"].get("backend")
+        if not training["no_load_optim"]:
+            if loaded["optimizer"] is None:
+                raise FileNotFoundError(f"{training['load']}: iteration {self.iteration} has no optimizer state "
+                                        f"(saved with no_save_optim); resume with no_load_optim: true")
+            self.optimizer.load_state_dict(loaded["optimizer"])
+            if saved_by != self.backend.NAME:
+                self.resume_notes.append(f"optimizer state written by {saved_by} converted to {self.backend.NAME} "
+                                         f"(step {loaded['optimizer']['step']}, moments of "
+                                         f"{len(loaded['optimizer']['exp_avg'])} parameters)")
+        if not training["no_load_rng"] and loaded["rng"] is not None:
+            if not self.steps.set_rng_state(loaded["rng"]):
+                self.backend.train.set_seed(training["seed"] + self.iteration)
+                self.resume_notes.append(f"generator state written by {saved_by} cannot be used by "
+                                         f"{self.backend.NAME}; re-seeded with seed + iteration "
+                                         f"({training['seed'] + self.iteration})")
+
+    def save(self):
+        """Write the current state as checkpoint ``iteration`` under ``training.save``."""
+        training = self.training
+        model_tensors = {name: ops.to_numpy(value) for name, value in nn.state_dict(self.model).items()}
+        trainer_state = {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
+                         "schedule": self.schedule.state_dict(), "history": self.history,
+                         "loss_type": training["loss_type"], "global_batch_size": training["global_batch_size"],
+                         "seed": training["seed"]}
+        return ckpt.save_checkpoint(
+            training["save"], self.iteration, model_tensors, dict(self.metadata, backend=self.backend.NAME),
+            trainer_state, None if training["no_save_optim"] else self.optimizer.state_dict(),
+            None if training["no_save_rng"] else self.steps.get_rng_state())
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def global_batch(self):
+        """(micro-batches as numpy dicts, dataset indices) of the next global batch."""
+        training = self.training
+        indices = self.sampler.indices(self.consumed_samples, training["global_batch_size"])
+        micro = training["micro_batch_size"]
+        batches = [self.collate([self.dataset[i] for i in indices[k:k + micro]])
+                   for k in range(0, len(indices), micro)]
+        return batches, indices
+
+    def _loss_fn(self, prepared):
+        inputs, targets, weights = prepared
+        return weighted_lm_loss(self.model(**inputs), targets, weights)
+
+    def step(self):
+        """One optimizer step; returns its metrics record. Raises NonFiniteLossError naming step and samples."""
+        training = self.training
+        batches, indices = self.global_batch()
+        weights = token_weights(batches, training["loss_type"])
+        prepared = [(model_inputs(self.model, batch), ops.tensor(shifted_targets(batch["labels"]).astype(np.int64)),
+                     ops.tensor(weight)) for batch, weight in zip(batches, weights)]
+        lr = self.schedule(self.iteration)
+        start = time.perf_counter()
+        loss, grad_norm = self.steps.train_step(self.params, self.optimizer, self._loss_fn, prepared, lr,
+                                                training["clip_grad"], training["precision"])
+        seconds = time.perf_counter() - start
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            ids = [sid for batch, k in zip(batches, range(0, len(indices), training["micro_batch_size"]))
+                   for sid in sample_ids(batch, indices[k:k + training["micro_batch_size"]])]
+            last = ckpt.read_latest(training["save"]) if training["save"] else None
+            raise NonFiniteLossError(
+                f"step {self.iteration + 1}: loss {loss}, grad norm {grad_norm} (not finite) on samples "
+                f"{', '.join(ids)}; the update was not applied. Last good checkpoint: "
+                f"{ckpt.iteration_dir(training['save'], last) if last is not None else 'none saved'}")
+        self.iteration += 1
+        self.consumed_samples += training["global_batch_size"]
+        tokens = sum(count_tokens(batch) for batch in batches)
+        self.history.append(loss)
+        return self.logger.log(self.iteration, loss, lr, grad_norm, tokens, seconds, len(indices))
+
+    def flops_per_token(self):
+        """6 × trainable parameters + 2 × frozen ones (forward only for frozen weights, backward still flows)."""
+        total = sum(int(np.prod(value.shape)) for value in nn.state_dict(self.model).values())
+        trainable = sum(int(np.prod(param.shape)) for param in self.params)
+        return 6.0 * trainable + 4.0 * (total - trainable)
+
+    def run(self):
+        """Train until ``train_iters``, saving every ``save_interval`` steps and at the end; the step records."""
+        training = self.training
+        peak = training["peak_tflops"] * 1e12 if training["peak_tflops"] else measure_matmul_peak()
+        self.logger = MetricsLogger(self.log_dir, training["train_iters"], training["log_interval"],
+                                    self.flops_per_token(), peak, training["progress_bar"], training["log_tps"],
+                                    first_step=self.iteration)
+        records = []
+        try:
+            while self.iteration < training["train_iters"]:
+                records.append(self.step())
+                if training["save"] and training["save_interval"] and self.iteration % training["save_interval"] == 0:
+                    self.save()
+            if training["save"] and ckpt.read_latest(training["save"]) != self.iteration:
+                self.save()
+        finally:
+            self.curve = self.logger.finish()
+        return records
+

@@ -1,0 +1,72 @@
+"""Loss modes (the guides' ``vlm_model_loss_calculate_type``) as per-token weights computed on the host.
+
+A global batch is split into micro-batches (gradient accumulation). Each micro-batch's loss is
+``sum(cross_entropy(token) * weight(token))`` and the optimizer sees the sum over micro-batches, so a mode is just a
+choice of weights (B, S-1) for the shifted targets (``labels[:, 1:]``; -100 = not supervised):
+
+- ``default``: each micro-batch's mean over its supervised tokens, averaged over the micro-batches (Megatron's).
+  Depends on how the global batch is split.
+- ``per_token``: 1 / (supervised tokens in the global batch): every token counts the same; independent of the split.
+- ``per_sample``: 1 / (tokens of the token's sample × samples in the global batch): every sample counts the same,
+  whatever its length; independent of the split. Packed rows (``cu_seqlens``) count each packed sample separately.
+
+Data parallel: the global counts must be summed over ranks before the weights are formed (``global_counts``).
+"""
+import numpy as np
+
+from mmx import ops
+
+LOSS_MODES = ("default", "per_token", "per_sample")
+IGNORE_INDEX = -100
+
+
+def shifted_targets(labels):
+    """Next-token targets (B, S-1) from labels (B, S)."""
+    return np.asarray(labels)[:, 1:]
+
+
+def _sample_segments(batch):
+    """[(row, start, end)] in target coordinates for each sample of a micro-batch (several per packed row)."""
+    labels = np.asarray(batch["labels"])
+    rows, length = labels.shape
+    if batch.get("cu_seqlens") is None:
+        return [(row, 0, length - 1) for row in range(rows)]
+    bounds = np.asarray(batch["cu_seqlens"]).tolist()
+    # A packed batch is one row; sample k owns the labels at [start, end), i.e. the targets at [start-1, end-1)
+    # (target t predicts label t+1), so a target is counted with the sample whose label it is.
+    return [(0, max(start - 1, 0), end - 1) for start, end in zip(bounds[:-1], bounds[1:])]
+
+
+def token_weights(micro_batches, mode):
+    """Per-target weights (B, S-1) float32 for each micro-batch of one global batch, for loss ``mode``."""
+    if mode not in LOSS_MODES:
+        raise ValueError(f"training.loss_type {mode!r} is unknown; use one of {LOSS_MODES} "
+                         f"(the guides' vlm_model_loss_calculate_type)")
+    valid = [(shifted_targets(batch["labels"]) != IGNORE_INDEX) for batch in micro_batches]
+    weights = [np.zeros(v.shape, np.float32) for v in valid]
+    if mode == "default":
+        for weight, mask in zip(weights, valid):
+            count = mask.sum()
+            if count:
+                weight[mask] = 1.0 / (count * len(micro_batches))
+    elif mode == "per_token":
+        total = sum(int(mask.sum()) for mask in valid)
+        for weight, mask in zip(weights, valid):
+            weight[mask] = 1.0 / max(total, 1)
+    else:
+        segments = [[(row, start, end, int(mask[row, start:end].sum())) for row, start, end in
+                     _sample_segments(batch)] for batch, mask in zip(micro_batches, valid)]
+        samples = sum(1 for micro in segments for *_, count in micro if count)
+        for weight, mask, micro in zip(weights, valid, segments):
+            for row, start, end, count in micro:
+                if count:
+                    weight[row, start:end] = mask[row, start:end] / (count * samples)
+    return weights
+
+
+def weighted_lm_loss(logits, targets, weights):
+    """``sum(cross_entropy(logits[:, :-1], targets) * weights)``: logits (B, S, V), targets/weights (B, S-1)."""
+    vocab = logits.shape[-1]
+    flat_logits = ops.reshape(logits[:, :-1], (-1, vocab))
+    losses = ops.cross_entropy(flat_logits, ops.reshape(targets, (-1,)), IGNORE_INDEX, "none")
+    return ops.sum(losses * ops.reshape(weights, (-1,)))

@@ -1,0 +1,128 @@
+"""Training logs: a line every ``log_interval`` steps, a progress bar, ``metrics.jsonl``, TensorBoard events (when
+``tensorboardX`` imports), and ``loss_curve.png`` (matplotlib) at the end.
+
+MFU = achieved model FLOP/s ÷ peak FLOP/s, with the usual 6 × parameters FLOPs per trained token (forward 2N,
+backward 4N; attention's quadratic term is left out, as in the PaLM/Megatron estimates for short sequences) and the
+peak measured with a square matmul on this backend (:func:`measure_matmul_peak`) unless the config gives it.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from mmx import ops
+
+
+def measure_matmul_peak(size=512, repeats=5, dtype=None):
+    """Achieved FLOP/s of a ``size``² matmul on the current backend (best of ``repeats``): MFU's denominator."""
+    a = ops.randn((size, size), dtype, seed=0)
+    b = ops.randn((size, size), dtype, seed=1)
+    ops.to_numpy(ops.matmul(a, b)[:1, :1])  # warm-up (kernel selection, lazy init)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ops.to_numpy(ops.matmul(a, b)[:1, :1])  # reading one element waits for the result
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best
+
+
+class MetricsLogger:
+    """Collects one record per optimizer step; prints, writes JSONL/TensorBoard, draws the loss curve."""
+
+    def __init__(self, log_dir, total_steps, log_interval=1, flops_per_token=0.0, peak_flops=None,
+                 progress_bar=True, log_tps=False, first_step=0):
+        os.makedirs(log_dir, exist_ok=True)
+        self.log_dir = log_dir
+        self.log_interval = max(int(log_interval), 1)
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.log_tps = log_tps
+        self.records = []
+        self.jsonl = open(os.path.join(log_dir, "metrics.jsonl"), "a")
+        self.bar = None
+        if progress_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=first_step, file=sys.stderr, desc="finetune",
+                            dynamic_ncols=True, leave=False)
+        self.tensorboard = None
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(os.path.join(log_dir, "tensorboard"))
+        except ImportError:
+            pass
+
+    def log(self, step, loss, lr, grad_norm, tokens, seconds, sample_count):
+        """Record optimizer step ``step`` (1-based): ``tokens`` real (unpadded) tokens in ``seconds``."""
+        tokens_per_second = tokens / seconds if seconds > 0 else 0.0
+        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens),
+                  "seconds": round(seconds, 6), "tokens_per_s": round(tokens_per_second, 2),
+                  "mean_seq_len": round(tokens / max(sample_count, 1), 2)}
+        if self.peak_flops:
+            record["mfu"] = round(self.flops_per_token * tokens_per_second / self.peak_flops, 6)
+        self.records.append(record)
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tensorboard is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+                if key in record:
+                    self.tensorboard.add_scalar(f"train/{key}", record[key], step)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        if step % self.log_interval == 0:
+            line = (f"step {step} | loss {loss:.6f} | lr {lr:.3e} | grad_norm {grad_norm:.4f} | "
+                    f"tokens/s {tokens_per_second:.1f}")
+            if "mfu" in record:
+                line += f" | mfu {record['mfu'] * 100:.2f}%"
+            if self.log_tps:
+                line += f" | mean_seq_len {record['mean_seq_len']}"
+            self._print(line)
+        return record
+
+    def _print(self, line):
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def finish(self):
+        """Close the files, print the tokens/s summary (log_tps) and draw ``loss_curve.png``; returns its path."""
+        if self.bar is not None:
+            self.bar.close()
+        self.jsonl.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if not self.records:
+            return None
+        if self.log_tps:
+            tokens = sum(r["tokens"] for r in self.records)
+            seconds = sum(r["seconds"] for r in self.records)
+            self._print(f"throughput: {tokens / max(seconds, 1e-9):.1f} tokens/s over {len(self.records)} steps")
+        return self.plot()
+
+    def plot(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r["step"] for r in self.records]
+        losses = np.array([r["loss"] for r in self.records], dtype=np.float64)
+        figure, axis = plt.subplots(figsize=(6, 3.5))
+        axis.plot(steps, losses, lw=1, label="loss")
+        if len(losses) >= 10:
+            window = max(len(losses) // 20, 2)
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            axis.plot(steps[window - 1:], smooth, lw=2, label=f"mean of {window}")
+        axis.set_xlabel("step")
+        axis.set_ylabel("loss")
+        axis.legend()
+        figure.tight_layout()
+        path = os.path.join(self.log_dir, "loss_curve.png")
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return path

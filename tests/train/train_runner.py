@@ -1,0 +1,56 @@
+"""Runs a tiny training job (TinyVLM on synthetic samples) in this process or as a subprocess script.
+
+``python train_runner.py OUT.npz SAVE [key=value ...]`` trains with the overrides and saves the per-step losses and
+final weights to OUT.npz; the tests use it to run the other backend (cross-backend resume) and to kill a run.
+``kill_during_save=N`` SIGKILLs the process while it writes checkpoint N (after the model file, before the
+optimizer file), the crash the atomic save must survive.
+"""
+import os
+import signal
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from mmx import nn, ops  # noqa: E402
+from mmx.train import checkpoint  # noqa: E402
+from mmx.train.config import load_config  # noqa: E402
+from mmx.train.loop import Trainer  # noqa: E402
+from train_reference import collate, make_dataset, make_model  # noqa: E402
+
+BASE = {"seed": 7, "train_iters": 6, "micro_batch_size": 2, "global_batch_size": 4, "lr": 3e-2, "min_lr": 3e-3,
+        "lr_warmup_iters": 2, "weight_decay": 0.01, "clip_grad": 1.0, "loss_type": "per_token",
+        "log_interval": 100, "progress_bar": False, "peak_tflops": 1.0}
+
+
+def train(save=None, load=None, log_dir=None, **overrides):
+    """(per-step losses of this run, final weights {name: numpy}, the Trainer)."""
+    training = load_config(base={"training": dict(BASE, save=save, load=load, **overrides)})["training"]
+    trainer = Trainer(make_model(), make_dataset(12), collate, training, {"model_type": "tiny"},
+                      log_dir=log_dir or save)
+    records = trainer.run()
+    weights = {name: ops.to_numpy(value) for name, value in nn.state_dict(trainer.model).items()}
+    return [r["loss"] for r in records], weights, trainer
+
+
+def _kill_during(iteration):
+    write = checkpoint._write_safetensors
+
+    def write_then_die(path, tensors, metadata=None):
+        if os.path.basename(path) == "optimizer.safetensors" and f"iter_{iteration:07d}" in path:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return write(path, tensors, metadata)
+
+    checkpoint._write_safetensors = write_then_die
+
+
+if __name__ == "__main__":
+    out, save = sys.argv[1], sys.argv[2]
+    import yaml
+
+    options = {key: yaml.safe_load(value) for key, value in (arg.split("=", 1) for arg in sys.argv[3:])}
+    if "kill_during_save" in options:
+        _kill_during(options.pop("kill_during_save"))
+    losses, weights, _ = train(save=save, **options)
+    np.savez(out, losses=np.array(losses), **{f"w/{name}": value for name, value in weights.items()})
