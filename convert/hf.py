@@ -170,7 +170,8 @@ def write_hf(source, names, dims, style, out_dir, max_shard_bytes=5 * 1024 ** 3,
         raise HFCheckpointError(f"the mm checkpoint does not match the {names.__name__} table: missing "
                                 f"{absent[:4]}, unknown {extra[:4]} (a stage subset or another model?)")
     shards, current, size = [], [], 0
-    for mm, (dtype, shape) in source.entries.items():
+    for mm in rows:  # table order: the same HF files whatever layout the mm checkpoint had
+        dtype, shape = source.entries[mm]
         hf, transform = rows[mm]
         group = [(style_name(h, style, names), dtype, s) for h, s in zip(hf, transform.hf_shapes(shape))]
         group_bytes = sum(nbytes(dtype, s) for _, _, s in group)

@@ -41,7 +41,7 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _write_text_atomic(path, text):
+def write_text_atomic(path, text):
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "w") as handle:
         handle.write(text)
@@ -176,7 +176,7 @@ def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=Fal
     full_metadata = {**metadata, "format": "mmx", "layout_version": LAYOUT_VERSION, "iteration": iteration,
                      "dtype": _dtype_label(dtypes), "parallel": layout.to_dict(),
                      "backend": metadata.get("backend"), "mmx_version": mmx.__version__}
-    _write_text_atomic(temporary / META_FILE, json.dumps(full_metadata, indent=2) + "\n")
+    write_text_atomic(temporary / META_FILE, json.dumps(full_metadata, indent=2) + "\n")
     for rank in declared:
         _fsync_dir(temporary / layout.rank_dir(*rank))
     if final.exists():
@@ -185,7 +185,7 @@ def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=Fal
         shutil.rmtree(trash)
     os.replace(temporary, final)
     _fsync_dir(mm_dir)
-    _write_text_atomic(mm_dir / LATEST_FILE, f"{iteration}\n")
+    write_text_atomic(mm_dir / LATEST_FILE, f"{iteration}\n")
     return final
 
 

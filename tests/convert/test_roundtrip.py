@@ -1,0 +1,101 @@
+"""HF → mm (pp=2, tp=2) → reshard (pp=3, tp=1) → reshard (pp=1, tp=2) → HF gives back the same tensors, byte for
+byte, for both Qwen families, tied and untied, fp32 and bf16, new and legacy HF names (issue 4's acceptance)."""
+import filecmp
+import json
+import os
+
+import ml_dtypes
+import pytest
+
+from conftest import VISION_DEPTH, assert_same_tensors, hf_tensors
+from mmx.checkpoint.store import META_FILE, load_mm
+from mmx.convert.drivers import hf_to_mm, mm_to_hf, reshard
+
+CASES = [(family, tied, dtype) for family in ("qwen2_vl", "qwen2_5_vl") for tied in (False, True)
+         for dtype in ("float32", "bfloat16")]
+
+
+def _chain(hf_dir, work, family):
+    depth = VISION_DEPTH[family]
+    first = hf_to_mm(hf_dir, work / "pp2tp2", tp_size=2, vit_pp_layers=f"{depth},0", llm_pp_layers="1,1")
+    second = reshard(work / "pp2tp2", work / "pp3tp1", tp_size=1, vit_pp_layers=f"[[1,{depth - 1},0]]",
+                     llm_pp_layers="[[0,1,1]]")
+    third = reshard(work / "pp3tp1", work / "pp1tp2", tp_size=2)
+    mm_to_hf(work / "pp1tp2", work / "hf_out")
+    return first, second, third
+
+
+@pytest.mark.parametrize("family,tied,dtype", CASES)
+def test_round_trip_is_byte_identical(tiny_hf, tmp_path, family, tied, dtype):
+    hf_dir = tiny_hf(family, tied, dtype)
+    first, second, third = _chain(hf_dir, tmp_path, family)
+    assert sorted(os.listdir(first)) == [META_FILE, "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000",
+                                         "mp_rank_01_001"]
+    assert sorted(os.listdir(second)) == [META_FILE, "mp_rank_00_000", "mp_rank_00_001", "mp_rank_00_002"]
+    assert sorted(os.listdir(third)) == [META_FILE, "mp_rank_00", "mp_rank_01"]
+    assert_same_tensors(hf_tensors(tmp_path / "hf_out"), hf_tensors(hf_dir))
+    for file in ("config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja",
+                 "preprocessor_config.json"):
+        assert filecmp.cmp(os.path.join(hf_dir, file), tmp_path / "hf_out" / file, shallow=False), file
+    metadata = json.loads((third / META_FILE).read_text())
+    assert metadata["dtype"] == dtype and metadata["hf_names"] == "transformers" and metadata["backend"] is None
+    assert metadata["parallel"] == {"tp_size": 2, "pp_size": 1, "ep_size": 1,
+                                    "vit_pp_layers": [VISION_DEPTH[family]], "llm_pp_layers": [2]}
+
+
+def test_every_layout_loads_the_same_whole_tensors(tiny_hf, tmp_path):
+    hf_dir = tiny_hf("qwen2_5_vl", tied=True)
+    _chain(hf_dir, tmp_path, "qwen2_5_vl")
+    _, want = load_mm(tmp_path / "pp1tp2")
+    for layout in ("pp2tp2", "pp3tp1"):
+        _, got = load_mm(tmp_path / layout)
+        assert_same_tensors(got, want)
+    assert "text_decoder.output_layer.weight" not in want   # tied: the embedding serves as the output layer
+
+
+def test_legacy_hub_names_are_written_back(tiny_hf, tmp_path):
+    hf_dir = tiny_hf("qwen2_vl", legacy=True)
+    assert any(name.startswith("visual.") for name in hf_tensors(hf_dir))
+    _chain(hf_dir, tmp_path, "qwen2_vl")
+    assert json.loads((tmp_path / "pp1tp2" / "release" / META_FILE).read_text())["hf_names"] == "legacy"
+    assert_same_tensors(hf_tensors(tmp_path / "hf_out"), hf_tensors(hf_dir))
+
+
+def test_dtype_option_casts_floats(tiny_hf, tmp_path):
+    hf_dir = tiny_hf("qwen2_vl")
+    hf_to_mm(hf_dir, tmp_path / "mm", dtype="bf16")
+    _, tensors = load_mm(tmp_path / "mm")
+    source = hf_tensors(hf_dir)
+    embedding = tensors["text_decoder.embedding.word_embeddings.weight"]
+    assert embedding.dtype == ml_dtypes.bfloat16
+    assert embedding.tobytes() == source["model.language_model.embed_tokens.weight"].astype(
+        ml_dtypes.bfloat16).tobytes()
+
+
+def test_sharded_hf_output_has_an_index(tiny_hf, tmp_path):
+    hf_dir = tiny_hf("qwen2_5_vl")
+    hf_to_mm(hf_dir, tmp_path / "mm")
+    files = mm_to_hf(tmp_path / "mm", tmp_path / "sharded", max_shard_bytes=200_000)
+    assert len(files) > 3 and files[-1] == "model.safetensors.index.json"
+    index = json.loads((tmp_path / "sharded" / files[-1]).read_text())
+    assert set(index["weight_map"]) == set(hf_tensors(hf_dir))
+    # ... and a sharded HF checkpoint converts back (read through the index) to the same mm tensors
+    hf_to_mm(tmp_path / "sharded", tmp_path / "mm_again")
+    assert_same_tensors(load_mm(tmp_path / "mm_again")[1], load_mm(tmp_path / "mm")[1])
+
+
+@pytest.mark.backend("torch")   # transformers' models run on torch
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_transformers_loads_the_output(tiny_hf, tmp_path, family):
+    import transformers
+
+    hf_dir = tiny_hf(family, tied=True, dtype="bfloat16")
+    _chain(hf_dir, tmp_path, family)
+    cls = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+           "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}[family]
+    model, info = cls.from_pretrained(tmp_path / "hf_out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    source = hf_tensors(hf_dir)
+    state = model.state_dict()
+    weight = "model.language_model.layers.1.self_attn.k_proj.weight"
+    assert (state[weight].float().numpy() == source[weight].astype("float32")).all()   # bf16 → fp32 is exact
