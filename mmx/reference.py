@@ -1,0 +1,117 @@
+"""The transformers reference runner: the only module outside backends/ that imports torch.
+
+It builds inputs the way users' data does — the checkpoint's own ``AutoProcessor`` and chat template over synthetic
+images of two sizes, a short video and a text-only prompt — and runs the transformers model in float32 with eager
+attention, returning numpy arrays. ``mmx verify`` and the model tests compare mmx against it.
+"""
+import functools
+
+import numpy as np
+
+# Synthetic media: two image sizes (they resize to different grids under the tiny processors' pixel limits) and a
+# 4-frame video (2 temporal patches).
+IMAGE_SIZES = ((60, 90), (56, 56))
+VIDEO_SHAPE = (4, 56, 84)
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
+                "video_grid_thw", "second_per_grid_ts")
+
+
+def _images(seed):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in IMAGE_SIZES]
+
+
+def _video(seed):
+    rng = np.random.default_rng(seed + 1)
+    return rng.integers(0, 256, VIDEO_SHAPE + (3,), dtype=np.uint8)
+
+
+SAMPLES = {
+    # name: (chat content, number of images, number of videos)
+    "image_large": ([{"type": "image"}, {"type": "text", "text": "Describe the image."}], 1, 0),
+    "image_small": ([{"type": "image"}, {"type": "text", "text": "What is in the picture?"}], 1, 0),
+    "video": ([{"type": "video"}, {"type": "text", "text": "What does the video show?"}], 0, 1),
+    "text": ([{"type": "text", "text": "The quick brown fox jumps over the lazy dog."}], 0, 0),
+}
+
+
+def build_inputs(hf_dir, names=tuple(SAMPLES), padding_side="right", seed=0, with_labels=False):
+    """Processor outputs as numpy for the ``names`` samples batched together (padded on ``padding_side``).
+
+    Images go to the image samples in order (large, then small), the video to the video sample. With
+    ``with_labels``, ``labels`` = input_ids with padding set to -100 (the assistant-free prompt is all trained on,
+    which is enough to compare losses and gradients). → {name: array} with only the keys the batch needs.
+    """
+    processor = _processor(hf_dir)
+    processor.tokenizer.padding_side = padding_side
+    texts, images, videos = [], [], []
+    all_images, video = _images(seed), _video(seed)
+    for name in names:
+        content, num_images, num_videos = SAMPLES[name]
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
+                                                   add_generation_prompt=True))
+        images += [all_images[0 if name == "image_large" else 1]] * num_images
+        videos += [video] * num_videos
+    batch = processor(text=texts, images=images or None, videos=videos or None, return_tensors="np",
+                      padding=True)
+    inputs = {key: np.asarray(batch[key]) for key in MODEL_INPUTS if key in batch}
+    if with_labels:
+        inputs["labels"] = np.where(inputs["attention_mask"] == 1, inputs["input_ids"], -100)
+    return inputs
+
+
+@functools.lru_cache(maxsize=2)
+def _processor(hf_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(hf_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def _hf_model(hf_dir):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
+    return model.eval()
+
+
+def _torch_inputs(inputs):
+    import torch
+
+    return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in inputs.items()}
+
+
+def _mm_token_type_ids(hf_dir, input_ids):
+    """The processor's modality of each token (0 text, 1 image, 2 video); transformers needs it for 3-D RoPE."""
+    config = _hf_model(hf_dir).config
+    return np.where(input_ids == config.image_token_id, 1, np.where(input_ids == config.video_token_id, 2, 0))
+
+
+def hf_logits(hf_dir, inputs):
+    """Float32 logits (B, S, V) of transformers' model in ``hf_dir`` on ``inputs`` (build_inputs' dict)."""
+    import torch
+
+    model = _hf_model(hf_dir)
+    batch = _torch_inputs({k: v for k, v in inputs.items() if k != "labels"})
+    batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, inputs["input_ids"]))
+    with torch.no_grad():
+        return model(**batch).logits.float().numpy()
+
+
+def hf_loss_and_grads(hf_dir, inputs):
+    """(loss, {HF parameter name: gradient}) of transformers' next-token loss on ``inputs`` (with ``labels``)."""
+    import torch
+
+    model = _hf_model(hf_dir)
+    batch = _torch_inputs(inputs)
+    batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, inputs["input_ids"]))
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {name: param.grad.float().numpy().copy() for name, param in model.named_parameters()
+             if param.grad is not None}
+    model.zero_grad()
+    return float(loss), grads
