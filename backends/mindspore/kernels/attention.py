@@ -1,0 +1,173 @@
+"""Attention kernels on MindSpore: each takes an :class:`AttentionCall` and returns the output in q's layout and dtype.
+
+Semantics (the contract, ``mmx.ops.attention``): causal is bottom-right aligned (query i sees key j when
+``j <= i + Sk - Sq``), ``window`` keeps ``i + Sk - Sq - j < window``, padded keys are never seen, and a query row
+that sees no key returns zeros. Varlen sequences attend only within themselves (Sq == Sk per sequence).
+
+Masks that depend only on integer metadata (lengths, causal, window) are built with numpy on the host and cached;
+the key padding mask is combined on the device.
+"""
+import functools
+
+import numpy as np
+import mindspore
+from mindspore import Tensor
+from mindspore import ops as P
+
+import mmx.backends.mindspore as ms_backend
+from mmx.backends.mindspore import ops
+from mmx.backends.mindspore.kernels import ATTENTION, register
+
+_HALF = (mindspore.float16, mindspore.bfloat16)
+_bmm_nt = P.BatchMatMul(transpose_b=True)
+
+
+def _causal_visible(query_len, key_len, window):
+    """(Sq, Sk) numpy bool, true where query i may see key j (bottom-right causal, optional window)."""
+    query_pos = np.arange(query_len)[:, None] + (key_len - query_len)
+    key_pos = np.arange(key_len)[None, :]
+    visible = key_pos <= query_pos
+    if window is not None:
+        visible &= query_pos - key_pos < window
+    return visible
+
+
+@functools.lru_cache(maxsize=64)
+def _host_mask(query_len, key_len, causal, window, seqlens):
+    """(additive float32 (1, 1, Sq, Sk), visible bool (1, 1, Sq, Sk), row scale float32 (1, 1, Sq, 1)) Tensors:
+    None when every key is visible (the row scale: when every query sees some key). ``seqlens`` (tuple or None)
+    makes the mask block-diagonal over the packed sequences."""
+    visible = np.ones((query_len, key_len), bool)
+    if seqlens is not None:
+        segment = np.repeat(np.arange(len(seqlens)), seqlens)
+        visible &= segment[:, None] == segment[None, :]
+    if causal:
+        visible &= _causal_visible(query_len, key_len, window)
+    if visible.all():
+        return None, None, None
+    additive = np.where(visible, 0.0, np.finfo(np.float32).min).astype(np.float32)[None, None]
+    sees = visible.any(-1)
+    row_scale = None if sees.all() else Tensor(sees.astype(np.float32)[None, None, :, None])
+    return Tensor(additive), Tensor(visible[None, None]), row_scale
+
+
+def visible_mask(query_len, key_len, causal, window, key_padding_mask):
+    """Bool (B or 1, 1, Sq, Sk), true where a query may see a key; None when every key is visible."""
+    mask = Tensor(_causal_visible(query_len, key_len, window)[None, None]) if causal else None
+    if key_padding_mask is not None:
+        padding = key_padding_mask.astype(mindspore.bool_).reshape(key_padding_mask.shape[0], 1, 1, key_len)
+        mask = padding if mask is None else P.logical_and(mask, padding)
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# eager: the reference (float32, one sequence at a time, KV heads repeated), every option on every device
+# ----------------------------------------------------------------------------------------------------------------
+
+def _eager_dense(q, k, v, causal, window, key_padding_mask, scale):
+    groups = q.shape[2] // k.shape[2]
+    query = P.swapaxes(q.astype(mindspore.float32), 1, 2)                                  # (B, Hq, Sq, D)
+    key = P.swapaxes(ops.repeat_interleave(k.astype(mindspore.float32), groups, 2), 1, 2)  # (B, Hq, Sk, D)
+    value = P.swapaxes(ops.repeat_interleave(v.astype(mindspore.float32), groups, 2), 1, 2)
+    scores = P.matmul(query, P.swapaxes(key, 2, 3)) * scale                                # (B, Hq, Sq, Sk)
+    mask = visible_mask(q.shape[1], k.shape[1], causal, window, key_padding_mask)
+    if mask is not None:
+        # A finite fill keeps rows with no visible key finite (uniform); they are zeroed after the softmax.
+        scores = P.masked_fill(scores, P.logical_not(mask), float(np.finfo(np.float32).min))
+    probs = P.softmax(scores, -1)
+    if mask is not None:
+        probs = probs * P.any(mask, -1, True).astype(mindspore.float32)
+    return P.swapaxes(P.matmul(probs, value), 1, 2).astype(q.dtype)
+
+
+@register(ATTENTION, "eager", available=lambda: True)
+def eager(call):
+    if not call.varlen:
+        return _eager_dense(call.q, call.k, call.v, call.causal, call.window, call.key_padding_mask, call.scale)
+    outs, start = [], 0
+    for length in call.seqlens:
+        piece = [P.expand_dims(t[start:start + length], 0) for t in (call.q, call.k, call.v)]
+        outs.append(_eager_dense(*piece, call.causal, call.window, None, call.scale)[0])
+        start += length
+    return P.cat(tuple(outs), 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# math: the fast CPU kernel — one batched matmul pair over all heads (and all packed sequences)
+# ----------------------------------------------------------------------------------------------------------------
+
+@register(ATTENTION, "math", available=lambda: True)
+def math(call):
+    q, k, v = call.q, call.k, call.v
+    if call.varlen:  # packed sequences are one batch row with a block-diagonal mask
+        q, k, v = P.expand_dims(q, 0), P.expand_dims(k, 0), P.expand_dims(v, 0)
+    batch, query_len, heads, dim = q.shape
+    key_len, kv_heads = k.shape[1], k.shape[2]
+    groups = heads // kv_heads
+    q, k, v = ops._compute(q), ops._compute(k), ops._compute(v)
+    # Query heads g*groups .. g*groups+groups-1 share KV head g: fold them into the rows of one matmul (no KV copy).
+    query = P.reshape(P.swapaxes(q, 1, 2), (batch, kv_heads, groups * query_len, dim))
+    key, value = P.swapaxes(k, 1, 2), P.swapaxes(v, 1, 2)                                # (B, Hkv, Sk, D)
+    scores = P.reshape(_bmm_nt(query, key), (batch, heads, query_len, key_len))
+    scores = scores.astype(mindspore.float32) * call.scale
+    seqlens = tuple(call.seqlens) if call.varlen else None
+    additive, visible, row_scale = _host_mask(query_len, key_len, call.causal, call.window, seqlens)
+    if additive is not None:
+        scores = scores + additive
+    if call.key_padding_mask is not None:
+        padding = call.key_padding_mask.astype(mindspore.bool_).reshape(batch, 1, 1, key_len)
+        scores = P.masked_fill(scores, P.logical_not(padding), float(np.finfo(np.float32).min))
+        visible = padding if visible is None else P.logical_and(visible, padding)
+        row_scale = P.any(visible, -1, True).astype(mindspore.float32)
+    probs = P.softmax(scores, -1)
+    if row_scale is not None:
+        probs = probs * row_scale  # rows that see no key return zeros
+    probs = P.reshape(probs.astype(v.dtype), (batch, kv_heads, groups * query_len, key_len))
+    out = P.swapaxes(P.reshape(P.matmul(probs, value), (batch, heads, query_len, dim)), 1, 2)
+    return ops._back(out[0] if call.varlen else out, call.q.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# flash_attention_score: mindspore.ops.flash_attention_score on Ascend (bf16/fp16); its attn_mask is true where NOT
+# visible
+# ----------------------------------------------------------------------------------------------------------------
+
+_COMPRESSED_MASK_SIZE = 2048  # sparse_mode 3 takes a compressed (2048, 2048) upper-triangular mask
+
+
+@functools.lru_cache(maxsize=1)
+def _compressed_causal_mask():
+    return Tensor(np.triu(np.ones((_COMPRESSED_MASK_SIZE, _COMPRESSED_MASK_SIZE), bool), 1))
+
+
+def _flash_supports(call):
+    if call.q.dtype not in _HALF:
+        return f"flash_attention_score computes in bfloat16/float16, not {call.q.dtype}"
+    if call.q.shape[-1] % 16 or call.q.shape[-1] > 512:
+        return f"flash_attention_score needs a head dim that is a multiple of 16 up to 512, got {call.q.shape[-1]}"
+    if call.varlen and call.window is not None:
+        return "flash_attention_score here has no varlen sliding window"
+    return None
+
+
+@register(ATTENTION, "flash_attention_score", available=ms_backend.on_ascend, supports=_flash_supports)
+def flash_attention_score(call):
+    common = dict(head_num=call.q.shape[-2], scalar_value=call.scale, keep_prob=1.0)
+    if call.varlen:
+        # TND layout; actual_seq_qlen are the cumulative ends (cu_seqlens[1:]); sparse mode 3 = causal per sequence.
+        ends = [int(end) for end in np.cumsum(call.seqlens)]
+        masking = dict(attn_mask=_compressed_causal_mask(), sparse_mode=3) if call.causal else {}
+        return P.flash_attention_score(call.q, call.k, call.v, actual_seq_qlen=ends, actual_seq_kvlen=ends,
+                                       input_layout="TND", **masking, **common)
+    if call.causal and call.window is None and call.key_padding_mask is None:
+        return P.flash_attention_score(call.q, call.k, call.v, attn_mask=_compressed_causal_mask(), sparse_mode=3,
+                                       input_layout="BSND", **common)
+    mask = visible_mask(call.q.shape[1], call.k.shape[1], call.causal, call.window, call.key_padding_mask)
+    if mask is None:
+        return P.flash_attention_score(call.q, call.k, call.v, input_layout="BSND", **common)
+    seen = P.any(mask, -1, True)                                                 # (B|1, 1, Sq, 1)
+    discard = P.logical_not(P.logical_or(mask, P.logical_not(seen)))
+    out = P.flash_attention_score(call.q, call.k, call.v, attn_mask=discard, sparse_mode=0, input_layout="BSND",
+                                  **common)
+    seen = P.expand_dims(seen[:, 0], -1)                                         # (B|1, Sq, 1, 1) for BSND
+    return P.where(seen, out, P.zeros((), out.dtype))

@@ -1,0 +1,443 @@
+"""The :mod:`mmx.ops` contract on MindSpore 2.10 (same names, signatures and order as ``mmx/ops/__init__.py``).
+
+Everything runs in MindSpore (PyNative); only integer metadata that HF also computes on the host (group sizes of a
+grouped matmul) is read back. Landmines of MindSpore 2.10 on CPU this file steps around (ARCHITECTURE.md):
+
+- Many ``mint`` kernels are Ascend-only ("kernel ... unregistered" on CPU): the portable ``mindspore.ops`` functions
+  are used everywhere; Ascend gets fused kernels only where they exist (``rms_norm``, ``grouped_matmul``,
+  ``flash_attention_score`` in ``kernels``), chosen here by device, never in model code.
+- **bfloat16 compute is unsupported on CPU** (MatMul, Select, Gather, Softmax, SiLU reject it). bf16 tensors are fine
+  for storage, casts, slicing and ``+ - *``; every contract op given bf16 on CPU computes in float32 and rounds the
+  result back to bf16 (what torch does inside its bf16 CPU kernels). Python's ``@`` on bf16 tensors still fails on
+  CPU: model code uses :func:`matmul` / :func:`linear`.
+- ``mint.split`` outputs feeding ``cat`` get wrong gradients: :func:`split` slices.
+- In-place tensor methods do nothing in PyNative: nothing here mutates; parameters change only through
+  ``mindspore.ops.assign`` (``nn.load_state_dict``, the optimizer).
+"""
+import builtins
+
+import ml_dtypes
+import mindspore
+import numpy as np
+from mindspore import Tensor
+from mindspore import ops as P
+
+import mmx.backends.mindspore as _backend
+from mmx.backends.mindspore import kernels
+
+float32 = mindspore.float32
+float16 = mindspore.float16
+bfloat16 = mindspore.bfloat16
+int32 = mindspore.int32
+int64 = mindspore.int64
+bool_ = mindspore.bool_
+
+_FLOATS = (float32, float16, bfloat16)
+
+
+def _compute(x):
+    """``x`` in a dtype this device computes in: bf16 → float32 on CPU, unchanged otherwise."""
+    if x.dtype == bfloat16 and not _backend.on_ascend():
+        return x.astype(float32)
+    return x
+
+
+def _back(y, dtype):
+    return y if y.dtype == dtype else y.astype(dtype)
+
+
+def _unary(fn, x):
+    return _back(fn(_compute(x)), x.dtype)
+
+
+def _fp32(x):
+    return x if x.dtype == float32 else x.astype(float32)
+
+
+def _dims(dim):
+    return tuple(dim) if isinstance(dim, (list, tuple)) else dim
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tensors: creation, interop, dtype
+# ----------------------------------------------------------------------------------------------------------------
+
+def tensor(data, dtype=None):
+    if isinstance(data, Tensor):
+        out = data
+    else:
+        array = np.asarray(data)
+        if not isinstance(data, np.ndarray) and array.dtype == np.float64:
+            array = array.astype(np.float32)  # Python floats become float32, as in torch.tensor
+        out = Tensor(array)  # ml_dtypes.bfloat16 arrays arrive as bfloat16 tensors
+    return out if dtype is None else cast(out, dtype)
+
+
+def to_numpy(x):
+    array = x.asnumpy()  # a bf16 tensor gives an ml_dtypes.bfloat16 array
+    if x.dtype == bfloat16 and array.dtype != ml_dtypes.bfloat16:
+        array = array.view(ml_dtypes.bfloat16)
+    return array.copy()
+
+
+def zeros(shape, dtype=None):
+    return P.zeros(tuple(shape), dtype or float32)
+
+
+def ones(shape, dtype=None):
+    return P.ones(tuple(shape), dtype or float32)
+
+
+def full(shape, value, dtype=None):
+    dtype = dtype or float32
+    # P.full has no bf16 CPU kernel: fill in float32, then cast (exact for any bf16-representable value).
+    fill_dtype = float32 if dtype == bfloat16 else dtype
+    return _back(P.full(tuple(shape), value, dtype=fill_dtype), dtype)
+
+
+def zeros_like(x):
+    return P.zeros(x.shape, x.dtype)
+
+
+def arange(start, end=None, step=1, dtype=None):
+    if end is None:
+        start, end = 0, start
+    dtype = dtype or int64
+    if dtype in _FLOATS:
+        return _back(P.arange(start, end, step, dtype=float32), dtype)
+    return P.arange(start, end, step, dtype=dtype)
+
+
+def randn(shape, dtype=None, seed=None):
+    dtype = dtype or float32
+    if seed is None:
+        return _back(P.randn(tuple(shape), dtype=float32), dtype)
+    # MindSpore's seeded ops advance a per-op counter (two calls with seed=3 differ); a seeded draw must repeat,
+    # so it comes from a fresh generator. Initialisation only, never inside forward/backward.
+    sample = np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
+    return _back(Tensor(sample), dtype)
+
+
+def cast(x, dtype):
+    return _back(x, dtype)
+
+
+def stop_gradient(x):
+    return P.stop_gradient(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shape and indexing
+# ----------------------------------------------------------------------------------------------------------------
+
+def reshape(x, shape):
+    return P.reshape(x, tuple(shape))
+
+
+def transpose(x, dim0, dim1):
+    return P.swapaxes(x, dim0, dim1)
+
+
+def permute(x, dims):
+    return P.permute(x, tuple(dims))
+
+
+def unsqueeze(x, dim):
+    return P.expand_dims(x, dim)
+
+
+def squeeze(x, dim):
+    if x.shape[dim] != 1:
+        raise ValueError(f"squeeze: dimension {dim} of a tensor of shape {tuple(x.shape)} has size "
+                         f"{x.shape[dim]}, not 1")
+    return P.squeeze(x, dim)
+
+
+def expand(x, shape):
+    return P.broadcast_to(x, tuple(shape))
+
+
+def repeat_interleave(x, repeats, dim):
+    # A broadcast + reshape: no kernel (mint's is Ascend-only), any dtype, exact gradient (a sum over the copies).
+    dim = dim % x.ndim
+    shape = x.shape
+    expanded = P.broadcast_to(P.expand_dims(x, dim + 1), shape[:dim + 1] + (repeats,) + shape[dim + 1:])
+    return P.reshape(expanded, shape[:dim] + (shape[dim] * repeats,) + shape[dim + 1:])
+
+
+def cat(xs, dim=0):
+    return P.cat(tuple(xs), dim)
+
+
+def stack(xs, dim=0):
+    return P.stack(tuple(xs), dim)
+
+
+def split(x, sizes, dim=0):
+    # Basic slicing, not mint.split, whose outputs give wrong gradients once they meet cat (ARCHITECTURE.md).
+    dim = dim % x.ndim
+    if builtins.sum(sizes) != x.shape[dim]:
+        raise ValueError(f"split sizes {list(sizes)} sum to {builtins.sum(sizes)} but dimension {dim} of x has "
+                         f"{x.shape[dim]} entries")
+    pieces, start = [], 0
+    lead = (slice(None),) * dim
+    for size in sizes:
+        pieces.append(x[lead + (slice(start, start + size),)])
+        start += size
+    return pieces
+
+
+def gather(x, dim, index):
+    return _back(P.gather_elements(_compute(x), dim, index), x.dtype)
+
+
+def index_select(x, dim, index):
+    return _back(P.gather(_compute(x), index, dim), x.dtype)
+
+
+def scatter(x, dim, index, src):
+    return _back(P.tensor_scatter_elements(_compute(x), index, _compute(src).astype(_compute(x).dtype), dim),
+                 x.dtype)
+
+
+def masked_scatter(x, mask, src):
+    mask = P.broadcast_to(mask.astype(bool_), x.shape)
+    flat_mask = P.reshape(mask, (-1,))
+    flat_src = P.reshape(src, (-1,))
+    needed = int(flat_mask.astype(int32).sum())
+    if needed > flat_src.shape[0]:
+        raise ValueError(f"masked_scatter: the mask selects {needed} elements but src has only {flat_src.shape[0]} "
+                         f"(shape {tuple(src.shape)}); e.g. image tokens in the text and image features disagree")
+    # Position p takes src[number of selected positions before p]; unselected positions read src[0] and drop it.
+    source_index = P.clamp(P.cumsum(flat_mask.astype(int32), 0) - 1, 0, None)
+    taken = P.gather(_compute(flat_src), source_index, 0)
+    out = P.where(flat_mask, taken.astype(_compute(x).dtype), P.reshape(_compute(x), (-1,)))
+    return _back(P.reshape(out, x.shape), x.dtype)
+
+
+def where(condition, x, y):
+    dtype = x.dtype if isinstance(x, Tensor) else (y.dtype if isinstance(y, Tensor) else None)
+    x = _compute(x) if isinstance(x, Tensor) else x
+    y = _compute(y) if isinstance(y, Tensor) else y
+    out = P.where(condition, x, y)
+    return out if dtype is None else _back(out, dtype)
+
+
+def tril(x, diagonal=0):
+    rows, cols = x.shape[-2], x.shape[-1]
+    keep = P.arange(rows).reshape(rows, 1) + diagonal >= P.arange(cols).reshape(1, cols)
+    if x.dtype == bool_:
+        return P.logical_and(x, keep)
+    return where(keep, x, P.zeros((), x.dtype))
+
+
+def topk(x, k, dim=-1):
+    values, indices = P.topk(_compute(x), k, dim=dim, largest=True, sorted=True)
+    return _back(values, x.dtype), indices.astype(int64)
+
+
+def cumsum(x, dim):
+    if x.dtype == bool_:
+        return P.cumsum(x.astype(int64), dim)
+    return _unary(lambda v: P.cumsum(v, dim), x)  # integer inputs keep their dtype (cu_seqlens stay int32)
+
+
+def argmax(x, dim):
+    return P.argmax(_compute(x), dim).astype(int64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Elementwise and reductions
+# ----------------------------------------------------------------------------------------------------------------
+
+def exp(x):
+    return _unary(P.exp, x)
+
+
+def log(x):
+    return _unary(P.log, x)
+
+
+def sqrt(x):
+    return _unary(P.sqrt, x)
+
+
+def rsqrt(x):
+    return _unary(P.rsqrt, x)
+
+
+def cos(x):
+    return _unary(P.cos, x)
+
+
+def sin(x):
+    return _unary(P.sin, x)
+
+
+def sigmoid(x):
+    return _unary(P.sigmoid, x)
+
+
+def silu(x):
+    return _unary(P.silu, x)
+
+
+def gelu(x, approximate="none"):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu approximate={approximate!r}: use 'none' (erf) or 'tanh'")
+    return _unary(lambda v: P.gelu(v, approximate=approximate), x)
+
+
+def quick_gelu(x):
+    return _unary(lambda v: v * P.sigmoid(1.702 * v), x)
+
+
+def sum(x, dim=None, keepdim=False):  # noqa: A001 - mirrors the contract
+    return _unary(lambda v: P.sum(v, _dims(dim), keepdim), x)
+
+
+def mean(x, dim=None, keepdim=False):
+    return _unary(lambda v: P.mean(v, _dims(dim), keepdim), x)
+
+
+def amax(x, dim=None, keepdim=False):
+    if dim is None:
+        dim = tuple(range(x.ndim))
+    return _unary(lambda v: P.amax(v, _dims(dim), keepdim), x)
+
+
+def softmax(x, dim=-1):
+    return _back(P.softmax(_fp32(x), dim), x.dtype)
+
+
+def log_softmax(x, dim=-1):
+    return _back(P.log_softmax(_fp32(x), dim), x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------------
+
+def linear(x, weight, bias=None):
+    # One 2-D MatMul with transpose_b: the fastest CPU path (BatchMatMul over a broadcast weight is slower).
+    compute_x, compute_w = _compute(x), _compute(weight)
+    lead = x.shape[:-1]
+    out = P.matmul(P.reshape(compute_x, (-1, x.shape[-1])), compute_w.T)
+    if bias is not None:
+        out = out + _compute(bias)
+    return _back(P.reshape(out, lead + (weight.shape[0],)), x.dtype)
+
+
+def matmul(a, b):
+    return _back(P.matmul(_compute(a), _compute(b)), a.dtype)
+
+
+def embedding(ids, weight):
+    return _back(P.gather(_compute(weight), ids, 0), weight.dtype)
+
+
+def rms_norm(x, weight, eps):
+    if _backend.on_ascend():
+        # The fused kernel keeps the statistics in float32 like the composite below.
+        return P.rms_norm(x, weight, eps)[0]
+    x32 = _fp32(x)
+    normed = x32 * P.rsqrt(P.mean(x32 * x32, -1, True) + eps)
+    return _back(_compute(_back(normed, x.dtype)) * _compute(weight), x.dtype)
+
+
+def layer_norm(x, weight, bias, eps):
+    # The LayerNorm primitive runs on CPU and Ascend (mint's layer_norm has no CPU kernel).
+    x32 = _fp32(x)
+    out = P.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)(x32, _fp32(weight), _fp32(bias))[0]
+    return _back(out, x.dtype)
+
+
+def rotary_cos_sin(position_ids, inv_freq, mrope_section=None):
+    inv_freq = _fp32(inv_freq)
+    angles = P.expand_dims(position_ids.astype(float32), -1) * inv_freq  # (..., S, D/2)
+    if mrope_section is not None:
+        if builtins.sum(mrope_section) != inv_freq.shape[0]:
+            raise ValueError(f"mrope_section {list(mrope_section)} sums to {builtins.sum(mrope_section)} but "
+                             f"inv_freq has {inv_freq.shape[0]} frequencies")
+        # angles (3, B, S, D/2): frequency block i takes its angle from the temporal/height/width row i % 3.
+        chunks, start = [], 0
+        for i, width in enumerate(mrope_section):
+            chunks.append(angles[i % 3, ..., start:start + width])
+            start += width
+        angles = P.cat(tuple(chunks), -1)
+    emb = P.cat((angles, angles), -1)
+    return P.cos(emb), P.sin(emb)
+
+
+def apply_rotary(x, cos, sin):
+    x32 = _fp32(x)
+    half = x.shape[-1] // 2
+    rotated = P.cat((-x32[..., half:], x32[..., :half]), -1)
+    cos, sin = P.expand_dims(_fp32(cos), -2), P.expand_dims(_fp32(sin), -2)  # broadcast over heads
+    return _back(x32 * cos + rotated * sin, x.dtype)
+
+
+def attention(q, k, v, *, causal=False, cu_seqlens=None, window=None, key_padding_mask=None, scale=None,
+              impl="auto"):
+    call = kernels.AttentionCall.check(q, k, v, causal, cu_seqlens, window, key_padding_mask, scale)
+    return kernels.attention_kernel(impl, call)(call)
+
+
+def cross_entropy(logits, labels, ignore_index=-100, reduction="mean"):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy reduction={reduction!r}: use 'mean', 'sum' or 'none'")
+    log_probs = P.log_softmax(_fp32(logits), -1)
+    labels = labels.astype(int64)
+    keep = labels != ignore_index
+    safe_labels = P.where(keep, labels, P.zeros((), int64))  # ignored rows read class 0, then get weight 0
+    picked = P.gather_elements(log_probs, 1, P.expand_dims(safe_labels, 1))[:, 0]
+    losses = P.where(keep, -picked, P.zeros((), float32))
+    if reduction == "none":
+        return losses
+    total = P.sum(losses)
+    if reduction == "sum":
+        return total
+    return total / P.maximum(P.sum(keep.astype(float32)), P.ones((), float32))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mixture of experts
+# ----------------------------------------------------------------------------------------------------------------
+
+def router_topk(logits, k, normalize=True):
+    probs = P.softmax(_fp32(logits), -1)
+    weights, indices = P.topk(probs, k, dim=-1, largest=True, sorted=True)
+    if normalize:
+        weights = weights / P.sum(weights, -1, True)
+    return weights, indices.astype(int64)
+
+
+def moe_permute(x, indices, num_experts):
+    top_k = indices.shape[1]
+    flat_experts = P.reshape(indices, (-1,)).astype(int32)
+    count = flat_experts.shape[0]
+    # Sorting expert * count + slot makes every key distinct, so the unstable sort is stable within an expert.
+    keys = flat_experts * count + P.arange(count, dtype=int32)
+    _, order = P.sort(keys)
+    order = order.astype(int64)
+    permuted = index_select(x, 0, P.floor_divide(order, top_k))
+    tokens_per_expert = P.sum(P.one_hot(flat_experts, num_experts, P.ones((), int32), P.zeros((), int32)),
+                              0).astype(int64)
+    return permuted, order, tokens_per_expert
+
+
+def grouped_matmul(x, weight, tokens_per_expert):
+    return kernels.grouped_mm(x, weight, tokens_per_expert)
+
+
+def moe_unpermute(permuted, order, weights):
+    tokens, top_k = weights.shape
+    # inverse[i] = the permuted row holding flat copy i (token i // K, slot i % K).
+    _, inverse = P.sort(order.astype(int32))
+    copies = P.reshape(index_select(permuted, 0, inverse.astype(int64)), (tokens, top_k, permuted.shape[-1]))
+    combined = P.sum(_fp32(copies) * P.expand_dims(_fp32(weights), -1), 1)
+    return _back(combined, permuted.dtype)
+
+
+def moe_experts(x, weights, indices, gate_up, down, impl="auto"):
+    return kernels.moe_kernel(impl, x)(x, weights, indices, gate_up, down)
