@@ -3,6 +3,7 @@
 Mirrors ``mmx.backends.torch.io`` (same functions, same order). MindSpore's ckpt format is protobuf, not pickle, so
 loading never unpickles; ``allow_pickle`` is accepted for the same signature and changes nothing.
 """
+import ml_dtypes
 import mindspore as ms
 import numpy as np
 
@@ -15,7 +16,11 @@ def _to_framework(array):
 
 
 def _to_numpy(tensor):
-    return tensor.asnumpy()
+    array = tensor.asnumpy()
+    if array.dtype.name == "bfloat16" and array.dtype != ml_dtypes.bfloat16:
+        # MindSpore registers its own numpy bfloat16 type; re-view the same bits as ml_dtypes' (mmx's bf16).
+        array = array.view(np.uint16).view(ml_dtypes.bfloat16)
+    return array
 
 
 def save_native(path, tensors):

@@ -35,8 +35,11 @@ class SafetensorsError(ValueError):
 
 def dtype_name(dtype):
     """numpy dtype → safetensors dtype string ("BF16", "F32", ...)."""
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16":   # ml_dtypes' or MindSpore's own numpy bfloat16 type: the same bits
+        return "BF16"
     try:
-        return DTYPE_NAMES[np.dtype(dtype)]
+        return DTYPE_NAMES[dtype]
     except KeyError:
         raise SafetensorsError(f"dtype {np.dtype(dtype)} has no safetensors equivalent") from None
 

@@ -1,0 +1,131 @@
+"""Every layout / checkpoint validation error, asserted by message, raised before any tensor is read.
+
+The checkpoints here are truncated right after their safetensors headers (conftest.truncate_weights): names and
+shapes are readable, any tensor read fails with a "truncated" error. Getting the validation message instead proves
+the check ran first.
+"""
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import truncate_weights
+from mmx.checkpoint import LayoutError
+from mmx.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, load_file, save_file
+from mmx.checkpoint.store import LATEST_FILE
+from mmx.cli import main
+from mmx.convert.drivers import hf_to_mm, reshard
+from mmx.convert.hf import HFCheckpointError
+from mmx.tiny import make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def truncated(tiny_hf, tmp_path_factory):
+    """A truncated tiny Qwen2.5-VL (3 vision blocks with 2 heads, 2 LLM layers with 4 heads / 2 KV heads, vocab
+    320)."""
+    return truncate_weights(tiny_hf("qwen2_5_vl"), tmp_path_factory.mktemp("truncated") / "hf")
+
+
+LAYOUT_ERRORS = [
+    (dict(llm_pp_layers="1,2", vit_pp_layers="3,0"), "llm_pp_layers [1, 2] sums to 3 but the model has 2 LLM layers"),
+    (dict(llm_pp_layers="1,1", vit_pp_layers="2,0"), "vit_pp_layers [2, 0] sums to 2 but the model has 3 vision"),
+    (dict(llm_pp_layers="[[1,1]]", vit_pp_layers="[[2,1]]"),
+     "vit_pp_layers [2, 1] puts vision blocks on stage 1 after LLM layers started on stage 0 (llm_pp_layers "
+     "[1, 1]): vision must be finished before LLM layers start, e.g. vit_pp_layers [3, 0]"),
+    (dict(llm_pp_layers="1,1", vit_pp_layers="3,0,0"),
+     "vit_pp_layers [3, 0, 0] has 3 entries but llm_pp_layers [1, 1] has 2: both lists need one entry per pipeline"),
+    (dict(llm_pp_layers="1,1,0", vit_pp_layers="3,0,0"),
+     "pipeline stage 2 holds no layers (vit_pp_layers [3, 0, 0], llm_pp_layers [1, 1, 0])"),
+    (dict(vit_pp_layers="3,0"), "--vit-pp-layers [3, 0] has 2 stages but --llm-pp-layers is missing"),
+    (dict(llm_pp_layers="1;1"), "--llm-pp-layers '1;1': expected comma-separated layer counts"),
+    (dict(tp_size=4), "tp_size 4 does not divide the vision attention heads (vision_heads = 2)"),
+    (dict(tp_size=0), "tp_size is 0; it must be at least 1"),
+    (dict(ep_size=2), "ep_size 2 does not divide the number of experts (0): this model has no experts, use ep_size 1"),
+]
+
+
+@pytest.mark.parametrize("options,message", LAYOUT_ERRORS)
+def test_layout_errors_come_before_tensor_reads(truncated, tmp_path, options, message):
+    with pytest.raises(LayoutError) as caught:
+        hf_to_mm(truncated, tmp_path / "mm", **options)
+    assert message in str(caught.value)
+    assert not (tmp_path / "mm").exists()
+
+
+@pytest.mark.parametrize("overrides,tp_size,message", [
+    (dict(text_num_key_value_heads=1, vision_num_heads=4), 2,
+     "tp_size 2 does not divide the LLM key/value heads (llm_kv_heads = 1)"),
+    (dict(text_num_attention_heads=2, text_num_key_value_heads=2, vision_num_heads=4, mrope_section=[4, 6, 6]), 4,
+     "tp_size 4 does not divide the LLM attention heads (llm_heads = 2)"),
+    (dict(text_vocab_size=321), 2, "tp_size 2 does not divide the vocabulary size (vocab_size = 321)"),
+])
+def test_tp_must_divide_heads_and_vocab(tmp_path, overrides, tp_size, message):
+    hf_dir = truncate_weights(make_tiny_checkpoint(tmp_path / "full", family="qwen2_vl", **overrides), tmp_path / "t")
+    with pytest.raises(LayoutError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        hf_to_mm(hf_dir, tmp_path / "mm", tp_size=tp_size)
+
+
+def test_unknown_model_type_lists_supported(truncated, tmp_path):
+    config = json.loads(open(os.path.join(truncated, "config.json")).read())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "llava"}))
+    with pytest.raises(ValueError, match="model_type 'llava' is not supported by mmx convert; supported: qwen2_vl, "
+                                         "qwen2_5_vl"):
+        hf_to_mm(other, tmp_path / "mm")
+
+
+def test_missing_and_unexpected_hf_tensors(tiny_hf, tmp_path):
+    source = tiny_hf("qwen2_vl")
+    for case, rename in (("missing", None), ("unexpected", "model.visual.blocks.7.norm1.weight")):
+        work = tmp_path / case
+        work.mkdir()
+        for file in os.listdir(source):
+            if not file.endswith(".safetensors"):
+                (work / file).write_bytes(open(os.path.join(source, file), "rb").read())
+        weights = load_file(os.path.join(source, "model.safetensors"))
+        moved = weights.pop("model.language_model.layers.1.mlp.up_proj.weight")
+        if rename:
+            weights["model.language_model.layers.1.mlp.up_proj.weight"] = moved
+            weights[rename] = weights["model.visual.blocks.1.norm1.weight"]
+        save_file(weights, work / "model.safetensors")
+        truncated = truncate_weights(work, tmp_path / f"{case}_t")
+        message = ("1 tensors the mmx.models.qwen2_vl.hf_names table needs are missing (first: "
+                   "['model.language_model.layers.1.mlp.up_proj.weight'])" if case == "missing" else
+                   "1 tensors are not in the mmx.models.qwen2_vl.hf_names table (first: "
+                   "['model.visual.blocks.7.norm1.weight'])")
+        with pytest.raises(HFCheckpointError) as caught:
+            hf_to_mm(truncated, tmp_path / f"{case}_mm")
+        assert message in str(caught.value)
+
+
+def test_truncated_file_fails_clearly_when_read(truncated, tmp_path):
+    with pytest.raises(SafetensorsError, match=r"model.safetensors is truncated: tensor '.*' needs bytes"):
+        hf_to_mm(truncated, tmp_path / "mm")
+    assert not (tmp_path / "mm" / LATEST_FILE).exists()   # nothing published by a failed conversion
+
+
+def test_reshard_validates_before_reading(tiny_hf, tmp_path):
+    hf_to_mm(tiny_hf("qwen2_vl"), tmp_path / "mm", tp_size=2)
+    for rank in ("mp_rank_00", "mp_rank_01"):
+        path = tmp_path / "mm" / "release" / rank / "model.safetensors"
+        os.truncate(path, SafetensorsFile(path).data_start)
+    with pytest.raises(LayoutError, match=r"llm_pp_layers \[3\] sums to 3 but the model has 2 LLM layers"):
+        reshard(tmp_path / "mm", tmp_path / "out", llm_pp_layers="3")
+    with pytest.raises(SafetensorsError, match="is truncated"):
+        reshard(tmp_path / "mm", tmp_path / "out", tp_size=1)
+
+
+def test_cli_accepts_guide_spelling_and_reports_errors(tiny_hf, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", "hf_to_mm", "--hf-dir", tiny_hf("qwen2_vl"), "--mm-dir",
+                                  str(tmp_path / "mm"), "--llm-pp-layers", "[[1,1]]", "--vit-pp-layers", "[[2,0]]",
+                                  "--tp-size", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path / "mm" / "release"))[1:] == ["mp_rank_00_000", "mp_rank_00_001",
+                                                                   "mp_rank_01_000", "mp_rank_01_001"]
+    result = runner.invoke(main, ["convert", "reshard", "--mm-dir", str(tmp_path / "mm"), "--save-dir",
+                                  str(tmp_path / "bad"), "--llm-pp-layers", "2", "--vit-pp-layers", "1"])
+    assert result.exit_code == 1
+    assert "Error: vit_pp_layers [1] sums to 1 but the model has 2 vision blocks" in result.output
