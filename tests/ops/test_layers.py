@@ -1,0 +1,105 @@
+"""Layer ops (linear, matmul, embedding, norms, rotary, cross entropy) against numpy, forward and backward."""
+import numpy as np
+import pytest
+
+import ops_reference as ref
+from mmx import ops
+from ops_harness import DTYPES, as_float64, check_op, error, random
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_with_and_without_bias(dtype):
+    x, weight, bias = random((2, 3, 5), 1), random((4, 5), 2), random((4,), 3)
+    check_op(ops.linear, ref.linear, [x, weight, bias], dtype)
+    check_op(lambda a, w: ops.linear(a, w), ref.linear, [x, weight], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_batched_and_broadcast(dtype):
+    check_op(ops.matmul, np.matmul, [random((2, 3, 4), 1), random((2, 4, 5), 2)], dtype)
+    check_op(ops.matmul, np.matmul, [random((2, 3, 4), 3), random((4, 5), 4)], dtype)
+    check_op(lambda a, b: a @ b, np.matmul, [random((3, 4), 5), random((4, 2), 6)], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_accumulates_repeated_ids(dtype):
+    ids = np.array([[1, 4, 1], [0, 4, 4]])
+    ids_tensor = ops.tensor(ids)
+    check_op(lambda w: ops.embedding(ids_tensor, w), lambda w: w[ids], [random((6, 5), 1)], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm(dtype):
+    check_op(lambda x, w: ops.rms_norm(x, w, 1e-6), lambda x, w: ref.rms_norm(x, w, 1e-6),
+             [random((2, 3, 16), 1), random((16,), 2, 0.5, 1.5)], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm(dtype):
+    check_op(lambda x, w, b: ops.layer_norm(x, w, b, 1e-6), lambda x, w, b: ref.layer_norm(x, w, b, 1e-6),
+             [random((2, 3, 16), 1), random((16,), 2, 0.5, 1.5), random((16,), 3)], dtype)
+
+
+def _cos_sin_backend(position_ids, mrope_section=None):
+    def fn(inv_freq):
+        return ops.cat(list(ops.rotary_cos_sin(ops.tensor(position_ids), inv_freq, mrope_section)), -1)
+
+    def reference(inv_freq):
+        return np.concatenate(ref.rotary_cos_sin(position_ids, inv_freq, mrope_section), -1)
+    return fn, reference
+
+
+INV_FREQ = 1.0 / (10000.0 ** (np.arange(0, 8, 2) / 8))                        # head dim 8 → 4 frequencies
+
+
+def test_rotary_cos_sin_1d():
+    position_ids = np.array([[0, 1, 2, 3, 40], [5, 6, 7, 8, 9]])
+    fn, reference = _cos_sin_backend(position_ids)
+    check_op(fn, reference, [INV_FREQ], "float32", grad=False)
+    cos, sin = ops.rotary_cos_sin(ops.tensor(position_ids), ops.tensor(INV_FREQ.astype(np.float32)))
+    assert cos.dtype == ops.float32 and tuple(cos.shape) == (2, 5, 8) and tuple(sin.shape) == (2, 5, 8)
+
+
+def test_rotary_cos_sin_multimodal_sections():
+    rng = np.random.default_rng(0)
+    position_ids = rng.integers(0, 30, size=(3, 2, 5))                       # temporal, height, width rows
+    fn, reference = _cos_sin_backend(position_ids, [1, 1, 2])
+    check_op(fn, reference, [INV_FREQ], "float32", grad=False)
+    # each band really reads its own row: the temporal band (frequency 0) ignores height/width rows
+    cos = ops.to_numpy(ops.rotary_cos_sin(ops.tensor(position_ids), ops.tensor(INV_FREQ.astype(np.float32)),
+                                          [1, 1, 2])[0])
+    np.testing.assert_allclose(cos[..., 0], np.cos(position_ids[0] * INV_FREQ[0]), atol=1e-6)
+    np.testing.assert_allclose(cos[..., 3], np.cos(position_ids[2] * INV_FREQ[3]), atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["dense", "varlen"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_apply_rotary(layout, dtype):
+    position_ids = np.arange(10).reshape(2, 5) if layout == "dense" else np.array([0, 1, 2, 0, 1, 2, 3])
+    cos, sin = ref.rotary_cos_sin(position_ids, INV_FREQ)
+    cos_tensor, sin_tensor = (ops.tensor(t.astype(np.float32)) for t in (cos, sin))
+    x_shape = (2, 5, 3, 8) if layout == "dense" else (7, 3, 8)
+    check_op(lambda x: ops.apply_rotary(x, cos_tensor, sin_tensor),
+             lambda x: ref.apply_rotary(x, cos.astype(np.float32), sin.astype(np.float32)),
+             [random(x_shape, 1)], dtype)
+
+
+LABELS = np.array([3, -100, 0, 9, 3, -100])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_ignores_masked_labels(reduction, dtype):
+    labels = ops.tensor(LABELS)
+    check_op(lambda logits: ops.cross_entropy(logits, labels, -100, reduction),
+             lambda logits: ref.cross_entropy(logits, LABELS, -100, reduction),
+             [random((6, 10), 1) * 3], dtype, out_dtype="float32")
+
+
+def test_cross_entropy_mean_is_zero_when_everything_is_ignored():
+    logits = ops.tensor(random((3, 5), 1).astype(np.float32))
+    loss = ops.cross_entropy(logits, ops.tensor(np.array([-100, -100, -100])))
+    assert float(ops.to_numpy(loss)) == 0.0
+    other = ops.cross_entropy(logits, ops.tensor(np.array([7, 7, 1])), ignore_index=7)
+    assert error(as_float64(other), ref.cross_entropy(ops.to_numpy(logits).astype(np.float64),
+                                                      np.array([7, 7, 1]), 7)) < 1e-6

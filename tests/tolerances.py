@@ -1,0 +1,33 @@
+"""The one table of numeric tolerances and per-backend dtypes for the test suite.
+
+An error is measured as ``max|got - want| / max(1, max|want|)``: absolute for values of order one, relative for
+large ones. ``want`` is a float64 numpy reference computed from the same (already rounded) inputs, so the error is
+the backend's own computation error in that dtype. Backward errors are larger than forward ones: gradients pass
+through more rounded intermediates (e.g. softmax → matmul) in half precision.
+"""
+
+# dtypes each backend computes in on its test device. MindSpore 2.10 has no bf16 compute on CPU (matmul, softmax and
+# silu fail; ARCHITECTURE.md "MindSpore on CPU"), so its CPU run covers float32 and float16 only.
+COMPUTE_DTYPES = {
+    "torch": ("float32", "bfloat16", "float16"),
+    "mindspore": ("float32", "float16"),
+}
+
+# Forward / backward error bounds per dtype for ops against the numpy reference.
+FORWARD = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 2e-2}
+BACKWARD = {"float32": 2e-5, "float16": 1e-2, "bfloat16": 5e-2}
+
+# Fused / alternative kernels (sdpa, flash_attn, grouped, ...) against the eager / loop kernel in the same dtype.
+KERNEL_VS_EAGER = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 2e-2}
+
+
+def compute_dtypes(backend_name):
+    """The dtype names ops are tested in on ``backend_name``."""
+    return COMPUTE_DTYPES[backend_name]
+
+# Whole models (tests/models), float32. Logits: max abs diff against transformers' float32 eager model over the real
+# tokens of a padded batch. Gradients: per parameter, max|got - want| / max|want| (mmx-torch vs transformers, and
+# mmx-MindSpore vs mmx-torch). Packed / cached runs against the plain padded forward of the same backend.
+MODEL_LOGITS_ATOL = 1e-4
+MODEL_GRAD_RTOL = 1e-4
+MODEL_SAME_BACKEND_ATOL = 2e-5
