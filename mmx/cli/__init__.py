@@ -44,3 +44,7 @@ main.add_command(verify_command)
 from mmx.cli.data_cmd import data_group  # noqa: E402
 
 main.add_command(data_group)
+
+from mmx.cli.infer_cmd import infer_command  # noqa: E402
+
+main.add_command(infer_command)

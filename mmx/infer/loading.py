@@ -1,0 +1,65 @@
+"""Loading a model for inference from an mm checkpoint (any TP/PP layout) or a Hugging Face checkpoint.
+
+An mm directory (``latest_checkpointed_iteration.txt`` at its root) is read with ``mmx.checkpoint.load_mm``, which
+merges the TP/PP pieces into whole tensors. An HF directory (``config.json`` + safetensors) is converted to mm
+tensors in memory through the family's name table (``mmx.convert.hf.HFSource``), the same path as
+``mmx convert hf_to_mm`` without writing files. Either way the directory also holds the processor, tokenizer, chat
+template and generation config (``mmx convert`` copies them into mm directories).
+"""
+import sys
+from pathlib import Path
+
+MM_MARKER = "latest_checkpointed_iteration.txt"
+
+
+def checkpoint_kind(model_dir):
+    """``"mm"`` or ``"hf"``; a ValueError naming what is missing otherwise."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ValueError(f"--model {model_dir}: no such directory")
+    if (path / MM_MARKER).exists():
+        return "mm"
+    if (path / "config.json").exists():
+        return "hf"
+    raise ValueError(f"--model {model_dir}: neither an mm checkpoint ({MM_MARKER}) nor an HF checkpoint "
+                     f"(config.json); pass the directory `mmx convert` or `save_pretrained` wrote")
+
+
+def read_tensors(model_dir):
+    """{mm name: numpy array} of the checkpoint in ``model_dir`` (mm or HF)."""
+    if checkpoint_kind(model_dir) == "mm":
+        from mmx.checkpoint import load_mm
+
+        _, tensors = load_mm(model_dir)
+        return tensors
+    from mmx.checkpoint.families import family
+    from mmx.convert.hf import HFSource, read_config
+
+    config = read_config(model_dir)
+    names, _ = family(config.get("model_type"), str(Path(model_dir) / "config.json"))
+    source = HFSource(model_dir, names, names.dimensions(config))
+    return {name: source.read(name) for name in source.entries}
+
+
+def load_model(model_dir):
+    """The model of ``model_dir`` on the current backend with its weights loaded (float32 parameters)."""
+    from mmx import models
+
+    if not (Path(model_dir) / "config.json").exists():
+        raise ValueError(f"--model {model_dir}: config.json is missing; an mm checkpoint made by `mmx convert "
+                         f"hf_to_mm` carries the HF config, tokenizer and processor files at its root")
+    model = models.build(str(model_dir))
+    models.load_mm_state(model, read_tensors(model_dir))
+    return model
+
+
+def load_processor(model_dir):
+    """The checkpoint's own processor (image/video processors, tokenizer, chat template)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as err:
+        print(f"mmx infer: {model_dir}: AutoProcessor failed ({err})", file=sys.stderr)
+        raise ValueError(f"--model {model_dir}: cannot load its processor/tokenizer (tokenizer.json, "
+                         f"preprocessor_config.json, chat template); copy them from the HF checkpoint") from err
