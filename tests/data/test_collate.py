@@ -1,0 +1,111 @@
+"""Batches: a mixed batch (2 image sizes + videos + text-only), the dummy image, and packed == unpacked logits."""
+import numpy as np
+import pytest
+
+from data_helpers import data_config
+from mmx import ops
+from mmx.data.collate import Collator
+from mmx.data.dataset import build_dataset
+from mmx.data.processing import IGNORE_INDEX, Preprocessor
+from tolerances import FORWARD
+
+ORDER = ["small", "wide", "frames", "text", "mp4"]
+
+
+@pytest.fixture(scope="module")
+def encoded(model_dirs, mixed_dir):
+    config = data_config(model_dirs["qwen2_5_vl"], str(mixed_dir / "data.json"))
+    pre = Preprocessor(config)
+    dataset = build_dataset(config, pre)
+    samples = {dataset[i]["id"]: dataset[i] for i in range(len(dataset))}
+    assert list(samples) == ORDER
+    return pre, samples
+
+
+def test_mixed_batch(encoded):
+    pre, samples = encoded
+    batch = Collator(pre)([samples[name] for name in ORDER])
+    lengths = [len(samples[name]["input_ids"]) for name in ORDER]
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (5, max(lengths))
+    assert batch["input_ids"].dtype == np.int64 and batch["labels"].dtype == np.int64
+    assert batch["attention_mask"].sum(axis=1).tolist() == lengths
+    for row, name in enumerate(ORDER):
+        np.testing.assert_array_equal(batch["input_ids"][row, :lengths[row]], samples[name]["input_ids"])
+        assert (batch["input_ids"][row, lengths[row]:] == pre.pad_token_id).all()
+        assert (batch["labels"][row, lengths[row]:] == IGNORE_INDEX).all()
+    # images: small (56x56 → 4x4 patches) then wide (60x90 → 4x6), concatenated in row order
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6]]
+    np.testing.assert_array_equal(batch["pixel_values"], np.concatenate([samples["small"]["pixel_values"],
+                                                                         samples["wide"]["pixel_values"]]))
+    assert batch["video_grid_thw"].tolist() == [[2, 4, 4], [2, 4, 4]]
+    assert batch["pixel_values_videos"].shape == (64, 1176)
+    assert batch["second_per_grid_ts"].shape == (2,)
+    assert batch["sample_ids"].tolist() == ORDER
+    # every placeholder has its features: the model's masked_scatter count check
+    assert int((batch["input_ids"] == pre.image_token_id).sum()) == int(batch["image_grid_thw"].prod(1).sum()) // 4
+    assert int((batch["input_ids"] == pre.video_token_id).sum()) == int(batch["video_grid_thw"].prod(1).sum()) // 4
+
+
+def test_text_only_batch_gets_a_masked_dummy_image(encoded):
+    pre, samples = encoded
+    batch = Collator(pre, pad_to_multiple_of=8)([samples["text"], samples["text"]])
+    length = len(samples["text"]["input_ids"])
+    dummy_ids, dummy_pixels, dummy_grid = pre.dummy_image()
+    assert batch["input_ids"].shape[1] % 8 == 0 and batch["input_ids"].shape[1] >= length + len(dummy_ids)
+    np.testing.assert_array_equal(batch["input_ids"][0, -len(dummy_ids):], dummy_ids)
+    assert batch["attention_mask"][0].sum() == length and batch["attention_mask"][1].sum() == length
+    assert (batch["labels"][:, length:] == IGNORE_INDEX).all()
+    np.testing.assert_array_equal(batch["pixel_values"], dummy_pixels)
+    np.testing.assert_array_equal(batch["image_grid_thw"], dummy_grid)
+    assert "pixel_values" not in Collator(pre, ensure_vision=False)([samples["text"]])
+
+
+@pytest.fixture(scope="module")
+def model(model_dirs, tmp_path_factory):
+    """The models helper's Qwen2.5-VL with the tiny checkpoint's random weights (converted by mmx.convert)."""
+    from mmx import models
+    from mmx.checkpoint.store import load_mm
+    from mmx.convert.drivers import hf_to_mm
+
+    mm_dir = str(tmp_path_factory.mktemp("mm") / "mm")
+    hf_to_mm(model_dirs["qwen2_5_vl"], mm_dir)
+    return models.load_mm_state(models.build(model_dirs["qwen2_5_vl"]), load_mm(mm_dir)[1])
+
+
+def _logits(model, batch):
+    keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
+            "video_grid_thw", "second_per_grid_ts", "position_ids", "cu_seqlens")
+    inputs = {k: (ops.tensor(batch[k]) if k in ("input_ids", "attention_mask", "pixel_values",
+                                                "pixel_values_videos") else batch[k])
+              for k in keys if k in batch}
+    return ops.to_numpy(model(**inputs)).astype(np.float64)
+
+
+def _error(got, want):
+    return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
+
+
+def test_packed_logits_equal_unpacked_qwen2_5_vl(model, encoded):
+    pre, samples = encoded
+    names = ["small", "wide", "frames", "text"]
+    packed = Collator(pre, packing=True)([samples[n] for n in names])
+    lengths = [len(samples[n]["input_ids"]) for n in names]
+    assert packed["input_ids"].shape == (1, sum(lengths))
+    assert packed["cu_seqlens"].tolist() == np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    assert packed["position_ids"].shape == (3, 1, sum(lengths))
+    assert packed["position_ids"][:, 0, packed["cu_seqlens"][:-1]].tolist() == [[0] * 4] * 3  # restart per sample
+    logits = _logits(model, packed)
+    assert logits.std() > 0.1
+    padded = _logits(model, Collator(pre)([samples[n] for n in names]))
+    for i, (start, length) in enumerate(zip(packed["cu_seqlens"][:-1], lengths)):
+        alone = _logits(model, Collator(pre, ensure_vision=False)([samples[names[i]]]))
+        assert _error(logits[0, start:start + length], alone[0]) <= FORWARD["float32"], names[i]
+        assert _error(logits[0, start:start + length], padded[i, :length]) <= FORWARD["float32"], names[i]
+
+
+def test_dummy_image_changes_no_logit(model, encoded):
+    pre, samples = encoded
+    with_dummy = _logits(model, Collator(pre)([samples["text"]]))
+    without = _logits(model, Collator(pre, ensure_vision=False)([samples["text"]]))
+    length = without.shape[1]
+    assert _error(with_dummy[0, :length], without[0]) <= FORWARD["float32"]

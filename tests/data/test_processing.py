@@ -1,0 +1,121 @@
+"""Encoding with the model dir's processor and chat template: labels per template, vision tokens, truncation, video."""
+import numpy as np
+import pytest
+
+from data_helpers import data_config, write_image, write_json
+from mmx.data.errors import DataError
+from mmx.data.formats import to_sample
+from mmx.data.processing import IGNORE_INDEX, Preprocessor
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+TWO_TURNS = {"id": "t2", "image": "small.png", "conversations": [
+    {"from": "human", "value": "<image>What is in the picture?"}, {"from": "gpt", "value": "two dogs"},
+    {"from": "human", "value": "yes?"}, {"from": "gpt", "value": "no"}]}
+
+
+def _encode(model_dir, mixed_dir, record, **keys):
+    pre = Preprocessor(data_config(model_dir, str(mixed_dir / "data.json"), **keys))
+    return pre, pre.encode(to_sample(record, str(mixed_dir / "data.json"), 0))
+
+
+def _supervised_runs(pre, encoded):
+    """Decoded text of each run of consecutive supervised tokens."""
+    labels = encoded["labels"]
+    runs, current = [], []
+    for token, label in zip(encoded["input_ids"], labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(int(token))
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [pre.tokenizer.decode(run) for run in runs]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_labels_supervise_assistant_turns_only(model_dirs, mixed_dir, family):
+    pre, encoded = _encode(model_dirs[family], mixed_dir, TWO_TURNS)
+    assert _supervised_runs(pre, encoded) == ["two dogs<|im_end|>\n", "no<|im_end|>\n"]
+    # the prompt, including the system prompt the template inserts, is not supervised
+    text = pre.tokenizer.decode(encoded["input_ids"])
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    # the ids are exactly what the processor gives for the rendered conversation
+    rendered = pre.render([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                           "text": "What is in the picture?"}]},
+                           {"role": "assistant", "content": [{"type": "text", "text": "two dogs"}]},
+                           {"role": "user", "content": [{"type": "text", "text": "yes?"}]},
+                           {"role": "assistant", "content": [{"type": "text", "text": "no"}]}])
+    from PIL import Image
+    reference = pre.processor(text=[rendered], images=[Image.open(mixed_dir / "small.png").convert("RGB")],
+                              return_tensors="np")
+    np.testing.assert_array_equal(encoded["input_ids"], reference["input_ids"][0])
+    np.testing.assert_array_equal(encoded["pixel_values"], reference["pixel_values"])
+    np.testing.assert_array_equal(encoded["image_grid_thw"], reference["image_grid_thw"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mask_history_and_train_on_prompt(model_dirs, mixed_dir, family):
+    pre, encoded = _encode(model_dirs[family], mixed_dir, TWO_TURNS, mask_history=True)
+    assert _supervised_runs(pre, encoded) == ["no<|im_end|>\n"]
+    pre, encoded = _encode(model_dirs[family], mixed_dir, TWO_TURNS, train_on_prompt=True)
+    vision = encoded["input_ids"] == pre.image_token_id
+    assert (encoded["labels"][vision] == IGNORE_INDEX).all()
+    np.testing.assert_array_equal(encoded["labels"][~vision], encoded["input_ids"][~vision])
+
+
+def test_image_tokens_match_grid(model_dirs, mixed_dir):
+    pre, encoded = _encode(model_dirs["qwen2_5_vl"], mixed_dir, dict(TWO_TURNS, image="wide.png"))
+    grid = encoded["image_grid_thw"]
+    assert grid.tolist() == [[1, 4, 6]]                  # 60x90 → 56x84 pixels → 4x6 patches of 14
+    assert int((encoded["input_ids"] == pre.image_token_id).sum()) == int(grid.prod()) // 4
+    assert encoded["pixel_values"].shape == (24, 3 * 2 * 14 * 14)
+
+
+def test_truncation_never_cuts_an_image(model_dirs, mixed_dir):
+    long_answer = {"id": "long", "image": "small.png", "conversations": [
+        {"from": "human", "value": "<image>Describe."}, {"from": "gpt", "value": "a cat " * 30}]}
+    pre, full = _encode(model_dirs["qwen2_5_vl"], mixed_dir, long_answer, cutoff_len=4096)
+    first_label = int(np.nonzero(full["labels"] != IGNORE_INDEX)[0][0])
+    # a cut inside the answer keeps the first cutoff_len tokens
+    _, cut = _encode(model_dirs["qwen2_5_vl"], mixed_dir, long_answer, cutoff_len=first_label + 5)
+    np.testing.assert_array_equal(cut["input_ids"], full["input_ids"][:first_label + 5])
+    np.testing.assert_array_equal(cut["labels"], full["labels"][:first_label + 5])
+    # a cut through the image drops the sample with a message naming it
+    with pytest.raises(DataError, match=r"sample 'long': \d+ tokens > cutoff_len 20 and its image/video tokens "
+                                        r"reach position \d+; dropped") as err:
+        _encode(model_dirs["qwen2_5_vl"], mixed_dir, long_answer, cutoff_len=20)
+    assert err.value.kind == "cut_through_image"
+    # a cut before the answer leaves nothing to learn: dropped too
+    with pytest.raises(DataError, match="no supervised token within cutoff_len"):
+        _encode(model_dirs["qwen2_5_vl"], mixed_dir, long_answer, cutoff_len=first_label)
+
+
+@pytest.mark.parametrize("video", ["clip", "clip.mp4"])
+def test_video_from_frame_folder_and_file(model_dirs, mixed_dir, video):
+    record = {"id": "v", "video": video, "conversations": [{"from": "human", "value": "<video>What?"},
+                                                            {"from": "gpt", "value": "A ball."}]}
+    # frame folder: 4 frames at frame_folder_fps 2 → all kept at video_fps 2; mp4: 8 frames at 4 fps → every 2nd
+    pre, encoded = _encode(model_dirs["qwen2_5_vl"], mixed_dir, record, video_fps=2.0)
+    assert encoded["video_grid_thw"].tolist() == [[2, 4, 4]]     # 4 frames / temporal patch 2; 56x56 → 4x4
+    assert int((encoded["input_ids"] == pre.video_token_id).sum()) == 2 * 4 * 4 // 4
+    np.testing.assert_allclose(encoded["second_per_grid_ts"], [1.0])   # 2 frames per grid step at 2 fps
+    _, capped = _encode(model_dirs["qwen2_5_vl"], mixed_dir, record, video_fps=100.0, video_maxlen=2)
+    assert capped["video_grid_thw"].tolist() == [[1, 4, 4]]
+
+
+def test_corrupt_media_messages(model_dirs, mixed_dir, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 garbage")
+    write_image(tmp_path / "ok.png", 28, 28)
+    path = write_json(tmp_path / "d.json", [])
+    pre = Preprocessor(data_config(model_dirs["qwen2_5_vl"], path))
+    image = to_sample({"id": "img", "image": "bad.png", "conversations": [
+        {"from": "human", "value": "<image>?"}, {"from": "gpt", "value": "x"}]}, path, 0)
+    with pytest.raises(DataError, match=r"d\.json sample 'img': image .*bad\.png cannot be decoded"):
+        pre.encode(image)
+    video = to_sample({"id": "vid", "video": "bad.mp4", "conversations": [
+        {"from": "human", "value": "<video>?"}, {"from": "gpt", "value": "x"}]}, path, 0)
+    with pytest.raises(DataError, match=r"d\.json sample 'vid': video .*bad\.mp4 cannot be decoded"):
+        pre.encode(video)
