@@ -66,7 +66,7 @@ def load_state_dict(module, tensors, strict=True):
     """Copy ``tensors`` ({name: tensor or numpy array}) into ``module``'s parameters, casting to their dtype.
     Returns (missing, unexpected) name lists; with ``strict`` either being non-empty is an error.
 
-    The copy is ``ops.assign`` (in-place Tensor methods silently do nothing in PyNative)."""
+    The copy is ``ops.assign`` (in-place Tensor methods silently do nothing in PyNative); see :func:`_copy_into`."""
     expected = state_dict(module)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -84,8 +84,17 @@ def load_state_dict(module, tensors, strict=True):
             value = tensors[name]
             if not isinstance(value, Tensor):
                 value = ms_backend.ops.tensor(np.asarray(value))
-            P.assign(target, ms_backend.ops.cast(value, target.dtype))
+            _copy_into(target, ms_backend.ops.cast(value, target.dtype))
     return missing, unexpected
+
+
+def _copy_into(param, value):
+    """Write ``value`` (same shape and dtype) into ``param`` in place. ``ops.assign`` has no bf16 CPU kernel, so bf16
+    on CPU goes through ``set_data`` with a host copy (``set_data`` alone would alias ``value``'s storage)."""
+    if param.dtype == mindspore.bfloat16 and not ms_backend.on_ascend():
+        param.set_data(Tensor(ms_backend.ops.to_numpy(value)))
+    else:
+        P.assign(param, value)
 
 
 def named_parameters(module):
