@@ -52,6 +52,11 @@ def device():
     return str(_device)
 
 
+def on_ascend():
+    """True when computing on an Ascend NPU through torch_npu (selects the npu kernels inside this backend)."""
+    return device().startswith("npu")
+
+
 def __getattr__(attr):
     # train/io are written by other parts of mmx; importing them lazily keeps this package importable while they
     # change, and keeps their imports (torch.distributed, safetensors) off the path of code that never uses them.

@@ -146,7 +146,7 @@ _NPU_CAUSAL_MASK_SIZE = 2048  # sparse_mode 3 takes a compressed (2048, 2048) up
 
 
 def _npu_available():
-    return _device_kind() == "npu" and _importable("torch_npu")
+    return torch_backend.on_ascend() and _importable("torch_npu")
 
 
 def _npu_supports(call):

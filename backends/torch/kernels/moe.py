@@ -87,7 +87,7 @@ def loop(x, weights, indices, gate_up, down):
 
 
 def _npu_available():
-    return torch_backend.device().split(":")[0] == "npu" and importlib.util.find_spec("torch_npu") is not None
+    return torch_backend.on_ascend() and importlib.util.find_spec("torch_npu") is not None
 
 
 def _npu_supports(x):
