@@ -114,4 +114,23 @@ def hf_loss_and_grads(hf_dir, inputs):
     grads = {name: param.grad.float().numpy().copy() for name, param in model.named_parameters()
              if param.grad is not None}
     model.zero_grad()
-    return float(loss), grads
+    return float(loss.detach()), grads
+
+
+def hf_answers(hf_dir, image_paths, question, max_new_tokens=4):
+    """transformers' greedy answers (text, special tokens dropped) to ``question`` about each image, one at a time
+    (the `mmx demo` check that an exported checkpoint answers the same under transformers)."""
+    import torch
+    from PIL import Image
+
+    processor, model = _processor(hf_dir), _hf_model(hf_dir)
+    answers = []
+    for path in image_paths:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(text=[text], images=[Image.open(path).convert("RGB")], return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new_tokens = output[0, inputs["input_ids"].shape[1]:]
+        answers.append(processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
+    return answers

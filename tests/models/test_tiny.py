@@ -1,0 +1,64 @@
+"""mmx.tiny checkpoints load through transformers' real from_pretrained paths, with nothing missing or extra."""
+import hashlib
+
+import pytest
+
+from mmx.tiny import TOKEN_ID, make_tiny_checkpoint
+
+from model_helpers import VARIANTS
+
+
+@pytest.mark.parametrize("family,tied", VARIANTS)
+def test_transformers_loads_every_weight(checkpoint, family, tied):
+    from transformers import AutoModelForImageTextToText
+
+    model, info = AutoModelForImageTextToText.from_pretrained(checkpoint(family, tied).hf_dir,
+                                                              output_loading_info=True)
+    assert {key: value for key, value in info.items() if value} == {}
+    shares = model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+    assert shares == tied
+    assert type(model).__name__ == {"qwen2_vl": "Qwen2VLForConditionalGeneration",
+                                    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}[family]
+
+
+def test_processor_template_and_tokens(checkpoint):
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from mmx import reference
+
+    hf_dir = checkpoint("qwen2_5_vl", False).hf_dir
+    processor = AutoProcessor.from_pretrained(hf_dir)
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                       {"type": "text", "text": "Hi"}]}],
+                                         add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n")
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    for token, index in TOKEN_ID.items():
+        assert tokenizer.convert_tokens_to_ids(token) == index
+    assert tokenizer.decode(tokenizer("A cat sits on a mat.")["input_ids"]) == "A cat sits on a mat."
+    inputs = reference.build_inputs(hf_dir)
+    image_tokens = (inputs["input_ids"] == TOKEN_ID["<|image_pad|>"]).sum()
+    assert image_tokens == inputs["image_grid_thw"].prod(-1).sum() // 4
+    assert len({tuple(grid) for grid in inputs["image_grid_thw"].tolist()}) == 2    # two image sizes
+    assert inputs["video_grid_thw"][0, 0] == 2                                       # two temporal patches
+
+
+def test_same_seed_same_bytes_other_seed_other_weights(tmp_path):
+    def digest(path):
+        return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+    a = make_tiny_checkpoint(str(tmp_path / "a"), "qwen2_vl", seed=3)
+    b = make_tiny_checkpoint(str(tmp_path / "b"), "qwen2_vl", seed=3)
+    c = make_tiny_checkpoint(str(tmp_path / "c"), "qwen2_vl", seed=4)
+    assert digest(f"{a}/model.safetensors") == digest(f"{b}/model.safetensors")
+    assert digest(f"{a}/model.safetensors") != digest(f"{c}/model.safetensors")
+    assert digest(f"{a}/tokenizer.json") == digest(f"{c}/tokenizer.json")
+
+
+def test_bad_override_is_named(tmp_path):
+    with pytest.raises(ValueError, match="mrope_section"):
+        make_tiny_checkpoint(str(tmp_path), "qwen2_vl", mrope_section=[1, 1, 1])
+    with pytest.raises(ValueError, match="unknown override 'depth'"):
+        make_tiny_checkpoint(str(tmp_path), "qwen2_vl", depth=3)
