@@ -1,0 +1,108 @@
+"""Converters: LLaVA-Instruct and Qwen-VL (<img>, <ref>, <box>) to the messages format, boxes per target model."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from data_helpers import write_image, write_json
+from mmx.cli import main
+from mmx.data.convert import ConvertError, convert_file
+from mmx.data.errors import BadSampleLog
+from mmx.data.formats import load_samples
+
+LLAVA = [
+    {"id": "000000033471", "image": "000000033471.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhat are the colors of the bus in the image?"},
+        {"from": "gpt", "value": "The bus in the image is white and red."},
+        {"from": "human", "value": "What feature can be seen on the back of the bus?"},
+        {"from": "gpt", "value": "The back of the bus features an advertisement."}]},
+    {"id": "text-1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+]
+QWEN_VL = [
+    {"id": "identity_0", "conversations": [{"from": "user", "value": "你好"},
+                                          {"from": "assistant", "value": "我是Qwen-VL,一个支持视觉输入的大模型。"}]},
+    {"id": "identity_1", "conversations": [
+        {"from": "user", "value": "Picture 1: <img>assets/demo.png</img>\n图中的狗是什么品种?"},
+        {"from": "assistant", "value": "图中是一只拉布拉多犬。"},
+        {"from": "user", "value": "框出图中的格子衬衫"},
+        {"from": "assistant", "value": "<ref>格子衬衫</ref><box>(588,499),(725,789)</box>"}]},
+    {"id": "identity_2", "conversations": [
+        {"from": "user", "value": "Picture 1: <img>assets/a.png</img>\nPicture 2: <img>assets/b.png</img>\n图中都是哪"},
+        {"from": "assistant", "value": "两只狗<box>(0,0),(500,1000)</box><box>(500,0),(999,999)</box>"}]},
+]
+
+
+def test_llava(tmp_path):
+    source = write_json(tmp_path / "llava_instruct_150k.json", LLAVA)
+    out = tmp_path / "out" / "mllm_format_llava_instruct_data.json"
+    result = CliRunner().invoke(main, ["data", "convert", "--from", "llava", "--input", source, "--output",
+                                       str(out), "--image-dir", "COCO2017/train2017"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1]) == {"converted": 2, "skipped": 0, "errors": []}
+    records = json.loads(out.read_text())
+    assert records[0] == {"id": "000000033471", "images": ["COCO2017/train2017/000000033471.jpg"], "messages": [
+        {"role": "user", "content": "<image>\nWhat are the colors of the bus in the image?"},
+        {"role": "assistant", "content": "The bus in the image is white and red."},
+        {"role": "user", "content": "What feature can be seen on the back of the bus?"},
+        {"role": "assistant", "content": "The back of the bus features an advertisement."}]}
+    assert records[1] == {"id": "text-1", "messages": [{"role": "user", "content": "Hi"},
+                                                       {"role": "assistant", "content": "Hello"}]}
+    # the converted file reads back as samples (images resolved against dataset_dir)
+    (tmp_path / "COCO2017" / "train2017").mkdir(parents=True)
+    write_image(tmp_path / "COCO2017" / "train2017" / "000000033471.jpg", 28, 28)
+    samples = load_samples(str(out), BadSampleLog(False), media_root=str(tmp_path))
+    assert samples[0]["images"] == [str(tmp_path / "COCO2017" / "train2017" / "000000033471.jpg")]
+
+
+def test_llava_bad_record_names_it(tmp_path):
+    source = write_json(tmp_path / "in.json", [dict(LLAVA[0], id="x", image="a.jpg", conversations=[
+        {"from": "human", "value": "no placeholder"}, {"from": "gpt", "value": "y"}])])
+    with pytest.raises(ConvertError, match=r"in\.json record 'x': has an image but 0 <image> placeholders"):
+        convert_file("llava", source, str(tmp_path / "out.json"))
+    result = convert_file("llava", source, str(tmp_path / "out.jsonl"), skip_bad=True)
+    assert (result["converted"], result["skipped"]) == (0, 1)
+
+
+def test_qwen_vl_boxes_for_qwen2_vl(tmp_path):
+    source = write_json(tmp_path / "qwen_vl.json", QWEN_VL)
+    out = str(tmp_path / "out.jsonl")
+    assert convert_file("qwen-vl", source, out, target="qwen2_vl")["converted"] == 3
+    records = [json.loads(line) for line in open(out)]
+    assert "images" not in records[0]
+    assert records[1]["images"] == ["assets/demo.png"]
+    assert records[1]["messages"][0]["content"] == "<image>图中的狗是什么品种?"
+    assert records[1]["messages"][3]["content"] == ("<|object_ref_start|>格子衬衫<|object_ref_end|>"
+                                                    "<|box_start|>(588,499),(725,789)<|box_end|>")
+    assert records[2]["images"] == ["assets/a.png", "assets/b.png"]
+    assert records[2]["messages"][0]["content"] == "<image><image>图中都是哪"
+    assert records[2]["messages"][1]["content"] == ("两只狗<|box_start|>(0,0),(500,1000)<|box_end|>"
+                                                    "<|box_start|>(500,0),(999,999)<|box_end|>")
+
+
+def test_qwen_vl_boxes_for_qwen2_5_vl_are_absolute_resized_pixels(tmp_path, model_dirs):
+    (tmp_path / "assets").mkdir()
+    write_image(tmp_path / "assets" / "demo.png", 100, 200)   # H 100, W 200
+    write_image(tmp_path / "assets" / "a.png", 56, 56)
+    write_image(tmp_path / "assets" / "b.png", 200, 100)      # boxes refer to the latest image: this one
+    source = write_json(tmp_path / "qwen_vl.json", QWEN_VL)
+    out = str(tmp_path / "out.json")
+    convert_file("qwen-vl", source, out, target="qwen2_5_vl", model_dir=model_dirs["qwen2_5_vl"])
+    records = json.load(open(out))
+    # tiny processor: min 56*56, max 56*84 px, factor 28. 100x200 → smart_resize → 28x84:
+    # x = round(588/1000*84) = 49, y = round(499/1000*28) = 14, x2 = round(.725*84) = 61, y2 = round(.789*28) = 22
+    assert records[1]["messages"][3]["content"] == '{"bbox_2d": [49, 14, 61, 22], "label": "格子衬衫"}'
+    # 200x100 (H x W) → 84x28: (0,0),(500,1000) → [0, 0, 14, 84]; (500,0),(999,999) → [14, 0, 28, 84]
+    assert records[2]["messages"][1]["content"] == '两只狗{"bbox_2d": [0, 0, 14, 84]}, {"bbox_2d": [14, 0, 28, 84]}'
+    # the numbers are the pixel grid the processor really produces for that image
+    from PIL import Image
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(model_dirs["qwen2_5_vl"])
+    grid = processor.image_processor(images=[Image.open(tmp_path / "assets" / "demo.png")],
+                                     return_tensors="np")["image_grid_thw"]
+    assert (grid[0][1] * 14, grid[0][2] * 14) == (28, 84)
+
+
+def test_qwen2_5_vl_target_needs_the_model_dir(tmp_path):
+    source = write_json(tmp_path / "qwen_vl.json", QWEN_VL)
+    with pytest.raises(ValueError, match="--target qwen2_5_vl .* needs --model-dir"):
+        convert_file("qwen-vl", source, str(tmp_path / "o.json"), target="qwen2_5_vl")
