@@ -73,7 +73,9 @@ def _processor(hf_dir):
 def _hf_model(hf_dir):
     import torch
     from transformers import AutoModelForImageTextToText
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()      # verify's output is one line per input
     model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
     return model.eval()
 

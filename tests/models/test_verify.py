@@ -1,0 +1,34 @@
+"""`mmx verify` on checkpoints of other sizes, head counts and mrope sections (converted by `mmx convert`)."""
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from mmx.cli import main
+from tolerances import MODEL_LOGITS_ATOL
+
+from model_helpers import Checkpoint
+
+OTHER_SHAPES = {
+    # 8 query heads over 1 KV head (head_dim 8), mrope [1, 1, 2], 3 LLM layers, wider vision MLP
+    "qwen2_vl": dict(text_num_attention_heads=8, text_num_key_value_heads=1, text_num_hidden_layers=3,
+                     mrope_section=[1, 1, 2], vision_mlp_ratio=3, vision_num_heads=4),
+    # MHA (4/4 heads), mrope [4, 2, 2], 4 vision blocks with full attention in blocks 0 and 3
+    "qwen2_5_vl": dict(text_num_key_value_heads=4, mrope_section=[4, 2, 2], vision_depth=4,
+                       vision_fullatt_block_indexes=[0, 3], vision_num_heads=4, text_hidden_size=64),
+}
+
+
+@pytest.mark.parametrize("family", sorted(OTHER_SHAPES))
+def test_verify_passes_then_fails_below_the_error(family, tmp_path):
+    ckpt = Checkpoint(tmp_path, family, tied=family == "qwen2_vl", seed=7, **OTHER_SHAPES[family])
+    result = CliRunner().invoke(main, ["verify", "--hf-dir", ckpt.hf_dir, "--mm-dir", ckpt.mm_dir])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.strip().splitlines() if "max_abs_diff=" in line]
+    assert [line.split()[0] for line in lines[:5]] == ["image_large", "image_small", "video", "text", "batch"]
+    worst = float(re.fullmatch(r"max_abs_diff=(\S+)", lines[-1]).group(1))
+    assert 0 < worst <= MODEL_LOGITS_ATOL
+    strict = CliRunner().invoke(main, ["verify", "--hf-dir", ckpt.hf_dir, "--mm-dir", ckpt.mm_dir,
+                                       "--atol", str(worst / 2)])
+    assert strict.exit_code == 1
+    assert strict.output.strip().splitlines()[-1] == lines[-1]
