@@ -23,13 +23,13 @@ def test_check_reports_every_planted_bad_sample(tmp_path, model_dirs):
         json.dumps({"id": "corrupt-image", "image": "corrupt.png", "conversations": _conv("<image>What?")}),
         json.dumps({"id": "corrupt-video", "video": "corrupt.mp4", "conversations": _conv("<video>What?")}),
         json.dumps({"id": "two-placeholders", "image": "good.png", "conversations": _conv("<image><image>?")}),
-        json.dumps({"id": "too-long", "image": "good.png", "conversations": _conv("x " * 40 + "<image>")}),
+        json.dumps({"id": "too-long", "image": "good.png", "conversations": _conv("x " * 80 + "<image>")}),
     ]
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "data.json").write_text(json.dumps({"dataset_param": {
         "preprocess_parameters": {"model_name_or_path": model_dirs["qwen2_5_vl"]},
         "basic_parameters": {"dataset_dir": str(tmp_path), "dataset": str(tmp_path / "train.jsonl"),
-                             "cutoff_len": 40, "template": "qwen2vl"}}}))
+                             "cutoff_len": 80, "template": "qwen2vl"}}}))
     result = CliRunner().invoke(main, ["data", "check", "--config", str(tmp_path / "data.json")])
     assert result.exit_code == 1, result.output
     out = result.output
@@ -38,7 +38,7 @@ def test_check_reports_every_planted_bad_sample(tmp_path, model_dirs):
     assert "train.jsonl:5 sample 'corrupt-image': image " in out and "cannot be decoded" in out
     assert "train.jsonl:6 sample 'corrupt-video': video " in out
     assert "train.jsonl:7 sample 'two-placeholders': 2 <image> placeholder(s) in the text but 1 image" in out
-    assert "train.jsonl:8 sample 'too-long':" in out and "cutoff_len 40" in out
+    assert "train.jsonl:8 sample 'too-long':" in out and "cutoff_len 80" in out
     assert "note: dataset_param.basic_parameters.template is not used by mmx data" in out
     summary = json.loads(out.strip().splitlines()[-1])
     # images / videos / text-only count the records that parse (a missing file or a bad placeholder count fails
@@ -48,7 +48,7 @@ def test_check_reports_every_planted_bad_sample(tmp_path, model_dirs):
     assert summary["bad_by_kind"] == {"malformed_json": 1, "missing_media": 1, "corrupt_media": 2,
                                       "placeholder_mismatch": 1}
     assert summary["dropped_by_kind"] == {"cut_through_image": 1}
-    assert summary["tokens"]["max"] <= 40 and summary["tokens"]["min"] > 10
+    assert summary["tokens"]["max"] <= 80 and summary["tokens"]["min"] > 10
 
 
 def test_check_clean_dataset_exits_zero(tmp_path, model_dirs):
