@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import ops_reference as ref
+import tolerances
 from mmx import ops
 from ops_harness import DTYPES, as_float64, check_op, error, random
 
@@ -102,4 +103,4 @@ def test_cross_entropy_mean_is_zero_when_everything_is_ignored():
     assert float(ops.to_numpy(loss)) == 0.0
     other = ops.cross_entropy(logits, ops.tensor(np.array([7, 7, 1])), ignore_index=7)
     assert error(as_float64(other), ref.cross_entropy(ops.to_numpy(logits).astype(np.float64),
-                                                      np.array([7, 7, 1]), 7)) < 1e-6
+                                                      np.array([7, 7, 1]), 7)) <= tolerances.FORWARD["float32"]
