@@ -1,0 +1,97 @@
+"""Greedy generation equals transformers' ``generate`` token for token (float32), with and without the KV cache;
+a left-padded batch equals its rows run alone; stop strings; seeded sampling."""
+import pytest
+
+from mmx.infer.prompts import encode
+
+from infer_helpers import KINDS, MAX_NEW_TOKENS, conversation
+
+FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+_runs = {}
+
+
+def single_run(pipeline, family, kind, media, use_cache):
+    """mmx's greedy tokens for one conversation, memoised (the batch test reuses them)."""
+    key = (family, kind, use_cache)
+    if key not in _runs:
+        reply = pipeline(family).generate([conversation(kind, media)], max_new_tokens=MAX_NEW_TOKENS,
+                                          do_sample=False, use_cache=use_cache)[0]
+        _runs[key] = reply.token_ids
+    return _runs[key]
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_equals_transformers(pipeline, reference, media, family, kind, use_cache):
+    want = reference(family).greedy([conversation(kind, media)])[0]
+    got = single_run(pipeline, family, kind, media, use_cache)
+    assert got == want, f"{family} {kind} cache={use_cache}: mmx {got} != transformers {want}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_of_three_equals_single_runs(pipeline, reference, media, family):
+    kinds = ("text", "image", "two_images")          # prompts of three different lengths → left padding
+    conversations = [conversation(kind, media) for kind in kinds]
+    lengths = encode(pipeline(family).processor, conversations)["attention_mask"].sum(axis=1).tolist()
+    assert len(set(lengths)) == 3, lengths
+    replies = pipeline(family).generate(conversations, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    singles = [single_run(pipeline, family, kind, media, True) for kind in kinds]
+    assert [reply.token_ids for reply in replies] == singles, f"prompt lengths {lengths}"
+    assert reference(family).greedy(conversations) == singles     # transformers' own batch agrees too
+
+
+def test_decode_continues_positions_after_images(pipeline, media):
+    """The cache's next 3-D position is max(prompt positions) + 1, not the token count (images take fewer
+    positions than tokens); a decode step must use it — the no-cache rerun recomputes positions from scratch."""
+    from mmx.models.common.cache import KVCache
+
+    pipe = pipeline("qwen2_5_vl")
+    inputs = encode(pipe.processor, [conversation("two_images", media)])
+    cache = KVCache()
+    pipe.model(inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"],
+               image_grid_thw=inputs["image_grid_thw"], cache=cache)
+    tokens = inputs["input_ids"].shape[1]
+    assert cache.length == tokens
+    assert 0 < int(cache.next_position[0]) < tokens      # vision tokens share positions
+
+
+def test_stop_string_ends_the_row(pipeline, media):
+    pipe = pipeline("qwen2_5_vl")
+    full = single_run(pipeline, "qwen2_5_vl", "text", media, True)
+    tokenizer = pipe.processor.tokenizer
+    # The first generated token whose text is new and non-empty becomes the stop string.
+    for index in range(1, len(full)):
+        piece = tokenizer.decode(full[index:index + 1])
+        if piece.strip() and piece not in tokenizer.decode(full[:index]):
+            break
+    else:
+        pytest.fail(f"no usable stop string in {full}")
+    reply = pipe.generate([conversation("text", media)], max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                          stop_strings=[piece])[0]
+    assert reply.token_ids == full[:index + 1]
+    assert reply.finish_reason == "stop_string"
+
+
+def test_max_new_tokens_and_eos_reasons(pipeline, reference, media):
+    pipe = pipeline("qwen2_5_vl")
+    eos = reference("qwen2_5_vl").eos
+    for kind in KINDS:
+        tokens = single_run(pipeline, "qwen2_5_vl", kind, media, True)
+        ends_in_eos = tokens[-1] in eos
+        assert len(tokens) == MAX_NEW_TOKENS or ends_in_eos
+    reply = pipe.generate([conversation("text", media)], max_new_tokens=2, do_sample=False)[0]
+    assert len(reply.token_ids) <= 2 and reply.finish_reason in ("length", "eos")
+
+
+def test_seeded_sampling_is_reproducible(pipeline, media):
+    pipe = pipeline("qwen2_vl")
+    request = [conversation("image", media)]
+    sample = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=3.0, top_k=0, top_p=1.0)
+    first = pipe.generate(request, seed=7, **sample)[0].token_ids
+    again = pipe.generate(request, seed=7, **sample)[0].token_ids
+    other = pipe.generate(request, seed=8, **sample)[0].token_ids
+    assert first == again
+    assert first != other, "two seeds drew the same 6 tokens at temperature 3 over a 320-token vocabulary"
+    greedy = single_run(pipeline, "qwen2_vl", "image", media, True)
+    assert pipe.generate(request, seed=7, **dict(sample, top_k=1))[0].token_ids == greedy
