@@ -34,7 +34,7 @@ def reshard(mm_dir, save_dir, tp_size=1, ep_size=1, vit_pp_layers=None, llm_pp_l
 
     Model weights only: a source tagged with a backend's optimizer state gets a note on stderr and an untagged
     (backend-neutral) result."""
-    source = MMSource(mm_dir)
+    source = MMSource(mm_dir, streaming=True)
     metadata = dict(source.metadata)
     layout = Layout.build(metadata["model"], source.plan, tp_size, ep_size, vit_pp_layers, llm_pp_layers)
     if metadata.get("backend"):
@@ -49,7 +49,7 @@ def reshard(mm_dir, save_dir, tp_size=1, ep_size=1, vit_pp_layers=None, llm_pp_l
 def mm_to_hf(mm_dir, save_hf_dir, hf_dir=None, max_shard_bytes=5 * 1024 ** 3, progress=False):
     """Write the latest iteration of ``mm_dir`` (any layout) as an HF checkpoint in ``save_hf_dir``, with the HF
     names the source used and the support files (config, tokenizer, ...) of ``hf_dir`` or else of ``mm_dir``."""
-    source = MMSource(mm_dir)
+    source = MMSource(mm_dir, streaming=True)
     names, _ = family(source.metadata["model_type"], str(source.directory))
     total = sum(nbytes(*entry) for entry in source.entries.values())
     with progress_bar(total, progress, "mm_to_hf") as bar:

@@ -14,6 +14,7 @@ import numpy as np
 
 from mmx.convert.transforms import make as make_transform
 from mmx.checkpoint.layout import read_json
+from mmx.checkpoint.rows import Arena
 from mmx.checkpoint.safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter, dtype_name, nbytes
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -105,6 +106,7 @@ class HFSource:
         if dtype not in CAST:
             raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(CAST)}")
         self.hf_dir, self.names, self.cast = Path(hf_dir), names, CAST[dtype]
+        self._arena = Arena()
         self._where = open_weights(hf_dir)
         self.style = _detect_style(self._where, names, hf_dir)
         self.rows = expand_table(names, dims)
@@ -139,11 +141,13 @@ class HFSource:
         return dtype_name(self.cast)
 
     def read(self, name):
+        """The mm tensor ``name`` as row blocks (rows.py) in a reused buffer: valid until the next read."""
         hf, transform = self.rows[name]
-        hf = [style_name(h, self.style, self.names) for h in hf]
-        tensor = transform.to_mm([self._where[h].read(h) for h in hf])
+        self._arena.reset()
+        styled = [style_name(h, self.style, self.names) for h in hf]
+        blocks = transform.to_mm([[self._where[h].read(h, self._arena)] for h in styled])
         target = DTYPES[self.entries[name][0]]
-        return tensor if tensor.dtype == target else tensor.astype(target)
+        return blocks if blocks[0].dtype == target else [block.astype(target) for block in blocks]
 
 
 def copy_support_files(src_dir, dst_dir):

@@ -1,9 +1,12 @@
 """Named HF ↔ mm tensor transforms used by the per-family name tables (``models/<family>/hf_names.py``).
 
 Each transform is one class with both directions and their shape rules, so a table row names a transform once and
-serves hf_to_mm and mm_to_hf alike. Every transform only reshapes, splits and concatenates, so a round trip is
-byte-identical. Shapes are known before any data is read (the shape rules), which lets the converter write
+serves hf_to_mm and mm_to_hf alike. Every transform only reorders rows, so a round trip is byte-identical; tensors
+travel as row blocks (``mmx/checkpoint/rows.py``: lists of views concatenated along dim 0), so no transform
+copies data. Shapes are known before any data is read (the shape rules), which lets the converter write
 safetensors headers first and stream tensors after.
+
+``to_mm(list of HF tensors as row blocks) -> row blocks``; ``to_hf(row blocks) -> list of row blocks``.
 
 =================  =====================================  ==============================================
 name               HF tensors → mm tensor                 notes
@@ -15,7 +18,7 @@ name               HF tensors → mm tensor                 notes
 ``fuse_gate_up``   ``gate, up`` → ``linear_fc1``          cat on dim 0 (first half gate, second half up)
 =================  =====================================  ==============================================
 """
-import numpy as np
+from mmx.checkpoint.rows import num_rows, take
 
 
 class Rename:
@@ -23,12 +26,12 @@ class Rename:
 
     @staticmethod
     def to_mm(tensors):
-        (tensor,) = tensors
-        return tensor
+        (blocks,) = tensors
+        return blocks
 
     @staticmethod
-    def to_hf(tensor):
-        return [tensor]
+    def to_hf(blocks):
+        return [blocks]
 
     @staticmethod
     def mm_shape(shapes):
@@ -58,19 +61,26 @@ class FuseQKV:
 
     def to_mm(self, tensors):
         q, k, v = tensors
-        groups, per_group = self.num_kv_heads, self.num_heads // self.num_kv_heads
-        head_dim, tail = self._head_dim(q.shape[0]), q.shape[1:]
-        fused = np.concatenate([q.reshape((groups, per_group * head_dim) + tail),
-                                k.reshape((groups, head_dim) + tail),
-                                v.reshape((groups, head_dim) + tail)], axis=1)
-        return fused.reshape(((self.num_heads + 2 * groups) * head_dim,) + tail)
+        per_group = self.num_heads // self.num_kv_heads
+        head_dim = self._head_dim(num_rows(q))
+        fused, q_rows = [], per_group * head_dim
+        for group in range(self.num_kv_heads):
+            fused += take(q, group * q_rows, (group + 1) * q_rows)
+            fused += take(k, group * head_dim, (group + 1) * head_dim)
+            fused += take(v, group * head_dim, (group + 1) * head_dim)
+        return fused
 
-    def to_hf(self, tensor):
-        groups, per_group = self.num_kv_heads, self.num_heads // self.num_kv_heads
-        head_dim, tail = tensor.shape[0] // (self.num_heads + 2 * groups), tensor.shape[1:]
-        grouped = tensor.reshape((groups, (per_group + 2) * head_dim) + tail)
-        q, k, v = np.split(grouped, [per_group * head_dim, (per_group + 1) * head_dim], axis=1)
-        return [np.ascontiguousarray(part).reshape((-1,) + tail) for part in (q, k, v)]
+    def to_hf(self, blocks):
+        per_group = self.num_heads // self.num_kv_heads
+        head_dim = num_rows(blocks) // (self.num_heads + 2 * self.num_kv_heads)
+        group_rows, q_rows = (per_group + 2) * head_dim, per_group * head_dim
+        q, k, v = [], [], []
+        for group in range(self.num_kv_heads):
+            start = group * group_rows
+            q += take(blocks, start, start + q_rows)
+            k += take(blocks, start + q_rows, start + q_rows + head_dim)
+            v += take(blocks, start + q_rows + head_dim, start + group_rows)
+        return [q, k, v]
 
     def mm_shape(self, shapes):
         q, k, v = (tuple(s) for s in shapes)
@@ -95,10 +105,12 @@ class InterleaveQKV:
 
     def to_mm(self, tensors):
         (qkv,) = tensors
-        return self._fuse.to_mm(np.split(qkv, 3, axis=0))
+        third = num_rows(qkv) // 3
+        return self._fuse.to_mm([take(qkv, index * third, (index + 1) * third) for index in range(3)])
 
-    def to_hf(self, tensor):
-        return [np.concatenate(self._fuse.to_hf(tensor), axis=0)]
+    def to_hf(self, blocks):
+        q, k, v = self._fuse.to_hf(blocks)
+        return [q + k + v]
 
     def mm_shape(self, shapes):
         (shape,) = shapes
@@ -116,11 +128,12 @@ class FuseGateUp:
     @staticmethod
     def to_mm(tensors):
         gate, up = tensors
-        return np.concatenate([gate, up], axis=0)
+        return gate + up
 
     @staticmethod
-    def to_hf(tensor):
-        return [np.ascontiguousarray(half) for half in np.split(tensor, 2, axis=0)]
+    def to_hf(blocks):
+        half = num_rows(blocks) // 2
+        return [take(blocks, 0, half), take(blocks, half, 2 * half)]
 
     @staticmethod
     def mm_shape(shapes):

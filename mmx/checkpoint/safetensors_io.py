@@ -18,6 +18,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from mmx.checkpoint.rows import Arena
+
 DTYPES = {
     "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8), "I16": np.dtype(np.int16),
     "U16": np.dtype(np.uint16), "I32": np.dtype(np.int32), "U32": np.dtype(np.uint32), "I64": np.dtype(np.int64),
@@ -83,11 +85,12 @@ class SafetensorsFile:
         """Byte offset of ``name``'s data inside the file (to read tensors in file order)."""
         return self.data_start + self._offsets[name][0]
 
-    def read(self, name):
-        """The tensor ``name`` as a new numpy array (bf16 as ml_dtypes.bfloat16)."""
+    def read(self, name, arena=None):
+        """The tensor ``name`` as a numpy array (bf16 as ml_dtypes.bfloat16): a new array, or one carved from
+        ``arena`` (rows.Arena; valid until the arena's next reset)."""
         dtype_str, shape = self.entries[name]
         begin, end = self._offsets[name]
-        raw = np.empty(end - begin, np.uint8)
+        raw = np.empty(end - begin, np.uint8) if arena is None else arena.take(end - begin)
         with open(self.path, "rb") as handle:
             handle.seek(self.data_start + begin)
             got = handle.readinto(raw)
@@ -118,17 +121,27 @@ class SafetensorsWriter:
         raw += b" " * (-(len(raw) + 8) % 8)
         self._data_start = 8 + len(raw)
         self._pending = set(self._slots)
+        self._scratch = Arena()
         self._handle = open(self.path, "wb")
         self._handle.write(struct.pack("<Q", len(raw)) + raw)
         self._handle.truncate(self._data_start + offset)
 
-    def write(self, name, array):
+    def write(self, name, tensor):
+        """Write ``tensor``: an array, or row blocks (a list of arrays that stacked on dim 0 form the tensor)."""
         dtype_str, shape, offset = self._slots[name]
-        if dtype_name(array.dtype) != dtype_str or tuple(array.shape) != shape:
+        blocks = tensor if isinstance(tensor, list) else [tensor]
+        got = (sum(block.shape[0] for block in blocks),) + tuple(blocks[0].shape[1:]) if blocks[0].ndim else ()
+        if any(dtype_name(block.dtype) != dtype_str for block in blocks) or got != shape:
             raise SafetensorsError(f"{self.path}: tensor {name!r} was declared {dtype_str}{list(shape)} but got "
-                                   f"{dtype_name(array.dtype)}{list(array.shape)}")
+                                   f"{dtype_name(blocks[0].dtype)}{list(got)}")
         self._handle.seek(self._data_start + offset)
-        self._handle.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+        for block in blocks:
+            if not block.flags.c_contiguous:   # a column slice (row-parallel split): copy via reusable scratch
+                self._scratch.reset()
+                scratch = self._scratch.take(block.nbytes).view(block.dtype).reshape(block.shape)
+                np.copyto(scratch, block)
+                block = scratch
+            self._handle.write(block.reshape(-1).view(np.uint8).data)
         self._pending.discard(name)
 
     def close(self):

@@ -5,11 +5,14 @@ Rules (``plan.TENSOR_PARALLEL``: mm name with ``{i}``/``{j}`` placeholders → r
 ``column`` / ``vocab`` / ``qkv``: equal chunks of dim 0 (``qkv`` is the per-KV-group interleaved linear_qkv, so
 chunks are whole KV groups); ``row``: equal chunks of dim 1; ``gate_up``: the gate and up halves are each chunked
 on dim 0 and rank r holds ``cat(gate_r, up_r)``. Splits and merges only slice and concatenate: byte-exact.
+Tensors travel as row blocks (rows.py), so dim-0 rules never copy; ``row`` merges concatenate along dim 1.
 """
 import re
 from functools import lru_cache
 
 import numpy as np
+
+from mmx.checkpoint.rows import as_array, chunks, num_rows, take
 
 RULES = ("replicate", "column", "vocab", "qkv", "row", "gate_up")
 
@@ -59,21 +62,28 @@ def full_shape(shape, rule, tp_size):
     return tuple(shape[:dim]) + (shape[dim] * tp_size,) + tuple(shape[dim + 1:])
 
 
-def split(tensor, rule, tp_size):
-    """Whole tensor → list of tp_size pieces (views when the split is along dim 0)."""
+def split(blocks, rule, tp_size):
+    """Whole tensor as row blocks (rows.py) → tp_size pieces, each as row blocks of views (no copies)."""
     if rule == "replicate" or tp_size == 1:
-        return [tensor] * tp_size
+        return [blocks] * tp_size
+    if rule == "row":
+        width = blocks[0].shape[1] // tp_size
+        return [[block[:, rank * width:(rank + 1) * width] for block in blocks] for rank in range(tp_size)]
     if rule == "gate_up":
-        gate, up = np.split(tensor, 2, axis=0)
-        return [np.concatenate([g, u], axis=0) for g, u in zip(np.split(gate, tp_size), np.split(up, tp_size))]
-    return np.split(tensor, tp_size, axis=_split_dim(rule))
+        half = num_rows(blocks) // 2
+        gates, ups = chunks(take(blocks, 0, half), tp_size), chunks(take(blocks, half, 2 * half), tp_size)
+        return [gate + up for gate, up in zip(gates, ups)]
+    return chunks(blocks, tp_size)
 
 
 def merge(pieces, rule):
-    """List of tp pieces (rank order) → whole tensor."""
+    """tp pieces (rank order, each as row blocks) → the whole tensor as row blocks."""
     if rule == "replicate" or len(pieces) == 1:
         return pieces[0]
+    if rule == "row":
+        return [np.concatenate([as_array(piece) for piece in pieces], axis=1)]
     if rule == "gate_up":
-        halves = [np.split(piece, 2, axis=0) for piece in pieces]
-        return np.concatenate([gate for gate, _ in halves] + [up for _, up in halves], axis=0)
-    return np.concatenate(pieces, axis=_split_dim(rule))
+        halves = [num_rows(piece) // 2 for piece in pieces]
+        return ([block for piece, half in zip(pieces, halves) for block in take(piece, 0, half)] +
+                [block for piece, half in zip(pieces, halves) for block in take(piece, half, 2 * half)])
+    return [block for piece in pieces for block in piece]

@@ -21,6 +21,7 @@ from pathlib import Path
 import mmx
 from mmx.checkpoint.families import family
 from mmx.checkpoint.layout import SHARD_FILE, Layout, iteration_dir_name, placements, read_json, stored_name
+from mmx.checkpoint.rows import Arena, as_array
 from mmx.checkpoint.safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter, dtype_name, nbytes
 from mmx.checkpoint.shard import full_shape, merge, piece_shape, split, tp_rule
 
@@ -72,7 +73,8 @@ class MMSource:
     embedding is.
     """
 
-    def __init__(self, mm_dir, iteration=None):
+    def __init__(self, mm_dir, iteration=None, streaming=False):
+        self._arena = Arena() if streaming else None
         self.directory = resolve_iteration(mm_dir, iteration)
         self.metadata = read_json(self.directory / META_FILE, f"{self.directory} has no mmx metadata; was it "
                                   f"written by mmx (`mmx convert hf_to_mm`)?")
@@ -110,11 +112,15 @@ class MMSource:
         return self.metadata["model"]["tied"]
 
     def read(self, name):
+        """The whole tensor ``name`` as row blocks (rows.py); with ``streaming`` they live in a reused buffer and
+        stay valid only until the next read."""
         pp, tp_size = self._where[name], self.layout.tp_size
         rule = tp_rule(name, self.plan)
+        if self._arena is not None:
+            self._arena.reset()
         if rule == "replicate":
-            return self._files[0, pp].read(name)
-        return merge([self._files[tp, pp].read(name) for tp in range(tp_size)], rule)
+            return [self._files[0, pp].read(name, self._arena)]
+        return merge([[self._files[tp, pp].read(name, self._arena)] for tp in range(tp_size)], rule)
 
 
 class ArraySource:
@@ -125,7 +131,7 @@ class ArraySource:
         self.entries = {name: (dtype_name(array.dtype), tuple(array.shape)) for name, array in tensors.items()}
 
     def read(self, name):
-        return self._tensors[name]
+        return [self._tensors[name]]
 
 
 def progress_bar(total_bytes, enabled, description):
@@ -137,7 +143,8 @@ def progress_bar(total_bytes, enabled, description):
 def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=False):
     """Stream every tensor of ``source`` into an mm checkpoint at ``mm_dir``/``iteration`` in ``layout``.
 
-    ``source`` has ``entries`` ({name: (dtype string, whole shape)}, in reading order) and ``read(name)``.
+    ``source`` has ``entries`` ({name: (dtype string, whole shape)}, in reading order) and ``read(name)`` (the
+    whole tensor as row blocks, rows.py; valid until the next read).
     All shapes are checked against the layout before the first tensor is read. Returns the iteration directory.
     """
     mm_dir = Path(mm_dir)
@@ -203,9 +210,9 @@ def load_mm(mm_dir, stage=None, iteration=None):
     """
     source = MMSource(mm_dir, iteration)
     if stage is None:
-        return source.metadata, {name: source.read(name) for name in source.entries}
+        return source.metadata, {name: as_array(source.read(name)) for name in source.entries}
     stored = {name: stored_name(name, stage, source.plan, source.tied) for name in source.entries}
-    return source.metadata, {held: source.read(name) for name, held in stored.items() if held is not None}
+    return source.metadata, {held: as_array(source.read(name)) for name, held in stored.items() if held is not None}
 
 
 def save_mm(directory, iteration, tensors, metadata, layout):
