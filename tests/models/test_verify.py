@@ -21,6 +21,8 @@ OTHER_SHAPES = {
 
 @pytest.mark.parametrize("family", sorted(OTHER_SHAPES))
 def test_verify_passes_then_fails_below_the_error(family, tmp_path):
+    """Passes at the default atol; rerun (one family, to keep MindSpore's CPU time down) with an atol below the
+    measured error, it exits 1 and still ends with the same max_abs_diff line."""
     ckpt = Checkpoint(tmp_path, family, tied=family == "qwen2_vl", seed=7, **OTHER_SHAPES[family])
     result = CliRunner().invoke(main, ["verify", "--hf-dir", ckpt.hf_dir, "--mm-dir", ckpt.mm_dir])
     assert result.exit_code == 0, result.output
@@ -28,6 +30,8 @@ def test_verify_passes_then_fails_below_the_error(family, tmp_path):
     assert [line.split()[0] for line in lines[:5]] == ["image_large", "image_small", "video", "text", "batch"]
     worst = float(re.fullmatch(r"max_abs_diff=(\S+)", lines[-1]).group(1))
     assert 0 < worst <= MODEL_LOGITS_ATOL
+    if family != "qwen2_5_vl":
+        return
     strict = CliRunner().invoke(main, ["verify", "--hf-dir", ckpt.hf_dir, "--mm-dir", ckpt.mm_dir,
                                        "--atol", str(worst / 2)])
     assert strict.exit_code == 1
