@@ -76,12 +76,18 @@ def split(blocks, rule, tp_size):
     return chunks(blocks, tp_size)
 
 
-def merge(pieces, rule):
-    """tp pieces (rank order, each as row blocks) → the whole tensor as row blocks."""
+def merge(pieces, rule, arena=None):
+    """tp pieces (rank order, each as row blocks) → the whole tensor as row blocks; a ``row`` merge (the only
+    copying one) lands in ``arena`` (rows.Arena) when given."""
     if rule == "replicate" or len(pieces) == 1:
         return pieces[0]
     if rule == "row":
-        return [np.concatenate([as_array(piece) for piece in pieces], axis=1)]
+        arrays = [as_array(piece) for piece in pieces]
+        shape = arrays[0].shape[:1] + (sum(a.shape[1] for a in arrays),) + arrays[0].shape[2:]
+        out = None
+        if arena is not None:
+            out = arena.take(sum(a.nbytes for a in arrays)).view(arrays[0].dtype).reshape(shape)
+        return [np.concatenate(arrays, axis=1, out=out)]
     if rule == "gate_up":
         halves = [num_rows(piece) // 2 for piece in pieces]
         return ([block for piece, half in zip(pieces, halves) for block in take(piece, 0, half)] +

@@ -120,7 +120,7 @@ class MMSource:
             self._arena.reset()
         if rule == "replicate":
             return [self._files[0, pp].read(name, self._arena)]
-        return merge([[self._files[tp, pp].read(name, self._arena)] for tp in range(tp_size)], rule)
+        return merge([[self._files[tp, pp].read(name, self._arena)] for tp in range(tp_size)], rule, self._arena)
 
 
 class ArraySource:
