@@ -53,15 +53,16 @@ class QwenVLModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, position_ids=None,
-                cache=None, cu_seqlens=None):
-        """Float32 logits (B, S, V).
+                cache=None, cu_seqlens=None, logits_to_keep=0):
+        """Float32 logits (B, S, V), or (B, K, V) of the last ``logits_to_keep`` = K positions (0 keeps all).
 
         input_ids (B, S) int; attention_mask (B, S_past + S), 1 = real token (left or right padding);
         pixel_values (N_patches, C*kT*kH*kW) and image_grid_thw (N_images, 3) as the processor returns them;
         pixel_values_videos / video_grid_thw likewise; second_per_grid_ts (N_videos,) (Qwen2.5-VL);
         position_ids (3, B, S) to override the computed 3-D positions; cache: a KVCache (prefill when empty, then
         decode steps); cu_seqlens (N+1,) int: a packed row (B = 1) of N samples that attend only to themselves and
-        whose positions each start at 0.
+        whose positions each start at 0. During a cached decode step, placeholder ids the model generated are plain
+        tokens (no pixels belong to them), as in transformers.
         """
         full = Stage.full(self.config.vision.depth, self.config.text.num_layers)
         if self.stage != full:
@@ -72,20 +73,23 @@ class QwenVLModel(nn.Module):
         ids = _host(input_ids, np.int64)
         mask = _host(attention_mask, np.int64)
         hidden = self.text_decoder.embed(ops.tensor(ids))
-        hidden = self._insert(hidden, ids, pixel_values, image_grid_thw, self.config.image_token_id, "image")
-        hidden = self._insert(hidden, ids, pixel_values_videos, video_grid_thw, self.config.video_token_id, "video")
+        decoding = cache is not None and cache.length > 0
+        hidden = self._insert(hidden, ids, pixel_values, image_grid_thw, self.config.image_token_id, "image",
+                              decoding)
+        hidden = self._insert(hidden, ids, pixel_values_videos, video_grid_thw, self.config.video_token_id, "video",
+                              decoding)
         positions = self._positions(ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts, position_ids,
                                     cache, cu_seqlens)
         cos, sin = self.text_decoder.rotary(positions)
         key_mask = None if mask is None or mask.all() else ops.tensor(mask.astype(bool))
         packed = None if cu_seqlens is None else ops.tensor(np.asarray(_host(cu_seqlens), np.int32))
-        return self.text_decoder(hidden, cos, sin, key_mask, packed, cache)
+        return self.text_decoder(hidden, cos, sin, key_mask, packed, cache, logits_to_keep)
 
-    def _insert(self, hidden, ids, pixels, grid_thw, token_id, kind):
+    def _insert(self, hidden, ids, pixels, grid_thw, token_id, kind, decoding=False):
         """Replace the placeholder embeddings of ``token_id`` by the vision features of ``pixels``."""
         slots = ids == token_id
         if pixels is None:
-            if slots.any() and self.stage.first:
+            if slots.any() and self.stage.first and not decoding:
                 raise ValueError(f"input_ids hold {int(slots.sum())} {kind} placeholder tokens (id {token_id}) but "
                                  f"no {'pixel_values' if kind == 'image' else 'pixel_values_videos'} were given")
             return hidden

@@ -45,7 +45,9 @@ def test_cached_decoding_continues_3d_positions(checkpoint, family):
         mask = prompt["attention_mask"]
         for i in range(new_tokens.shape[1]):
             mask = np.concatenate([mask, np.ones((2, 1), mask.dtype)], 1)
-            steps.append(ops.to_numpy(model(new_tokens[:, i:i + 1], attention_mask=mask, cache=cache))[:, -1])
+            logits = model(new_tokens[:, i:i + 1], attention_mask=mask, cache=cache, logits_to_keep=1)
+            assert logits.shape[1] == 1
+            steps.append(ops.to_numpy(logits)[:, -1])
     length = prompt["input_ids"].shape[1]
     for i, logits in enumerate(steps):
         assert np.abs(logits - expected[:, length - 1 + i]).max() <= MODEL_SAME_BACKEND_ATOL
