@@ -64,8 +64,8 @@ def _prompt_tokens(input_ids, attention_mask):
 def generate(model, inputs, settings, tokenizer=None, on_tokens=None):
     """Generate up to ``settings.max_new_tokens`` tokens for each row of ``inputs``.
 
-    model: a Qwen-VL model (``forward(input_ids, attention_mask, pixel_values, ..., cache)`` → float32 logits
-    (B, S, V)); inputs: the processor's output as numpy (``input_ids`` (B, S), ``attention_mask`` (B, S) left padded,
+    model: a Qwen-VL model (``forward(input_ids, attention_mask, pixel_values, ..., cache, logits_to_keep)`` →
+    float32 logits (B, 1, V) of the last position); inputs: the processor's output as numpy (``input_ids`` (B, S), ``attention_mask`` (B, S) left padded,
     and the vision keys); settings: :class:`mmx.infer.settings.GenerationSettings`; tokenizer: needed for stop
     strings; on_tokens(step, next_ids (B,)) is called after every step (streaming in the chat mode).
     """
@@ -88,9 +88,10 @@ def generate(model, inputs, settings, tokenizer=None, on_tokens=None):
         for step in range(settings.max_new_tokens):
             started = time.perf_counter()
             if cache is None:
-                logits = model(sequence, attention_mask=attention_mask, **vision)
+                logits = model(sequence, attention_mask=attention_mask, logits_to_keep=1, **vision)
             else:
-                logits = model(step_ids, attention_mask=attention_mask, cache=cache, **step_vision)
+                logits = model(step_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1,
+                               **step_vision)
             next_ids = chooser(ops.to_numpy(logits[:, -1]), seen)
             done = np.array([reason is not None for reason in reasons])
             next_ids = np.where(done, settings.pad_token_id, next_ids)

@@ -9,6 +9,8 @@ template and generation config (``mmx convert`` copies them into mm directories)
 import sys
 from pathlib import Path
 
+import numpy as np
+
 MM_MARKER = "latest_checkpointed_iteration.txt"
 
 
@@ -38,7 +40,8 @@ def read_tensors(model_dir):
     config = read_config(model_dir)
     names, _ = family(config.get("model_type"), str(Path(model_dir) / "config.json"))
     source = HFSource(model_dir, names, names.dimensions(config))
-    return {name: source.read(name) for name in source.entries}
+    # read() hands out row blocks in a buffer it reuses for the next tensor: concatenate copies them out.
+    return {name: np.concatenate(source.read(name), axis=0) for name in source.entries}
 
 
 def load_model(model_dir):

@@ -56,6 +56,31 @@ def test_decode_continues_positions_after_images(pipeline, media):
     assert 0 < int(cache.next_position[0]) < tokens      # vision tokens share positions
 
 
+def test_decode_step_treats_generated_placeholders_as_tokens(pipeline, media):
+    """A model may generate <|image_pad|>; in a cached decode step no pixels belong to it, so it is embedded as a
+    plain token (transformers does the same) instead of failing the feature count check. Only the last position's
+    logits are computed (``logits_to_keep=1``) and they match the last row of the full logits."""
+    import numpy as np
+
+    from mmx import ops
+    from tolerances import MODEL_SAME_BACKEND_ATOL
+    from mmx.models.common.cache import KVCache
+
+    pipe = pipeline("qwen2_5_vl")
+    inputs = encode(pipe.processor, [conversation("image", media)])
+    vision = {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+    cache = KVCache()
+    full = pipe.model(inputs["input_ids"], attention_mask=inputs["attention_mask"], cache=cache, **vision)
+    last = pipe.model(inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=1, **vision)
+    assert tuple(last.shape) == (1, 1, full.shape[2])
+    # Same numbers up to the matmul's blocking (a 1-row product rounds differently from a many-row one).
+    assert np.abs(ops.to_numpy(last)[:, 0] - ops.to_numpy(full)[:, -1]).max() <= MODEL_SAME_BACKEND_ATOL
+    placeholder = np.array([[pipe.model.config.image_token_id]])
+    mask = np.ones((1, inputs["input_ids"].shape[1] + 1), np.int64)
+    step = ops.to_numpy(pipe.model(placeholder, attention_mask=mask, cache=cache, logits_to_keep=1))
+    assert step.shape == (1, 1, full.shape[2]) and np.isfinite(step).all()
+
+
 def test_stop_string_ends_the_row(pipeline, media):
     pipe = pipeline("qwen2_5_vl")
     full = single_run(pipeline, "qwen2_5_vl", "text", media, True)
