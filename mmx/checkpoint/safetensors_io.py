@@ -144,6 +144,11 @@ class SafetensorsWriter:
             self._handle.write(block.reshape(-1).view(np.uint8).data)
         self._pending.discard(name)
 
+    def abort(self):
+        """Close without checks (the caller removes the partial file)."""
+        if not self._handle.closed:
+            self._handle.close()
+
     def close(self):
         if self._pending:
             missing = sorted(self._pending)

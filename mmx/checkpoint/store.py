@@ -18,6 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 import mmx
 from mmx.checkpoint.families import family
 from mmx.checkpoint.layout import SHARD_FILE, Layout, iteration_dir_name, placements, read_json, stored_name
@@ -135,7 +137,7 @@ class ArraySource:
 
 
 def progress_bar(total_bytes, enabled, description):
-    from tqdm import tqdm
+    """A tqdm byte counter on stderr (disabled unless ``enabled``)."""
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=description, file=sys.stderr,
                 disable=not enabled, leave=False)
 
@@ -165,21 +167,27 @@ def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=Fal
             if pp in held:
                 declared[tp, pp, ep].append((held[pp], dtype, piece))
     writers = {}
-    for rank, entries in declared.items():
-        rank_dir = temporary / layout.rank_dir(*rank)
-        rank_dir.mkdir(parents=True)
-        writers[rank] = SafetensorsWriter(rank_dir / SHARD_FILE, entries, {"format": "pt"})
+    try:
+        for rank, entries in declared.items():
+            rank_dir = temporary / layout.rank_dir(*rank)
+            rank_dir.mkdir(parents=True)
+            writers[rank] = SafetensorsWriter(rank_dir / SHARD_FILE, entries, {"format": "pt"})
+        with progress_bar(sum(nbytes(*entry) for entry in source.entries.values()), progress, final.name) as bar:
+            for name, (dtype, shape) in source.entries.items():
+                rule, held = placement[name]
+                pieces = split(source.read(name), rule, layout.tp_size)
+                for tp, pp, ep in layout.ranks():
+                    if pp in held:
+                        writers[tp, pp, ep].write(held[pp], pieces[tp])
+                bar.update(nbytes(dtype, shape))
+        for writer in writers.values():
+            writer.close()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     dtypes = {dtype for dtype, _ in source.entries.values()}
-    with progress_bar(sum(nbytes(*entry) for entry in source.entries.values()), progress, final.name) as bar:
-        for name, (dtype, shape) in source.entries.items():
-            rule, held = placement[name]
-            pieces = split(source.read(name), rule, layout.tp_size)
-            for tp, pp, ep in layout.ranks():
-                if pp in held:
-                    writers[tp, pp, ep].write(held[pp], pieces[tp])
-            bar.update(nbytes(dtype, shape))
-    for writer in writers.values():
-        writer.close()
     full_metadata = {**metadata, "format": "mmx", "layout_version": LAYOUT_VERSION, "iteration": iteration,
                      "dtype": _dtype_label(dtypes), "parallel": layout.to_dict(),
                      "backend": metadata.get("backend"), "mmx_version": mmx.__version__}

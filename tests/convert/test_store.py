@@ -60,6 +60,8 @@ def test_save_mm_writes_iterations_atomically(tiny_hf, tmp_path):
         write_layout(Failing(), tmp_path / "mm", 200, layout, MMSource(tmp_path / "mm").plan, saved)
     assert (tmp_path / "mm" / LATEST_FILE).read_text().strip() == "100"
     assert not (tmp_path / "mm" / "iter_0000200").exists()
+    assert {"iter_0000100", "release"} <= set(os.listdir(tmp_path / "mm"))
+    assert not [name for name in os.listdir(tmp_path / "mm") if name.startswith(".")]   # no temporary left
     assert_same_tensors(load_mm(tmp_path / "mm")[1], changed)
 
 
