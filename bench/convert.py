@@ -143,8 +143,10 @@ def write_checkpoint(out_dir, size_gb, shard_mb):
 
 def run(script, *args):
     """Run a child python; returns (seconds, peak RSS bytes) it printed."""
-    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], check=True, capture_output=True,
-                         text=True).stdout.split()
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{args}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    out = done.stdout.split()
     return float(out[-2]), int(out[-1])
 
 

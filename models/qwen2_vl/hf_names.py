@@ -4,7 +4,7 @@ Each row is ``(mm name, HF name or names, transform, transform arguments)``. ``{
 block index, ``{j}`` for a global LLM layer index. Transforms are named (``convert/transforms.py``); their
 arguments name entries of :func:`dimensions` (e.g. head counts). HF names are those transformers ≥ 4.52 writes;
 :data:`LEGACY_PREFIXES` maps them to the older hub names (``visual.*``, ``model.layers.*``), which are read too and
-written back when a checkpoint came with them. Pure data + one config reader: no framework imports.
+written back when a checkpoint came with them. Pure data (+ the numbers of a config): no framework imports.
 """
 
 VISION_BLOCK, HF_VISION_BLOCK = "image_encoder.encoder.blocks.layers.{i}.", "model.visual.blocks.{i}."
@@ -75,22 +75,13 @@ LEGACY_PREFIXES = (("model.visual.", "visual."), ("model.language_model.", "mode
 
 
 def dimensions(config):
-    """The numbers conversion and layout validation need, from a parsed HF config.json (new or legacy form).
+    """The numbers conversion and layout validation need, from a parsed HF config.json (new or legacy form, read
+    by the family's config reader): {vision_layers, llm_layers, vision_heads, llm_heads, llm_kv_heads,
+    vocab_size, tied, num_experts}."""
+    from mmx.models import config_from_hf
 
-    Returns {vision_layers, llm_layers, vision_heads, llm_heads, llm_kv_heads, vocab_size, tied, num_experts}.
-    """
-    text = config.get("text_config") or config
-    vision = config["vision_config"]
-
-    def text_value(key):
-        value = text.get(key, config.get(key))
-        if value is None:
-            raise ValueError(f"config.json has no {key!r} (looked in text_config and at the top level)")
-        return value
-
-    tied = config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
-    heads = text_value("num_attention_heads")
-    return {"vision_layers": vision["depth"], "llm_layers": text_value("num_hidden_layers"),
-            "vision_heads": vision["num_heads"], "llm_heads": heads,
-            "llm_kv_heads": text.get("num_key_value_heads", config.get("num_key_value_heads")) or heads,
-            "vocab_size": text_value("vocab_size"), "tied": bool(tied), "num_experts": 0}
+    model = config_from_hf(config)
+    return {"vision_layers": model.vision.depth, "llm_layers": model.text.num_layers,
+            "vision_heads": model.vision.num_heads, "llm_heads": model.text.num_heads,
+            "llm_kv_heads": model.text.num_kv_heads, "vocab_size": model.text.vocab_size,
+            "tied": bool(model.text.tie_word_embeddings), "num_experts": 0}

@@ -99,3 +99,19 @@ def test_transformers_loads_the_output(tiny_hf, tmp_path, family):
     state = model.state_dict()
     weight = "model.language_model.layers.1.self_attn.k_proj.weight"
     assert (state[weight].float().numpy() == source[weight].astype("float32")).all()   # bf16 → fp32 is exact
+
+
+def test_conversion_needs_no_framework(tiny_hf, tmp_path):
+    """hf_to_mm / reshard / mm_to_hf run with torch, mindspore and transformers made unimportable."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "for blocked in ('torch', 'mindspore', 'transformers'):\n"
+              "    sys.modules[blocked] = None\n"
+              "from mmx.convert.drivers import hf_to_mm, mm_to_hf, reshard\n"
+              f"hf_to_mm({tiny_hf('qwen2_vl')!r}, {str(tmp_path / 'a')!r}, tp_size=2)\n"
+              f"reshard({str(tmp_path / 'a')!r}, {str(tmp_path / 'b')!r}, vit_pp_layers='2,0', llm_pp_layers='1,1')\n"
+              f"mm_to_hf({str(tmp_path / 'b')!r}, {str(tmp_path / 'c')!r})\n")
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "MMX_BACKEND": "torch"})
+    assert_same_tensors(hf_tensors(tmp_path / "c"), hf_tensors(tiny_hf("qwen2_vl")))
