@@ -98,4 +98,7 @@ def _run(model_dir, prompt, images, videos, config_path, output, batch_size, cha
         reply = pipeline.generate([[infer.user_message(prompt, images, videos)]], **overrides)[0]
         results.write(reply.text + "\n")
         results.flush()
-        print(f"mmx infer: {len(reply.token_ids)} tokens, stopped by {reply.finish_reason}", file=sys.stderr)
+        timing = pipeline.last_result
+        per_token = sum(timing.step_seconds) / max(len(timing.step_seconds), 1)
+        print(f"mmx infer: {len(reply.token_ids)} tokens, stopped by {reply.finish_reason}; prefill "
+              f"{timing.prefill_seconds:.2f} s, decode {1e3 * per_token:.1f} ms/token", file=sys.stderr)

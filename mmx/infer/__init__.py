@@ -34,7 +34,7 @@ class Pipeline:
         self.model_dir, self.model, self.processor = str(model_dir), model, processor
         self.settings = settings.from_checkpoint(self.model_dir, processor.tokenizer)
 
-    def generate(self, conversations, on_tokens=None, **overrides):
+    def generate(self, conversations, **overrides):
         """Replies to a batch of conversations (lists of chat messages; see mmx.infer.prompts), left padded
         together. ``overrides``: ``max_new_tokens``, ``use_cache``, ``stop_strings``, ``do_sample``, ``temperature``,
         ``top_k``, ``top_p``, ``repetition_penalty``, ``seed``."""
@@ -42,8 +42,8 @@ class Pipeline:
 
         inputs = prompts.encode(self.processor, conversations)
         result = generate.generate(self.model, inputs, settings.override(self.settings, **overrides),
-                                   self.processor.tokenizer, on_tokens)
-        self.last_result = result
+                                   self.processor.tokenizer)
+        self.last_result = result      # timings of the latest call (the CLI reports them on stderr)
         return [Reply(self.decode(tokens), tokens, reason)
                 for tokens, reason in zip(result.token_ids, result.finish_reasons)]
 

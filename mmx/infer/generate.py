@@ -61,13 +61,13 @@ def _prompt_tokens(input_ids, attention_mask):
     return [row[mask.astype(bool)] for row, mask in zip(input_ids, attention_mask)]
 
 
-def generate(model, inputs, settings, tokenizer=None, on_tokens=None):
+def generate(model, inputs, settings, tokenizer=None):
     """Generate up to ``settings.max_new_tokens`` tokens for each row of ``inputs``.
 
     model: a Qwen-VL model (``forward(input_ids, attention_mask, pixel_values, ..., cache, logits_to_keep)`` →
-    float32 logits (B, 1, V) of the last position); inputs: the processor's output as numpy (``input_ids`` (B, S), ``attention_mask`` (B, S) left padded,
-    and the vision keys); settings: :class:`mmx.infer.settings.GenerationSettings`; tokenizer: needed for stop
-    strings; on_tokens(step, next_ids (B,)) is called after every step (streaming in the chat mode).
+    float32 logits (B, 1, V) of the last position); inputs: the processor's output as numpy (``input_ids`` (B, S)
+    and ``attention_mask`` (B, S), left padded, and the vision keys); settings:
+    :class:`mmx.infer.settings.GenerationSettings`; tokenizer: needed for stop strings.
     """
     from mmx.models.common.cache import KVCache
 
@@ -108,8 +108,6 @@ def generate(model, inputs, settings, tokenizer=None, on_tokens=None):
                 result.prefill_seconds = elapsed
             else:
                 result.step_seconds.append(elapsed)
-            if on_tokens is not None:
-                on_tokens(step, next_ids)
             if all(reason is not None for reason in reasons):
                 break
             step_ids = next_ids[:, None]
