@@ -2,12 +2,19 @@
 
 Same submodules and public functions as ``mmx.backends.torch``: ``ops`` (the :mod:`mmx.ops` contract), ``nn``
 (Module = ``mindspore.nn.Cell``), ``kernels`` (attention / MoE implementations by name), ``autograd``
-(``value_and_grad``), ``probe`` (version and devices, without locking the backend).
+(``value_and_grad``), ``probe`` (version and devices, without locking the backend); ``train`` and ``io`` (the
+trainer's and checkpoint code's) are imported on first use.
 
 The device comes from ``MMX_DEVICE`` (``cpu`` default; ``ascend`` / ``npu``, ``gpu``; an optional ``:index``) and is
 process-wide in MindSpore: :func:`set_device` may change it only before the first tensor is computed. Execution is
 PyNative (eager), as in torch. On CPU, MindSpore 2.10 computes bfloat16 through float32 (see ``ops`` docstring).
+
+On CPU, kernels are launched synchronously (``mindspore.runtime.launch_blocking()``): PyNative's asynchronous launch
+queue only adds thread hand-offs when host and "device" are the same cores — a decoder block's forward + backward
+runs ~4-5x faster synchronous (bench/mindspore_block.py; 195 → 50 ms in ARCHITECTURE.md's probe), and errors are
+raised at the op that caused them. ``MMX_MINDSPORE_ASYNC=1`` keeps MindSpore's asynchronous default.
 """
+import importlib
 import os
 
 import mindspore
@@ -42,6 +49,8 @@ def set_device(name):
         raise RuntimeError(f"mindspore cannot switch to device {name!r} ({err}); MindSpore fixes the device once per "
                            f"process: set MMX_DEVICE={name} before starting.") from err
     mindspore.set_context(mode=mindspore.PYNATIVE_MODE)
+    if target == "CPU" and os.environ.get("MMX_MINDSPORE_ASYNC", "0") != "1":
+        mindspore.runtime.launch_blocking()
     _current = (target, index)
 
 
@@ -54,6 +63,13 @@ def device():
 def on_ascend():
     """True when computing on an Ascend NPU (selects the fused kernels inside this backend)."""
     return _current[0] == "Ascend"
+
+
+def __getattr__(attr):
+    # train/io belong to the trainer / checkpoint code; imported on first use, as in the torch backend.
+    if attr in ("train", "io"):
+        return importlib.import_module(f"{__name__}.{attr}")
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 set_device(os.environ.get("MMX_DEVICE") or "cpu")

@@ -55,7 +55,7 @@ def visible_mask(query_len, key_len, causal, window, key_padding_mask):
     """Bool (B or 1, 1, Sq, Sk), true where a query may see a key; None when every key is visible."""
     mask = Tensor(_causal_visible(query_len, key_len, window)[None, None]) if causal else None
     if key_padding_mask is not None:
-        padding = key_padding_mask.astype(mindspore.bool_).reshape(key_padding_mask.shape[0], 1, 1, key_len)
+        padding = P.cast(key_padding_mask, mindspore.bool_).reshape(key_padding_mask.shape[0], 1, 1, key_len)
         mask = padding if mask is None else P.logical_and(mask, padding)
     return mask
 
@@ -66,9 +66,9 @@ def visible_mask(query_len, key_len, causal, window, key_padding_mask):
 
 def _eager_dense(q, k, v, causal, window, key_padding_mask, scale):
     groups = q.shape[2] // k.shape[2]
-    query = P.swapaxes(q.astype(mindspore.float32), 1, 2)                                  # (B, Hq, Sq, D)
-    key = P.swapaxes(ops.repeat_interleave(k.astype(mindspore.float32), groups, 2), 1, 2)  # (B, Hq, Sk, D)
-    value = P.swapaxes(ops.repeat_interleave(v.astype(mindspore.float32), groups, 2), 1, 2)
+    query = P.swapaxes(P.cast(q, mindspore.float32), 1, 2)                                  # (B, Hq, Sq, D)
+    key = P.swapaxes(ops.repeat_interleave(P.cast(k, mindspore.float32), groups, 2), 1, 2)  # (B, Hq, Sk, D)
+    value = P.swapaxes(ops.repeat_interleave(P.cast(v, mindspore.float32), groups, 2), 1, 2)
     scores = P.matmul(query, P.swapaxes(key, 2, 3)) * scale                                # (B, Hq, Sq, Sk)
     mask = visible_mask(q.shape[1], k.shape[1], causal, window, key_padding_mask)
     if mask is not None:
@@ -76,8 +76,8 @@ def _eager_dense(q, k, v, causal, window, key_padding_mask, scale):
         scores = P.masked_fill(scores, P.logical_not(mask), float(np.finfo(np.float32).min))
     probs = P.softmax(scores, -1)
     if mask is not None:
-        probs = probs * P.any(mask, -1, True).astype(mindspore.float32)
-    return P.swapaxes(P.matmul(probs, value), 1, 2).astype(q.dtype)
+        probs = probs * P.cast(P.any(mask, -1, True), mindspore.float32)
+    return ops._back(P.swapaxes(P.matmul(probs, value), 1, 2), q.dtype)
 
 
 @register(ATTENTION, "eager", available=lambda: True)
@@ -109,20 +109,20 @@ def math(call):
     query = P.reshape(P.swapaxes(q, 1, 2), (batch, kv_heads, groups * query_len, dim))
     key, value = P.swapaxes(k, 1, 2), P.swapaxes(v, 1, 2)                                # (B, Hkv, Sk, D)
     scores = P.reshape(_bmm_nt(query, key), (batch, heads, query_len, key_len))
-    scores = scores.astype(mindspore.float32) * call.scale
+    scores = ops._fp32(scores) * call.scale
     seqlens = tuple(call.seqlens) if call.varlen else None
     additive, visible, row_scale = _host_mask(query_len, key_len, call.causal, call.window, seqlens)
     if additive is not None:
         scores = scores + additive
     if call.key_padding_mask is not None:
-        padding = call.key_padding_mask.astype(mindspore.bool_).reshape(batch, 1, 1, key_len)
+        padding = P.cast(call.key_padding_mask, mindspore.bool_).reshape(batch, 1, 1, key_len)
         scores = P.masked_fill(scores, P.logical_not(padding), float(np.finfo(np.float32).min))
         visible = padding if visible is None else P.logical_and(visible, padding)
-        row_scale = P.any(visible, -1, True).astype(mindspore.float32)
+        row_scale = P.cast(P.any(visible, -1, True), mindspore.float32)
     probs = P.softmax(scores, -1)
     if row_scale is not None:
         probs = probs * row_scale  # rows that see no key return zeros
-    probs = P.reshape(probs.astype(v.dtype), (batch, kv_heads, groups * query_len, key_len))
+    probs = P.reshape(ops._back(probs, v.dtype), (batch, kv_heads, groups * query_len, key_len))
     out = P.swapaxes(P.reshape(P.matmul(probs, value), (batch, heads, query_len, dim)), 1, 2)
     return ops._back(out[0] if call.varlen else out, call.q.dtype)
 

@@ -24,7 +24,7 @@ def grouped_mm(x, weight, tokens_per_expert):
     if ms_backend.on_ascend():
         from mindspore.ops.function.math_func import gmm
         # group_list_type=1: group sizes (not cumulative ends).
-        return gmm([x], [weight], group_list=tokens_per_expert.astype(mindspore.int64), group_list_type=1)[0]
+        return gmm([x], [weight], group_list=P.cast(tokens_per_expert, mindspore.int64), group_list_type=1)[0]
     counts = [int(n) for n in tokens_per_expert.asnumpy().tolist()]
     if builtins.sum(counts) != x.shape[0] or len(counts) != weight.shape[0]:
         raise ValueError(f"grouped_matmul: tokens_per_expert {counts} must have one entry per expert "
@@ -59,8 +59,8 @@ def loop(x, weights, indices, gate_up, down):
     from mmx.backends.mindspore import ops
     out = None
     for expert in range(gate_up.shape[0]):
-        token_weight = P.sum(weights * (indices == expert).astype(weights.dtype), 1, True)   # (T, 1), 0 if unpicked
+        token_weight = P.sum(weights * P.cast(indices == expert, weights.dtype), 1, True)   # (T, 1), 0 if unpicked
         hidden = _swiglu(ops.matmul(x, gate_up[expert]))
-        contribution = ops.matmul(hidden, down[expert]).astype(mindspore.float32) * token_weight
+        contribution = ops._fp32(ops.matmul(hidden, down[expert])) * token_weight
         out = contribution if out is None else out + contribution
-    return out.astype(x.dtype)
+    return ops._back(out, x.dtype)
