@@ -3,6 +3,8 @@ import hashlib
 
 import pytest
 
+from mmx import models
+from mmx.models.common.positions import vision_window_index
 from mmx.tiny import TOKEN_ID, make_tiny_checkpoint
 
 from model_helpers import VARIANTS
@@ -43,6 +45,11 @@ def test_processor_template_and_tokens(checkpoint):
     assert image_tokens == inputs["image_grid_thw"].prod(-1).sum() // 4
     assert len({tuple(grid) for grid in inputs["image_grid_thw"].tolist()}) == 2    # two image sizes
     assert inputs["video_grid_thw"][0, 0] == 2                                       # two temporal patches
+    # Qwen2.5-VL window attention is not trivial on these images: the large one is cut into several windows
+    vision = models.config_from_hf(hf_dir).vision
+    _, windows = vision_window_index(inputs["image_grid_thw"], vision.spatial_merge_size, vision.window_size,
+                                     vision.patch_size)
+    assert len(windows) - 1 > len(inputs["image_grid_thw"])
 
 
 def test_same_seed_same_bytes_other_seed_other_weights(tmp_path):
