@@ -95,8 +95,19 @@ def apply_overrides(config, overrides, source="command line"):
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {override!r}: {key!r} is a value, not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+        node[keys[-1]] = parse_value(raw)
     return config
+
+
+def parse_value(raw):
+    """A command-line value: YAML scalars/lists, plus ``2e-4``-style floats that YAML 1.1 reads as strings."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _merge(defaults, given, where):

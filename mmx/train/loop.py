@@ -8,6 +8,7 @@ Sample order: epoch ``e`` visits the dataset in ``RandomState(seed + e).permutat
 checkpoints is the number of samples consumed, so a resumed run draws exactly the batches the uninterrupted run
 would have drawn.
 """
+import importlib
 import inspect
 import time
 
@@ -22,6 +23,11 @@ from mmx.train.schedule import LRSchedule
 
 # Batch keys that are integer metadata for the host (grids, window/rope indices), passed to the model as numpy.
 HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens")
+
+
+def backend_steps():
+    """The current backend's ``train`` module (AdamW, accumulate_grads, clip_grad_norm, train_step, RNG state)."""
+    return importlib.import_module(f"{_backend.get().__name__}.train")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,8 +89,8 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.log_dir = log_dir or training.get("log_dir") or training.get("save") or "."
         self.backend = _backend.get()
-        self.steps = self.backend.train
-        self.backend.train.set_seed(training["seed"])
+        self.steps = backend_steps()
+        self.steps.set_seed(training["seed"])
         self.sampler = Sampler(len(dataset), training["seed"])
         self.schedule = LRSchedule(training["lr"], training["train_iters"], training["min_lr"],
                                    training["lr_warmup_iters"], training["lr_decay_style"],
@@ -130,7 +136,7 @@ class Trainer:
                                          f"{len(loaded['optimizer']['exp_avg'])} parameters)")
         if not training["no_load_rng"] and loaded["rng"] is not None:
             if not self.steps.set_rng_state(loaded["rng"]):
-                self.backend.train.set_seed(training["seed"] + self.iteration)
+                self.steps.set_seed(training["seed"] + self.iteration)
                 self.resume_notes.append(f"generator state written by {saved_by} cannot be used by "
                                          f"{self.backend.NAME}; re-seeded with seed + iteration "
                                          f"({training['seed'] + self.iteration})")
@@ -168,7 +174,7 @@ class Trainer:
         training = self.training
         batches, indices = self.global_batch()
         weights = token_weights(batches, training["loss_type"])
-        prepared = [(model_inputs(self.model, batch), ops.tensor(shifted_targets(batch["labels"]).astype(np.int64)),
+        prepared = [(model_inputs(self.model, batch), ops.tensor(shifted_targets(batch)),
                      ops.tensor(weight)) for batch, weight in zip(batches, weights)]
         lr = self.schedule(self.iteration)
         start = time.perf_counter()

@@ -2,7 +2,8 @@
 
 A global batch is split into micro-batches (gradient accumulation). Each micro-batch's loss is
 ``sum(cross_entropy(token) * weight(token))`` and the optimizer sees the sum over micro-batches, so a mode is just a
-choice of weights (B, S-1) for the shifted targets (``labels[:, 1:]``; -100 = not supervised):
+choice of weights (B, S) for the next-token targets of the models' ``shift_labels`` (-100 = not supervised; the
+last position of each row, and of each packed sample, predicts nothing):
 
 - ``default``: each micro-batch's mean over its supervised tokens, averaged over the micro-batches (Megatron's).
   Depends on how the global batch is split.
@@ -15,34 +16,32 @@ Data parallel: the global counts must be summed over ranks before the weights ar
 import numpy as np
 
 from mmx import ops
+from mmx.models.common.loss import shift_labels
 
 LOSS_MODES = ("default", "per_token", "per_sample")
 IGNORE_INDEX = -100
 
 
-def shifted_targets(labels):
-    """Next-token targets (B, S-1) from labels (B, S)."""
-    return np.asarray(labels)[:, 1:]
+def shifted_targets(batch):
+    """Next-token targets (B, S) int64 of a batch (its ``labels``, and ``cu_seqlens`` when packed)."""
+    return shift_labels(batch["labels"], batch.get("cu_seqlens"))
 
 
 def _sample_segments(batch):
-    """[(row, start, end)] in target coordinates for each sample of a micro-batch (several per packed row)."""
-    labels = np.asarray(batch["labels"])
-    rows, length = labels.shape
+    """[(row, start, end)] of each sample of a micro-batch: whole rows, or the samples of a packed row."""
+    rows, length = np.shape(batch["labels"])
     if batch.get("cu_seqlens") is None:
-        return [(row, 0, length - 1) for row in range(rows)]
+        return [(row, 0, length) for row in range(rows)]
     bounds = np.asarray(batch["cu_seqlens"]).tolist()
-    # A packed batch is one row; sample k owns the labels at [start, end), i.e. the targets at [start-1, end-1)
-    # (target t predicts label t+1), so a target is counted with the sample whose label it is.
-    return [(0, max(start - 1, 0), end - 1) for start, end in zip(bounds[:-1], bounds[1:])]
+    return [(0, start, end) for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 def token_weights(micro_batches, mode):
-    """Per-target weights (B, S-1) float32 for each micro-batch of one global batch, for loss ``mode``."""
+    """Per-target weights (B, S) float32 for each micro-batch of one global batch, for loss ``mode``."""
     if mode not in LOSS_MODES:
         raise ValueError(f"training.loss_type {mode!r} is unknown; use one of {LOSS_MODES} "
                          f"(the guides' vlm_model_loss_calculate_type)")
-    valid = [(shifted_targets(batch["labels"]) != IGNORE_INDEX) for batch in micro_batches]
+    valid = [(shifted_targets(batch) != IGNORE_INDEX) for batch in micro_batches]
     weights = [np.zeros(v.shape, np.float32) for v in valid]
     if mode == "default":
         for weight, mask in zip(weights, valid):
@@ -65,8 +64,7 @@ def token_weights(micro_batches, mode):
 
 
 def weighted_lm_loss(logits, targets, weights):
-    """``sum(cross_entropy(logits[:, :-1], targets) * weights)``: logits (B, S, V), targets/weights (B, S-1)."""
+    """``sum(cross_entropy(logits, targets) * weights)``: logits (B, S, V), targets/weights (B, S) → scalar."""
     vocab = logits.shape[-1]
-    flat_logits = ops.reshape(logits[:, :-1], (-1, vocab))
-    losses = ops.cross_entropy(flat_logits, ops.reshape(targets, (-1,)), IGNORE_INDEX, "none")
+    losses = ops.cross_entropy(ops.reshape(logits, (-1, vocab)), ops.reshape(targets, (-1,)), IGNORE_INDEX, "none")
     return ops.sum(losses * ops.reshape(weights, (-1,)))

@@ -45,8 +45,9 @@ class MetricsLogger:
         if progress_bar:
             from tqdm import tqdm
 
+            # disable=None: no bar when stderr is not a terminal (log files keep the plain step lines)
             self.bar = tqdm(total=total_steps, initial=first_step, file=sys.stderr, desc="finetune",
-                            dynamic_ncols=True, leave=False)
+                            dynamic_ncols=True, leave=False, disable=None)
         self.tensorboard = None
         try:
             from tensorboardX import SummaryWriter

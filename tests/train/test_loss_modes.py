@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 
 from mmx import backend, ops
-from mmx.train.loop import model_inputs
+from mmx.train.loop import backend_steps, model_inputs
 from mmx.train.loss import shifted_targets, token_weights, weighted_lm_loss
 from train_reference import TRAIN_TOLERANCE, collate, make_dataset, make_model
 
-SPLITS = (4, 2, 1)  # micro-batch sizes for a global batch of 4
+SPLITS = (4, 1)  # micro-batch sizes for a global batch of 4: one micro-batch, or 4 accumulated (uneven lengths)
 
 
 def _loss_and_grads(model, samples, micro, mode):
     batches = [collate(samples[k:k + micro]) for k in range(0, len(samples), micro)]
     weights = token_weights(batches, mode)
-    prepared = [(model_inputs(model, b), ops.tensor(shifted_targets(b["labels"])), ops.tensor(w))
+    prepared = [(model_inputs(model, b), ops.tensor(shifted_targets(b)), ops.tensor(w))
                 for b, w in zip(batches, weights)]
-    train = backend.get().train
+    train = backend_steps()
     params = [p for _, p in train.trainable_parameters(model)]
     loss, grads = train.accumulate_grads(
         params, lambda item: weighted_lm_loss(model(**item[0]), item[1], item[2]), prepared)
@@ -47,12 +47,12 @@ def test_weights_by_hand():
     per_token = token_weights(batches, "per_token")
     assert [w.sum() for w in per_token] == pytest.approx([3 / 6, 3 / 6])
     per_sample = token_weights(batches, "per_sample")
-    np.testing.assert_allclose(per_sample[0], [[1 / 6, 1 / 6, 0], [0, 1 / 3, 0]])
-    np.testing.assert_allclose(per_sample[1], [[1 / 9, 1 / 9, 1 / 9]])
+    np.testing.assert_allclose(per_sample[0], [[1 / 6, 1 / 6, 0, 0], [0, 1 / 3, 0, 0]])
+    np.testing.assert_allclose(per_sample[1], [[1 / 9, 1 / 9, 1 / 9, 0]])
     default = token_weights(batches, "default")
-    np.testing.assert_allclose(default[0], [[1 / 6, 1 / 6, 0], [0, 1 / 6, 0]])
-    packed = token_weights([{"labels": np.array([[-100, 4, 5, -100, -100, 9]]), "cu_seqlens": np.array([0, 3, 6])}],
-                           "per_sample")
-    np.testing.assert_allclose(packed[0], [[1 / 4, 1 / 4, 0, 0, 1 / 2]])
+    np.testing.assert_allclose(default[0], [[1 / 6, 1 / 6, 0, 0], [0, 1 / 6, 0, 0]])
+    packed = token_weights([{"labels": np.array([[-100, 4, 5, 8, -100, 9]]), "cu_seqlens": np.array([0, 3, 6])}],
+                           "per_sample")  # label 8 opens sample 2: no target predicts it across the boundary
+    np.testing.assert_allclose(packed[0], [[1 / 4, 1 / 4, 0, 0, 1 / 2, 0]])
     with pytest.raises(ValueError, match="vlm_model_loss_calculate_type"):
         token_weights(batches, "sum")

@@ -19,7 +19,7 @@ from mmx.train.config import load_config  # noqa: E402
 from mmx.train.loop import Trainer  # noqa: E402
 from train_reference import collate, make_dataset, make_model  # noqa: E402
 
-BASE = {"seed": 7, "train_iters": 6, "micro_batch_size": 2, "global_batch_size": 4, "lr": 3e-2, "min_lr": 3e-3,
+BASE = {"seed": 7, "train_iters": 4, "micro_batch_size": 2, "global_batch_size": 4, "lr": 3e-2, "min_lr": 3e-3,
         "lr_warmup_iters": 2, "weight_decay": 0.01, "clip_grad": 1.0, "loss_type": "per_token",
         "log_interval": 100, "progress_bar": False, "peak_tflops": 1.0}
 

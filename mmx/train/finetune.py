@@ -1,0 +1,89 @@
+"""``mmx finetune``: model + data from one config, then the Trainer.
+
+Model: ``model.init_from_hf_path`` is an HF checkpoint (converted to mm names in memory, nothing written) or an mm
+checkpoint (``mmx convert hf_to_mm`` output or a finetune save, any TP/PP layout, merged by ``load_mm``). Its
+config.json decides the structure. Weights train in float32 (fp32 master weights; ``precision: bf16`` only changes
+the compute dtype on torch). ``training.load`` resumes a finetune save on top (weights, optimizer, RNG, position).
+
+Data: ``data`` is the data pipeline's section (mmx.data); ``model_name_or_path`` defaults to the model's directory,
+whose processor and chat template are then used.
+
+The save directory gets the model's support files (config, tokenizer, processor, chat template), so it is a
+self-contained mm checkpoint for ``mmx convert mm_to_hf`` and ``mmx infer``.
+"""
+import os
+
+import numpy as np
+
+from mmx.train.checkpoint import LATEST
+from mmx.train.freeze import apply_freeze
+from mmx.train.loop import Trainer
+
+
+def read_weights(path):
+    """(metadata as mmx.checkpoint writes it, {mm name: float32 numpy}) of an HF or mm checkpoint directory."""
+    from mmx.checkpoint import load_mm
+    from mmx.checkpoint.families import family
+    from mmx.checkpoint.layout import Layout
+    from mmx.convert.hf import HFSource, read_config
+
+    if not path or not os.path.isdir(path):
+        raise FileNotFoundError(f"model.init_from_hf_path {path!r} is not a directory; point it at an HF checkpoint "
+                                f"(config.json + safetensors) or an mm checkpoint from `mmx convert hf_to_mm`")
+    if os.path.exists(os.path.join(path, LATEST)):
+        metadata, tensors = load_mm(path)
+    else:
+        config = read_config(path)
+        names, plan = family(config.get("model_type"), os.path.join(path, "config.json"))
+        dims = names.dimensions(config)
+        source = HFSource(path, names, dims)
+        tensors = {name: source.read(name) for name in source.entries}
+        metadata = {"model_type": config["model_type"], "hf_names": source.style, "model": dims,
+                    "parallel": Layout.build(dims, plan, 1, 1, None, None).to_dict()}
+    metadata = {key: metadata[key] for key in ("model_type", "hf_names", "model", "parallel") if key in metadata}
+    return metadata, {name: np.asarray(value, np.float32) for name, value in tensors.items()}
+
+
+def build_model(model_config):
+    """(model on the current backend with the init weights and freeze flags applied, metadata, frozen names)."""
+    from mmx import models
+
+    path = model_config["init_from_hf_path"]
+    metadata, tensors = read_weights(path)
+    model = models.build(path)
+    models.load_mm_state(model, tensors)
+    frozen = apply_freeze(model, model_config)
+    return model, metadata, frozen
+
+
+def build_data(config):
+    """The data pipeline of the config's ``data`` section (model_name_or_path defaults to the model dir)."""
+    from mmx.data import build
+
+    data = dict(config["data"])
+    data.setdefault("model_name_or_path", config["model"]["init_from_hf_path"])
+    pipeline = build(data)
+    if pipeline.dataset is None:
+        raise ValueError("data.streaming: true is not wired into mmx finetune yet; use the map-style dataset "
+                         "(streaming: false)")
+    return pipeline
+
+
+def finetune(config, echo=print):
+    """Run the config (mmx.train.config.load_config output); returns the Trainer after training."""
+    from mmx.convert.hf import copy_support_files
+
+    training = config["training"]
+    model, metadata, frozen = build_model(config["model"])
+    if frozen:
+        echo(f"frozen: {len(frozen)} parameters ({', '.join(sorted({n.rsplit('.', 3)[0] for n in frozen})[:6])} ...)")
+    pipeline = build_data(config)
+    if training["save"]:
+        copy_support_files(config["model"]["init_from_hf_path"], training["save"])
+    trainer = Trainer(model, pipeline.dataset, pipeline.collate, training, metadata)
+    for note in trainer.resume_notes:
+        echo(f"resume: {note}")
+    if trainer.iteration:
+        echo(f"resumed at iteration {trainer.iteration} ({trainer.consumed_samples} samples consumed)")
+    trainer.run()
+    return trainer
