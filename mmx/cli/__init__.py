@@ -48,3 +48,8 @@ main.add_command(data_group)
 from mmx.cli.infer_cmd import infer_command  # noqa: E402
 
 main.add_command(infer_command)
+
+from mmx.cli.train_cmd import demo_command, finetune_command  # noqa: E402
+
+main.add_command(finetune_command)
+main.add_command(demo_command)
