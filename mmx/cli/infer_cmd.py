@@ -44,9 +44,11 @@ def _overrides(max_new_tokens, temperature, top_p, top_k, seed, repetition_penal
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=None, help="Nucleus sampling.")
 @click.option("--top-k", type=click.IntRange(min=0), default=None, help="Top-k sampling (0 = off).")
 @click.option("--seed", type=int, default=None, help="Seed of the sampling draws (default 0).")
-@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Divide the logits of tokens already seen by this (1 = off).")
 @click.option("--greedy", is_flag=True, help="Greedy decoding whatever the generation config says.")
-@click.option("--stop", multiple=True, help="A stop string (repeat for several; adds to none of the config's).")
+@click.option("--stop", multiple=True,
+              help="A stop string (repeat for several); replaces the generation config's stop_strings.")
 @click.option("--no-cache", is_flag=True, help="Recompute the whole sequence each step (no KV cache).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="inference.json (infer_data_type, file_path, prompts) for batch inference, JSONL results.")

@@ -4,7 +4,7 @@ import numpy as np
 
 from mmx.infer import user_message
 
-MAX_NEW_TOKENS = 6        # few tokens: MindSpore on CPU spends ~0.3 s per decode step on the tiny models
+MAX_NEW_TOKENS = 4        # a prefill + 3 decode steps; MindSpore on CPU spends ~0.1-0.3 s per step here
 KINDS = ("image", "two_images", "video", "text")
 
 

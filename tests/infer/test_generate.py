@@ -117,6 +117,6 @@ def test_seeded_sampling_is_reproducible(pipeline, media):
     again = pipe.generate(request, seed=7, **sample)[0].token_ids
     other = pipe.generate(request, seed=8, **sample)[0].token_ids
     assert first == again
-    assert first != other, "two seeds drew the same 6 tokens at temperature 3 over a 320-token vocabulary"
+    assert first != other, "two seeds drew the same 4 tokens at temperature 3 over a 320-token vocabulary"
     greedy = single_run(pipeline, "qwen2_vl", "image", media, True)
     assert pipe.generate(request, seed=7, **dict(sample, top_k=1))[0].token_ids == greedy
