@@ -142,3 +142,13 @@ def test_bad_calls_name_the_problem():
     with pytest.raises(ValueError, match="cu_seqlens"):
         ops.attention(packed, packed, packed, cu_seqlens=ops.tensor(np.array([0, 2, 4], dtype=np.int32)))
     assert "eager" in KERNELS
+
+
+def test_unavailable_kernels_refuse_by_name_and_list_the_usable_ones():
+    registered = backend.get().kernels.ATTENTION
+    q = ops.zeros((1, 4, 2, 4))
+    unavailable = [name for name in registered if name not in KERNELS]
+    for name in unavailable:
+        with pytest.raises(ValueError, match=f"'{name}' cannot run this call.*Usable here: .*eager"):
+            ops.attention(q, q, q, impl=name)
+    assert set(KERNELS) <= set(registered)
