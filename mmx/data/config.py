@@ -161,7 +161,11 @@ def load_data_config(config, base_dir=None, **overrides):
     source = config if isinstance(config, str) else "<dict>"
     raw = _read_file(config) if isinstance(config, str) else dict(config or {})
     if "data" in raw and isinstance(raw["data"], dict) and "dataset_param" not in raw:
-        raw = raw["data"]
+        # a finetune config: its data section, with the model dir as the default processor source (as finetune does)
+        model_dir = (raw.get("model") or {}).get("init_from_hf_path")
+        raw = dict(raw["data"])
+        if model_dir and not raw.get("model_name_or_path"):
+            raw["model_name_or_path"] = model_dir
     if "dataset_param" in raw:
         flat, ignored = _flatten_guide(raw, source)
     else:

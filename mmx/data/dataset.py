@@ -19,7 +19,9 @@ from mmx.data.processing import Preprocessor
 def encode_samples(preprocessor, samples, bad_log, dropped_log, num_workers=1):
     """Encoded samples in input order; failures go to ``bad_log`` (raise unless skipping) or ``dropped_log``."""
     if num_workers > 1 and len(samples) > 1:
-        context = multiprocessing.get_context("spawn")   # fork after torch/tokenizers threads start can hang
+        # spawn, not fork: a fork after torch / FFmpeg / tokenizers threads ran in this process can deadlock (a
+        # forked pool hung here on a set with images and an mp4). Each worker loads the processor once.
+        context = multiprocessing.get_context("spawn")
         with context.Pool(num_workers, initializer=_init_worker, initargs=(preprocessor.config,)) as pool:
             results = pool.map(_encode_in_worker, samples, chunksize=max(1, len(samples) // (4 * num_workers)))
     else:

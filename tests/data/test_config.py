@@ -55,3 +55,11 @@ def test_flat_yaml_and_dataset_relative_to_dataset_dir(tmp_path):
 def test_bad_keys_are_named(raw, pattern):
     with pytest.raises(ValueError, match=pattern):
         load_data_config(raw)
+
+
+def test_finetune_config_data_section_defaults_to_the_model_dir(tmp_path):
+    path = tmp_path / "finetune.yaml"
+    path.write_text("model:\n  init_from_hf_path: ckpt/mm\ndata:\n  dataset: d.json\n  cutoff_len: 256\n"
+                    "training:\n  lr: 1.0e-5\n")
+    cfg = load_data_config(str(path), base_dir=str(tmp_path))
+    assert cfg.model_name_or_path == str(tmp_path / "ckpt" / "mm") and cfg.cutoff_len == 256
