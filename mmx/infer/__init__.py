@@ -55,5 +55,6 @@ def load(model_dir):
     """A :class:`Pipeline` for the mm or HF checkpoint in ``model_dir`` on the current backend."""
     from mmx.infer import loading
 
+    loading.checkpoint_kind(model_dir)          # a clear error for a directory that is no checkpoint at all
     processor = loading.load_processor(model_dir)
     return Pipeline(model_dir, loading.load_model(model_dir), processor)

@@ -6,7 +6,6 @@ tensors in memory through the family's name table (``mmx.convert.hf.HFSource``),
 ``mmx convert hf_to_mm`` without writing files. Either way the directory also holds the processor, tokenizer, chat
 template and generation config (``mmx convert`` copies them into mm directories).
 """
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +62,6 @@ def load_processor(model_dir):
     try:
         return AutoProcessor.from_pretrained(str(model_dir))
     except (OSError, ValueError) as err:
-        print(f"mmx infer: {model_dir}: AutoProcessor failed ({err})", file=sys.stderr)
-        raise ValueError(f"--model {model_dir}: cannot load its processor/tokenizer (tokenizer.json, "
-                         f"preprocessor_config.json, chat template); copy them from the HF checkpoint") from err
+        raise ValueError(f"--model {model_dir}: cannot load its processor/tokenizer ({err}); an HF checkpoint "
+                         f"needs tokenizer.json, preprocessor_config.json and a chat template, and an mm checkpoint "
+                         f"gets them from `mmx convert hf_to_mm` — copy them from the HF checkpoint") from err

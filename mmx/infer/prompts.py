@@ -42,8 +42,11 @@ def load_image(path):
     from PIL import Image
 
     _check_file(path, "image")
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as err:
+        raise ValueError(f"image file {path} cannot be read ({err}); pass a PNG/JPEG/... image") from err
 
 
 def load_video(path):
@@ -52,7 +55,11 @@ def load_video(path):
     from transformers.video_utils import load_video as hf_load_video
 
     _check_file(path, "video")
-    return hf_load_video(str(path), backend="pyav")
+    try:
+        return hf_load_video(str(path), backend="pyav")
+    except Exception as err:  # noqa: BLE001 - PyAV raises its own error types for every kind of bad file
+        raise ValueError(f"video file {path} cannot be decoded with PyAV ({type(err).__name__}: {err}); pass an "
+                         f"mp4/webm/... video") from err
 
 
 def encode(processor, conversations):

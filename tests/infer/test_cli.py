@@ -113,3 +113,18 @@ def test_chat_keeps_images_from_earlier_turns(pipeline, reference, media):
     from mmx.infer import user_message
     turn_two = turn_one + [{"role": "assistant", "content": first}, user_message("What is in the picture?")]
     assert second == tokenizer.decode(ref.greedy([turn_two])[0], skip_special_tokens=True)
+
+
+def test_bad_model_dir_and_media_are_named(tmp_path):
+    from mmx.infer import prompts
+
+    result = CliRunner().invoke(main, ["infer", "--model", str(tmp_path), "--prompt", "x"])
+    assert result.exit_code == 1 and "neither an mm checkpoint" in result.output
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(ValueError, match="bad.png cannot be read"):
+        prompts.load_image(str(bad))
+    with pytest.raises(ValueError, match="bad.png cannot be decoded with PyAV"):
+        prompts.load_video(str(bad))
+    with pytest.raises(ValueError, match="missing.png does not exist"):
+        prompts.load_image(str(tmp_path / "missing.png"))
