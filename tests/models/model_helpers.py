@@ -15,11 +15,12 @@ VARIANTS = [("qwen2_vl", False), ("qwen2_vl", True), ("qwen2_5_vl", False), ("qw
 class Checkpoint:
     """A tiny HF checkpoint, its mm conversion (the convert helper's hf_to_mm) and the mm tensors."""
 
-    def __init__(self, root, family, tied, **overrides):
+    def __init__(self, root, family, tied, layout=None, **overrides):
+        """``layout``: hf_to_mm's tp_size / vit_pp_layers / llm_pp_layers (default one piece)."""
         self.family, self.tied = family, tied
         self.hf_dir = make_tiny_checkpoint(str(root / "hf"), family, tied=tied, **overrides)
         self.mm_dir = str(root / "mm")
-        hf_to_mm(self.hf_dir, self.mm_dir)
+        hf_to_mm(self.hf_dir, self.mm_dir, **(layout or {}))
         self.tensors = load_mm(self.mm_dir)[1]
 
     def build(self):

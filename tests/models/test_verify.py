@@ -1,4 +1,5 @@
-"""`mmx verify` on checkpoints of other sizes, head counts and mrope sections (converted by `mmx convert`)."""
+"""`mmx verify` on checkpoints of other sizes, head counts and mrope sections (converted by the convert helper's
+hf_to_mm; the Qwen2.5-VL one into a TP=2 x PP=2 layout, which verify reads back whole)."""
 import re
 
 import pytest
@@ -19,11 +20,15 @@ OTHER_SHAPES = {
 }
 
 
+LAYOUTS = {"qwen2_vl": None, "qwen2_5_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="1,1")}
+
+
 @pytest.mark.parametrize("family", sorted(OTHER_SHAPES))
 def test_verify_passes_then_fails_below_the_error(family, tmp_path):
     """Passes at the default atol; rerun (one family, to keep MindSpore's CPU time down) with an atol below the
     measured error, it exits 1 and still ends with the same max_abs_diff line."""
-    ckpt = Checkpoint(tmp_path, family, tied=family == "qwen2_vl", seed=7, **OTHER_SHAPES[family])
+    ckpt = Checkpoint(tmp_path, family, tied=family == "qwen2_vl", layout=LAYOUTS[family], seed=7,
+                      **OTHER_SHAPES[family])
     result = CliRunner().invoke(main, ["verify", "--hf-dir", ckpt.hf_dir, "--mm-dir", ckpt.mm_dir])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.strip().splitlines() if "max_abs_diff=" in line]
