@@ -65,16 +65,15 @@ def bench_config(size_gb):
     fixed = 2 * (2 * vocab * hidden) + 2 * 4 * 12 * 1280 * 1280
     layers = max(2, round((size_gb * 1e9 - fixed) / per_layer))
     layers += layers % 2
-    return {
-        "model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"], "tie_word_embeddings": False,
-        "text_config": {"model_type": "qwen2_vl_text", "vocab_size": vocab, "hidden_size": hidden,
-                        "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": 16,
-                        "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "dtype": "bfloat16",
-                        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}},
-        "vision_config": {"model_type": "qwen2_vl", "depth": 4, "embed_dim": 1280, "hidden_size": hidden,
-                          "num_heads": 16, "mlp_ratio": 4, "in_channels": 3, "patch_size": 14,
-                          "spatial_merge_size": 2, "temporal_patch_size": 2},
-    }
+    from transformers import Qwen2VLConfig   # a real config.json (only the bench imports transformers)
+
+    config = Qwen2VLConfig(
+        tie_word_embeddings=False,
+        text_config={"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": intermediate,
+                     "num_hidden_layers": layers, "num_attention_heads": 16, "num_key_value_heads": 2,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}},
+        vision_config={"depth": 4, "embed_dim": 1280, "hidden_size": hidden, "num_heads": 16, "mlp_ratio": 4})
+    return json.loads(config.to_json_string())
 
 
 def hf_shapes(config):
