@@ -158,7 +158,7 @@ def scatter(x, dim, index, src):
 
 
 def masked_scatter(x, mask, src):
-    selected = int(mask.expand_as(x).sum()) if mask.shape != x.shape else int(mask.sum())
+    selected = int(mask.expand_as(x).sum())
     if src.numel() < selected:
         raise ValueError(f"masked_scatter: the mask selects {selected} elements but src has only {src.numel()} "
                          f"(shape {tuple(src.shape)}); e.g. image tokens in the text and image features disagree")
