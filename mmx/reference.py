@@ -9,9 +9,11 @@ import functools
 import numpy as np
 
 # Synthetic media: two image sizes (they resize to different grids under the tiny processors' pixel limits) and a
-# 4-frame video (2 temporal patches).
+# 4-frame video (2 temporal patches) at 2 fps: Qwen2.5-VL's second_per_grid_ts is then 1 s, so its two temporal
+# patches sit tokens_per_second positions apart (at the default 24 fps they would share one position).
 IMAGE_SIZES = ((60, 90), (56, 56))
 VIDEO_SHAPE = (4, 56, 84)
+VIDEO_FPS = 2.0
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
                 "video_grid_thw", "second_per_grid_ts")
 
@@ -54,8 +56,17 @@ def build_inputs(hf_dir, names=tuple(SAMPLES), padding_side="right", seed=0, wit
                                                    add_generation_prompt=True))
         images += [all_images[0 if name == "image_large" else 1]] * num_images
         videos += [video] * num_videos
-    batch = processor(text=texts, images=images or None, videos=videos or None, return_tensors="np",
-                      padding=True)
+    media = {}
+    if images:
+        media["images"] = images
+    if videos:
+        from transformers.video_utils import VideoMetadata
+
+        frames = VIDEO_SHAPE[0]
+        media["videos"] = videos
+        media["video_metadata"] = [VideoMetadata(total_num_frames=frames, fps=VIDEO_FPS,
+                                                 frames_indices=list(range(frames)))] * len(videos)
+    batch = processor(text=texts, return_tensors="np", padding=True, **media)
     inputs = {key: np.asarray(batch[key]) for key in MODEL_INPUTS if key in batch}
     if with_labels:
         inputs["labels"] = np.where(inputs["attention_mask"] == 1, inputs["input_ids"], -100)
