@@ -41,11 +41,16 @@ def _all_dims(x, dim):
 def tensor(data, dtype=None):
     if isinstance(data, torch.Tensor):
         out = data.detach().clone()
-    elif isinstance(data, np.ndarray) and data.dtype == ml_dtypes.bfloat16:
-        # numpy has no native bf16: move the bits as int16 and reinterpret them on the torch side.
-        out = torch.from_numpy(np.ascontiguousarray(data).view(np.int16).copy()).view(torch.bfloat16)
+    elif isinstance(data, (np.ndarray, np.generic)):
+        # A private C-ordered copy: torch refuses negative strides, and the tensor must not share numpy's memory.
+        array = np.array(data, copy=True, order="C")
+        if array.dtype == ml_dtypes.bfloat16:
+            # numpy has no native bf16: move the bits as int16 and reinterpret them on the torch side.
+            out = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+        else:
+            out = torch.from_numpy(array)
     else:
-        out = torch.tensor(np.asarray(data) if isinstance(data, np.ndarray) else data)
+        out = torch.tensor(data)
     out = out.to(torch_backend.device())
     return out if dtype is None else out.to(dtype)
 

@@ -21,6 +21,17 @@ def test_numpy_round_trip_is_bit_exact(dtype):
     assert back.tobytes() == values.tobytes()
 
 
+def test_tensor_copies_any_numpy_layout():
+    for array in (np.arange(6.0, dtype=np.float32)[::-1], np.arange(6, dtype=np.int64).reshape(2, 3).T,
+                  np.arange(4, dtype=np.float32).astype(ml_dtypes.bfloat16)[::-2], np.float32(2.5)):
+        back = ops.to_numpy(ops.tensor(array))
+        assert back.dtype == array.dtype and back.tobytes() == np.ascontiguousarray(array).tobytes()
+    source = np.zeros(3, np.float32)
+    t = ops.tensor(source)
+    source[0] = 9.0                                                             # the tensor owns its memory
+    assert ops.to_numpy(t)[0] == 0.0
+
+
 def test_to_numpy_is_a_copy_and_tensor_accepts_python_data():
     t = ops.tensor(np.ones((2, 2), dtype=np.float32))
     copy = ops.to_numpy(t)
