@@ -111,3 +111,24 @@ def test_dummy_image_changes_no_logit(model, encoded):
     without = _logits(model, Collator(pre, ensure_vision=False)([samples["text"]]))
     length = without.shape[1]
     assert _error(with_dummy[0, :length], without[0]) <= FORWARD["float32"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_packed_positions_are_each_samples_own(model_dirs, mixed_dir, family):
+    """Each packed segment's 3-D positions equal the family's rope_index of that sample alone."""
+    from mmx.data.collate import load_position_config
+    from mmx.models.common.positions import rope_index
+
+    config = data_config(model_dirs[family], str(mixed_dir / "data.json"))
+    pre = Preprocessor(config)
+    dataset = build_dataset(config, pre)
+    samples = [dataset[i] for i in range(len(dataset))]
+    packed = Collator(pre, packing=True, pad_to_multiple_of=16)(samples)
+    bounds = packed["cu_seqlens"]
+    assert bounds[-1] % 16 == 0 and len(bounds) == len(samples) + 2          # + the padding segment
+    assert packed["attention_mask"][0, bounds[-2]:].sum() == 0
+    position_config = load_position_config(model_dirs[family])
+    for i, sample in enumerate(samples):
+        alone, _ = rope_index(sample["input_ids"][None], None, sample.get("image_grid_thw"),
+                              sample.get("video_grid_thw"), position_config, sample.get("second_per_grid_ts"))
+        np.testing.assert_array_equal(packed["position_ids"][:, :, bounds[i]:bounds[i + 1]], alone)

@@ -71,6 +71,10 @@ def test_image_tokens_match_grid(model_dirs, mixed_dir):
     assert grid.tolist() == [[1, 4, 6]]                  # 60x90 → 56x84 pixels → 4x6 patches of 14
     assert int((encoded["input_ids"] == pre.image_token_id).sum()) == int(grid.prod()) // 4
     assert encoded["pixel_values"].shape == (24, 3 * 2 * 14 * 14)
+    # image_max_pixels reaches the processor: 60x90 under 28*28*4 px → 28x56 → 2x4 patches
+    _, smaller = _encode(model_dirs["qwen2_5_vl"], mixed_dir, dict(TWO_TURNS, image="wide.png"),
+                         image_max_pixels=28 * 28 * 4)
+    assert smaller["image_grid_thw"].tolist() == [[1, 2, 4]]
 
 
 def test_truncation_never_cuts_an_image(model_dirs, mixed_dir):

@@ -6,6 +6,7 @@ import pytest
 
 from data_helpers import data_config, write_json
 from mmx.data.collate import Collator
+from mmx.data.errors import DataError
 from mmx.data.processing import Preprocessor
 from mmx.data.streaming import StreamingLoader
 
@@ -76,3 +77,19 @@ def test_state_from_another_layout_is_refused(stream):
     state = StreamingLoader(config, pre, collate, 2, num_workers=2).state_dict()
     with pytest.raises(ValueError, match="saved data state has 2 workers but this run has 1"):
         StreamingLoader(config, pre, collate, 2, num_workers=1).load_state_dict(state)
+
+
+def test_bad_lines_in_a_stream(stream, tmp_path):
+    config, pre, collate = stream
+    lines = [json.dumps(_record(0)), '{"id": "cut', json.dumps({"id": "noanswer", "conversations": [
+        {"from": "human", "value": "hi"}]}), json.dumps(_record(1))]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    strict = dataclasses.replace(config, dataset=(str(path),), buffer_size=1)
+    loader = StreamingLoader(strict, pre, collate, 2)
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: malformed JSON"):
+        loader.next_batch()
+    skipping = dataclasses.replace(strict, skip_bad_samples=True)
+    loader = StreamingLoader(skipping, pre, collate, 2)
+    assert loader.next_batch()["sample_ids"].tolist() == ["r000", "r001"]
+    assert loader.bad.summary()["by_kind"] == {"bad_record": 1, "malformed_json": 1}
