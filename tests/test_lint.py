@@ -4,7 +4,7 @@ rule 2; STYLE: Keras 3's ``if backend() == "torch"`` creep is what this prevents
 AST-based, so imports inside functions and ``importlib.import_module("torch")`` are caught too. Flagged in any .py
 under ``models/`` and ``mmx/`` (outside ``ALLOWED``):
 - importing torch, torch_npu or mindspore (``import``, ``from ... import``, ``importlib.import_module``,
-  ``__import__``);
+  ``__import__``), or a backend package directly (``mmx.backends.torch``: go through ``mmx.backend.get()``);
 - asking for the backend's name: calling ``mmx.backend.name()`` (under any alias; only an f-string that prints it,
   e.g. "loading on {backend.name()}", is fine), reading ``MMX_BACKEND``;
 - comparing anything with the strings ``"torch"`` / ``"mindspore"`` (``==``, ``!=``, ``in``, ``not in``).
@@ -39,7 +39,10 @@ def _dotted(node):
 
 
 def _is_framework(module_name):
-    return module_name is not None and module_name.split(".")[0] in FRAMEWORKS
+    if module_name is None:
+        return False
+    parts = module_name.split(".")
+    return parts[0] in FRAMEWORKS or (parts[:2] == ["mmx", "backends"] and len(parts) > 2)
 
 
 def violations(source, filename="<source>"):
@@ -58,6 +61,8 @@ def violations(source, filename="<source>"):
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0 and _is_framework(node.module):
                 found.append((node.lineno, f"imports from {node.module}"))
+            elif node.level == 0 and node.module == "mmx.backends":
+                found.append((node.lineno, "imports a backend package from mmx.backends"))
             for alias in node.names:
                 if node.module == "mmx" and alias.name == "backend":
                     backend_modules.add(alias.asname or "backend")
@@ -146,6 +151,8 @@ def test_linter_flags_planted_violations():
 
 @pytest.mark.parametrize("snippet", ["import torch", "from torch import nn", "import mindspore.nn as msnn",
                                      "from mmx.backend import name\nif name(): pass",
-                                     "if backend_name != 'mindspore': pass"])
+                                     "if backend_name != 'mindspore': pass", "from mmx.backends import torch",
+                                     "import mmx.backends.mindspore.ops as ms_ops",
+                                     "from mmx.backends.torch.kernels import attention"])
 def test_each_rule_alone(snippet):
     assert violations(snippet), snippet
