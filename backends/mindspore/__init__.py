@@ -46,8 +46,10 @@ def set_device(name):
         else:
             mindspore.set_device(target, index)
     except RuntimeError as err:
-        raise RuntimeError(f"mindspore cannot switch to device {name!r} ({err}); MindSpore fixes the device once per "
-                           f"process: set MMX_DEVICE={name} before starting.") from err
+        first_line = str(err).strip().splitlines()[0]
+        raise RuntimeError(f"mindspore cannot use device {name!r}: {first_line} Use a machine (and a MindSpore build) "
+                           f"with that device, or MMX_DEVICE=cpu; MindSpore fixes the device once per process, so set "
+                           f"MMX_DEVICE before starting.") from err
     mindspore.set_context(mode=mindspore.PYNATIVE_MODE)
     if target == "CPU" and os.environ.get("MMX_MINDSPORE_ASYNC", "0") != "1":
         mindspore.runtime.launch_blocking()

@@ -6,10 +6,11 @@ grouped matmul) is read back. Landmines of MindSpore 2.10 on CPU this file steps
 - Many ``mint`` kernels are Ascend-only ("kernel ... unregistered" on CPU): the portable ``mindspore.ops`` functions
   are used everywhere; Ascend gets fused kernels only where they exist (``rms_norm``, ``grouped_matmul``,
   ``flash_attention_score`` in ``kernels``), chosen here by device, never in model code.
-- **bfloat16 compute is unsupported on CPU** (MatMul, Select, Gather, Softmax, SiLU reject it). bf16 tensors are fine
-  for storage, casts, slicing and ``+ - *``; every contract op given bf16 on CPU computes in float32 and rounds the
-  result back to bf16 (what torch does inside its bf16 CPU kernels). Python's ``@`` on bf16 tensors still fails on
-  CPU: model code uses :func:`matmul` / :func:`linear`.
+- **bfloat16 compute is unsupported on CPU** (MatMul, Select, Gather, Softmax, SiLU, ReduceSum and the gradients of
+  slicing, broadcast and stack reject it). Every contract op given bf16 on CPU computes in float32 and rounds the
+  result to bf16 (what torch does inside its bf16 CPU kernels), forward and backward. Outside the contract ops, bf16
+  on CPU is storage only: Python's ``@`` fails, and Python slicing of a bf16 tensor works forward but has no
+  gradient kernel. So bf16 *inference* runs on CPU; bf16 *training* needs Ascend (the trainer refuses it on CPU).
 - ``mint.split`` outputs feeding ``cat`` get wrong gradients: :func:`split` slices.
 - In-place tensor methods do nothing in PyNative: nothing here mutates; parameters change only through
   ``mindspore.ops.assign`` (``nn.load_state_dict``, the optimizer).
@@ -155,23 +156,25 @@ def squeeze(x, dim):
 
 
 def expand(x, shape):
-    return P.broadcast_to(x, tuple(shape))
+    return _unary(lambda v: P.broadcast_to(v, tuple(shape)), x)
 
 
 def repeat_interleave(x, repeats, dim):
     # A broadcast + reshape: no kernel (mint's is Ascend-only), any dtype, exact gradient (a sum over the copies).
     dim = dim % x.ndim
     shape = x.shape
-    expanded = P.broadcast_to(P.expand_dims(x, dim + 1), shape[:dim + 1] + (repeats,) + shape[dim + 1:])
-    return P.reshape(expanded, shape[:dim] + (shape[dim] * repeats,) + shape[dim + 1:])
+    expanded = P.broadcast_to(P.expand_dims(_compute(x), dim + 1), shape[:dim + 1] + (repeats,) + shape[dim + 1:])
+    return _back(P.reshape(expanded, shape[:dim] + (shape[dim] * repeats,) + shape[dim + 1:]), x.dtype)
 
 
 def cat(xs, dim=0):
-    return P.cat(tuple(xs), dim)
+    xs = tuple(xs)
+    return _back(P.cat(tuple(_compute(x) for x in xs), dim), xs[0].dtype)
 
 
 def stack(xs, dim=0):
-    return P.stack(tuple(xs), dim)
+    xs = tuple(xs)
+    return _back(P.stack(tuple(_compute(x) for x in xs), dim), xs[0].dtype)
 
 
 def split(x, sizes, dim=0):
@@ -182,8 +185,9 @@ def split(x, sizes, dim=0):
                          f"{x.shape[dim]} entries")
     pieces, start = [], 0
     lead = (slice(None),) * dim
+    source = _compute(x)
     for size in sizes:
-        pieces.append(x[lead + (slice(start, start + size),)])
+        pieces.append(_back(source[lead + (slice(start, start + size),)], x.dtype))
         start += size
     return pieces
 

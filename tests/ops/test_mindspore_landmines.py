@@ -4,7 +4,8 @@ backend falls into its landmine.
 - in-place Tensor methods silently do nothing in PyNative → parameter updates go through ``ops.assign``;
 - ``mint.split`` outputs feeding ``cat`` get wrong gradients → ``ops.split`` slices;
 - many ``mint`` kernels are Ascend-only → the backend's CPU ops run (and are right) on CPU;
-- bf16 compute is unsupported on CPU → contract ops given bf16 compute in float32 and round once to bf16;
+- bf16 compute (and bf16 gradients of slicing/broadcast/stack) is unsupported on CPU → contract ops given bf16
+  compute in float32 and round the result to bf16, forward and backward;
 - parameter names come from MindSpore's auto-prefix → state-dict keys equal torch's, checked in a torch subprocess.
 """
 import json
@@ -160,9 +161,25 @@ def test_bf16_rms_norm_rounds_like_hf():
     np.testing.assert_array_equal(ops.to_numpy(got).view(np.uint16), ops.to_numpy(want).view(np.uint16))
 
 
-def test_bf16_gradients_flow_and_match_the_reference():
-    check_op(lambda x, w: ops.linear(ops.silu(x), w), lambda x, w: ref.silu(x) @ w.T,
-             [random((3, 8), 1), random((4, 8), 2)], "bfloat16")
+_BF16_GRADIENT_CASES = [
+    ("linear_silu", lambda x, w: ops.linear(ops.silu(x), w), lambda x, w: ref.silu(x) @ w.T, [(3, 8), (4, 8)]),
+    # MindSpore CPU has no bf16 gradient kernel for slicing, broadcast or stack: the contract ops upcast around them
+    ("split_cat", lambda x: ops.cat(ops.split(x, [3, 5], 1)[::-1], 1),
+     lambda x: np.concatenate([x[:, 3:], x[:, :3]], 1), [(3, 8)]),
+    ("expand_repeat_stack",
+     lambda x: ops.stack([ops.expand(ops.split(x, [1, 1], 1)[0], (3, 4)), ops.repeat_interleave(x, 2, 1)], 0),
+     lambda x: np.stack([np.broadcast_to(x[:, :1], (3, 4)), np.repeat(x, 2, 1)], 0), [(3, 2)]),
+    ("moe_loop", lambda x, gate_up, down: ops.moe_experts(x, *_ROUTING, gate_up, down, impl="loop"),
+     lambda x, gate_up, down: ref.moe_experts(x, *_ROUTING_NUMPY, gate_up, down), [(4, 8), (3, 8, 6), (3, 3, 8)]),
+]
+_ROUTING_NUMPY = (np.array([[0.75, 0.25], [1.0, 0.0], [0.5, 0.5], [0.25, 0.75]]), np.array([[0, 2], [1, 0], [2, 1], [0, 1]]))
+_ROUTING = (ops.tensor(_ROUTING_NUMPY[0].astype(np.float32)), ops.tensor(_ROUTING_NUMPY[1]))
+
+
+@pytest.mark.parametrize("name,backend_fn,reference_fn,shapes", _BF16_GRADIENT_CASES,
+                         ids=[case[0] for case in _BF16_GRADIENT_CASES])
+def test_bf16_gradients_of_contract_ops_match_the_reference(name, backend_fn, reference_fn, shapes):
+    check_op(backend_fn, reference_fn, [random(shape, seed) for seed, shape in enumerate(shapes)], "bfloat16")
 
 
 def test_bf16_round_trips_through_numpy_bit_exactly():

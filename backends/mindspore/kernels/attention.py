@@ -85,11 +85,12 @@ def eager(call):
     if not call.varlen:
         return _eager_dense(call.q, call.k, call.v, call.causal, call.window, call.key_padding_mask, call.scale)
     outs, start = [], 0
+    q, k, v = (P.cast(t, mindspore.float32) for t in (call.q, call.k, call.v))  # bf16 slices have no CPU gradient
     for length in call.seqlens:
-        piece = [P.expand_dims(t[start:start + length], 0) for t in (call.q, call.k, call.v)]
+        piece = [P.expand_dims(t[start:start + length], 0) for t in (q, k, v)]
         outs.append(_eager_dense(*piece, call.causal, call.window, None, call.scale)[0])
         start += length
-    return P.cat(tuple(outs), 0)
+    return ops._back(P.cat(tuple(outs), 0), call.q.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,13 +99,12 @@ def eager(call):
 
 @register(ATTENTION, "math", available=lambda: True)
 def math(call):
-    q, k, v = call.q, call.k, call.v
+    q, k, v = ops._compute(call.q), ops._compute(call.k), ops._compute(call.v)
     if call.varlen:  # packed sequences are one batch row with a block-diagonal mask
         q, k, v = P.expand_dims(q, 0), P.expand_dims(k, 0), P.expand_dims(v, 0)
     batch, query_len, heads, dim = q.shape
     key_len, kv_heads = k.shape[1], k.shape[2]
     groups = heads // kv_heads
-    q, k, v = ops._compute(q), ops._compute(k), ops._compute(v)
     # Query heads g*groups .. g*groups+groups-1 share KV head g: fold them into the rows of one matmul (no KV copy).
     query = P.reshape(P.swapaxes(q, 1, 2), (batch, kv_heads, groups * query_len, dim))
     key, value = P.swapaxes(k, 1, 2), P.swapaxes(v, 1, 2)                                # (B, Hkv, Sk, D)

@@ -10,6 +10,7 @@ does). ``loop`` is the reference: every expert runs densely on all tokens and co
 import builtins
 
 import mindspore
+from mindspore import Tensor
 from mindspore import ops as P
 
 import mmx.backends.mindspore as ms_backend
@@ -43,7 +44,8 @@ def grouped_mm(x, weight, tokens_per_expert):
 def _swiglu(gate_up):
     from mmx.backends.mindspore import ops
     half = gate_up.shape[-1] // 2
-    return ops.silu(gate_up[..., :half]) * gate_up[..., half:]
+    gate, up = ops.split(gate_up, [half, half], dim=-1)  # not slicing: no bf16 gradient kernel on CPU
+    return ops.silu(gate) * up
 
 
 @register(MOE, "grouped", available=lambda: True)
@@ -59,8 +61,11 @@ def loop(x, weights, indices, gate_up, down):
     from mmx.backends.mindspore import ops
     out = None
     for expert in range(gate_up.shape[0]):
-        token_weight = P.sum(weights * P.cast(indices == expert, weights.dtype), 1, True)   # (T, 1), 0 if unpicked
-        hidden = _swiglu(ops.matmul(x, gate_up[expert]))
-        contribution = ops._fp32(ops.matmul(hidden, down[expert])) * token_weight
+        picked = ops._fp32(weights) * P.cast(indices == expert, mindspore.float32)
+        token_weight = P.sum(picked, 1, True)  # (T, 1), 0 where the token did not pick this expert
+        index = Tensor([expert], mindspore.int64)  # index_select, not w[expert]: no bf16 slice gradient on CPU
+        expert_gate_up, expert_down = (ops.squeeze(ops.index_select(w, 0, index), 0) for w in (gate_up, down))
+        hidden = _swiglu(ops.matmul(x, expert_gate_up))
+        contribution = ops._fp32(ops.matmul(hidden, expert_down)) * token_weight
         out = contribution if out is None else out + contribution
     return ops._back(out, x.dtype)
