@@ -26,14 +26,14 @@ import json
 import os
 import re
 
-from mmx.data.formats import IMAGE_PLACEHOLDER
+from mmx.data.errors import DataError
+from mmx.data.formats import IMAGE_PLACEHOLDER, ROLE_ALIASES, iter_records
 
 SOURCES = ("llava", "qwen-vl")
 TARGETS = ("qwen2_vl", "qwen2_5_vl")
 _IMG_RE = re.compile(r"(?:Picture \d+:\s*)?<img>(.*?)</img>\n?")
 _BOX = r"<box>\((\d+),(\d+)\),\((\d+),(\d+)\)</box>"
 _GROUND_RE = re.compile(rf"(?:<ref>(.*?)</ref>)?((?:{_BOX})+)")
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 class ConvertError(ValueError):
@@ -41,23 +41,16 @@ class ConvertError(ValueError):
 
 
 def _read(path):
-    with open(path) as f:
-        if path.endswith(".jsonl"):
-            records = []
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ConvertError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-            return records
-        try:
-            records = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ConvertError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
-    if not isinstance(records, list):
-        raise ConvertError(f"{path}: expected a JSON array of records, got {type(records).__name__}")
-    return records
+    """The records of a .json array / .jsonl file (formats.iter_records); a malformed one is a ConvertError."""
+    try:
+        records = []
+        for _, _, record in iter_records(path):
+            if isinstance(record, DataError):
+                raise record
+            records.append(record)
+        return records
+    except DataError as err:
+        raise ConvertError(str(err)) from None
 
 
 def _turns(record, path, index):
@@ -67,7 +60,7 @@ def _turns(record, path, index):
         raise ConvertError(f"{path} record {rid!r}: no 'conversations' list")
     out = []
     for turn in turns:
-        role = _ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+        role = ROLE_ALIASES.get(turn.get("from")) if isinstance(turn, dict) else None
         if role is None or not isinstance(turn.get("value"), str):
             raise ConvertError(f"{path} record {rid!r}: turn {turn!r} needs 'from' (human/gpt/user/assistant) and "
                                f"a string 'value'"[:300])

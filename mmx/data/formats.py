@@ -43,7 +43,7 @@ ATTR_KEYS = tuple(MLLM_ATTR)
 # "from": "user"/"assistant" inside "conversations").
 _IMAGE_KEYS = ("images", "image")
 _VIDEO_KEYS = ("videos", "video")
-_ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 def check_attr(attr, where):
@@ -169,7 +169,7 @@ def to_sample(record, file, index, line=None, attr=None, media_root=None, check_
         raise bad(BAD_RECORD, f"no conversation: expected a non-empty list under {style['messages']!r} "
                               f"(keys present: {sorted(record)})")
     roles = ({style["user_tag"]: "user", style["assistant_tag"]: "assistant", style["system_tag"]: "system"}
-             if attr else _ROLE_ALIASES)
+             if attr else ROLE_ALIASES)
     messages = []
     system = record.get(style["system"]) if style.get("system") else None
     if isinstance(system, str) and system:

@@ -41,3 +41,13 @@ def write_json(path, records, jsonl=False):
 
 def data_config(model_dir, dataset, **keys):
     return load_data_config(dict(model_name_or_path=model_dir, dataset=dataset, **keys))
+
+
+def absolute_media(records, root):
+    """``records`` with their image/video paths made absolute under ``root`` (so a copy of the file reads them)."""
+    for record in records:
+        for key in ("image", "images", "video", "videos"):
+            if key in record:
+                paths = [record[key]] if isinstance(record[key], str) else record[key]
+                record[key] = [str(root / p) for p in paths]
+    return records

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from data_helpers import data_config
+from data_helpers import absolute_media, data_config
 
 
 def _build(model_dir, dataset, cache_dir, **keys):
@@ -31,11 +31,7 @@ def test_reuse_and_invalidation(model_dirs, mixed_dir, tmp_path):
     model_dir = str(tmp_path / "model")
     shutil.copytree(model_dirs["qwen2_5_vl"], model_dir)
     data = str(tmp_path / "data.json")
-    records = json.load(open(mixed_dir / "data.json"))
-    for r in records:   # absolute media paths so the copy reads the same files
-        for key in ("image", "images", "video", "videos"):
-            if key in r:
-                r[key] = [str(mixed_dir / p) for p in ([r[key]] if isinstance(r[key], str) else r[key])]
+    records = absolute_media(json.load(open(mixed_dir / "data.json")), mixed_dir)
     json.dump(records[:4], open(data, "w"))
     cache = tmp_path / "cache"
 

@@ -61,6 +61,10 @@ def test_llava_bad_record_names_it(tmp_path):
         convert_file("llava", source, str(tmp_path / "out.json"))
     result = convert_file("llava", source, str(tmp_path / "out.jsonl"), skip_bad=True)
     assert (result["converted"], result["skipped"]) == (0, 1)
+    broken = tmp_path / "in.jsonl"
+    broken.write_text(json.dumps(LLAVA[1]) + "\n{oops\n")
+    with pytest.raises(ConvertError, match=r"in\.jsonl:2: malformed JSON"):
+        convert_file("llava", str(broken), str(tmp_path / "out2.json"))
 
 
 def test_qwen_vl_boxes_for_qwen2_vl(tmp_path):

@@ -8,19 +8,15 @@ import pickle
 import numpy as np
 import pytest
 
-from data_helpers import data_config, write_json
+from data_helpers import absolute_media, data_config, write_json
 from mmx.data.dataset import build_dataset
 from mmx.data.errors import DataError
 
 
 @pytest.mark.backend("torch")
 def test_two_workers_match_one_and_report_bad_samples(model_dirs, mixed_dir, tmp_path):
-    records = json.load(open(mixed_dir / "data.json"))
+    records = absolute_media(json.load(open(mixed_dir / "data.json")), mixed_dir)
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    for r in records:
-        for key in ("image", "images", "video", "videos"):
-            if key in r:
-                r[key] = [str(mixed_dir / p) for p in ([r[key]] if isinstance(r[key], str) else r[key])]
     bad = {"id": "corrupt", "image": str(tmp_path / "corrupt.png"), "conversations": [
         {"from": "human", "value": "<image>?"}, {"from": "gpt", "value": "x"}]}
     path = write_json(tmp_path / "d.json", records + [bad])
