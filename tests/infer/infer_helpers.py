@@ -6,6 +6,8 @@ from mmx.infer import user_message
 
 MAX_NEW_TOKENS = 4        # a prefill + 3 decode steps; MindSpore on CPU spends ~0.1-0.3 s per step here
 KINDS = ("image", "two_images", "video", "text")
+# Sampling hot enough that a wrong seed or a wrong draw shows within a few tokens of a 320-token vocabulary.
+SAMPLING = dict(do_sample=True, temperature=3.0, top_k=0, top_p=1.0)
 
 
 def write_media(directory):

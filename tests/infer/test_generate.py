@@ -4,7 +4,7 @@ import pytest
 
 from mmx.infer.prompts import encode
 
-from infer_helpers import KINDS, MAX_NEW_TOKENS, conversation
+from infer_helpers import KINDS, MAX_NEW_TOKENS, SAMPLING, conversation
 
 FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 _runs = {}
@@ -112,7 +112,7 @@ def test_max_new_tokens_and_eos_reasons(pipeline, reference, media):
 def test_seeded_sampling_is_reproducible(pipeline, media):
     pipe = pipeline("qwen2_vl")
     request = [conversation("image", media)]
-    sample = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=3.0, top_k=0, top_p=1.0)
+    sample = dict(SAMPLING, max_new_tokens=MAX_NEW_TOKENS)
     first = pipe.generate(request, seed=7, **sample)[0].token_ids
     again = pipe.generate(request, seed=7, **sample)[0].token_ids
     other = pipe.generate(request, seed=8, **sample)[0].token_ids
@@ -120,3 +120,21 @@ def test_seeded_sampling_is_reproducible(pipeline, media):
     assert first != other, "two seeds drew the same 4 tokens at temperature 3 over a 320-token vocabulary"
     greedy = single_run(pipeline, "qwen2_vl", "image", media, True)
     assert pipe.generate(request, seed=7, **dict(sample, top_k=1))[0].token_ids == greedy
+
+
+@pytest.mark.backend("torch")
+def test_seeded_sampling_is_the_same_on_mindspore(pipeline, hf_dir, media):
+    """Draws happen on the host (numpy), so a seed picks the same tokens on both backends."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    runner = os.path.join(os.path.dirname(__file__), "infer_sample_runner.py")
+    done = subprocess.run([sys.executable, runner, hf_dir("qwen2_vl"), media["a"], "11"], capture_output=True,
+                          text=True, env=dict(os.environ, MMX_BACKEND="mindspore"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    on_mindspore = json.loads(done.stdout.strip().splitlines()[-1])
+    request = [conversation("image", media)]
+    on_torch = pipeline("qwen2_vl").generate(request, seed=11, max_new_tokens=MAX_NEW_TOKENS, **SAMPLING)[0]
+    assert on_torch.token_ids == on_mindspore
