@@ -48,7 +48,7 @@ TRAINING_DEFAULTS = {
     "no_load_rng": False,
     "no_save_optim": False,
     "no_save_rng": False,
-    "log_dir": None,                # metrics.jsonl, loss_curve.png, TensorBoard events (default: save or ".")
+    "log_dir": None,                # metrics.jsonl, loss_curve.png, TensorBoard events (default: SAVE/logs)
     "peak_tflops": None,            # for MFU; default: measured with a matmul at start
     "progress_bar": True,
 }

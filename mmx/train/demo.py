@@ -99,7 +99,7 @@ def run_demo(out_dir, steps=None, echo=print):
     _stage(echo, f"finetune: {config['training']['train_iters']} steps × {config['training']['global_batch_size']} "
                  f"samples → {save_dir}")
     finetune(config, echo=echo)
-    _stage(echo, f"trained in {time.perf_counter() - start:.0f} s (so far); loss curve {save_dir}/loss_curve.png")
+    _stage(echo, f"trained in {time.perf_counter() - start:.0f} s (so far); loss curve {save_dir}/logs/loss_curve.png")
 
     with open(digits["test"]) as handle:
         held_out = json.load(handle)

@@ -10,6 +10,7 @@ would have drawn.
 """
 import importlib
 import inspect
+import os
 import time
 
 import numpy as np
@@ -28,6 +29,19 @@ HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqle
 def backend_steps():
     """The current backend's ``train`` module (AdamW, accumulate_grads, clip_grad_norm, train_step, RNG state)."""
     return importlib.import_module(f"{_backend.get().__name__}.train")
+
+
+# What torchrun (WORLD_SIZE) and msrun (MS_WORKER_NUM, RANK_SIZE) set for a multi-process launch.
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "MS_WORKER_NUM", "RANK_SIZE")
+
+
+def check_single_process():
+    """The Trainer is single-process; a multi-process launch would train N independent copies, so refuse it."""
+    for variable in WORLD_SIZE_VARIABLES:
+        if int(os.environ.get(variable, "1") or 1) > 1:
+            raise RuntimeError(f"{variable}={os.environ[variable]}: mmx finetune does not implement data / tensor / "
+                               f"pipeline parallel training yet, and every process would train its own copy. Launch "
+                               f"one process (NPUS_PER_NODE=1 NNODES=1 in the example scripts).")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,10 +98,12 @@ class Trainer:
     """
 
     def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None):
+        check_single_process()
         self.model, self.dataset, self.collate = model, dataset, collate
         self.training = training
         self.metadata = dict(metadata or {})
-        self.log_dir = log_dir or training.get("log_dir") or training.get("save") or "."
+        # logs go in SAVE/logs: the save directory's own files are the checkpoint's support files (mm_to_hf copies them)
+        self.log_dir = log_dir or training.get("log_dir") or os.path.join(training.get("save") or ".", "logs")
         self.backend = _backend.get()
         self.steps = backend_steps()
         self.steps.set_seed(training["seed"])
