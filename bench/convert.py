@@ -28,8 +28,17 @@ import numpy as np
 
 from mmx.checkpoint.safetensors_io import SafetensorsWriter
 
-BASELINE = """
-import os, resource, sys, time
+# Peak RSS of this process's own memory: VmHWM (ru_maxrss would include the parent's RSS at fork time, which
+# Linux carries across exec).
+PEAK = """
+def PEAK():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+"""
+
+BASELINE = PEAK + """
+import os, sys, time
 from safetensors.torch import load_file, save_file
 src, dst, fsync = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 os.makedirs(dst, exist_ok=True)
@@ -41,11 +50,11 @@ for name in sorted(os.listdir(src)):
         del tensors
         if fsync:
             fd = os.open(os.path.join(dst, name), os.O_RDONLY); os.fsync(fd); os.close(fd)
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(time.perf_counter() - start, PEAK())
 """
 
-CONVERT = """
-import resource, sys, time
+CONVERT = PEAK + """
+import sys, time
 from mmx.convert.drivers import hf_to_mm, mm_to_hf
 kind, src, dst = sys.argv[1:4]
 start = time.perf_counter()
@@ -53,7 +62,7 @@ if kind == "hf_to_mm":
     hf_to_mm(src, dst, tp_size=int(sys.argv[4]), vit_pp_layers=sys.argv[5], llm_pp_layers=sys.argv[6])
 else:
     mm_to_hf(src, dst, max_shard_bytes=int(sys.argv[4]))
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(time.perf_counter() - start, PEAK())
 """
 
 
