@@ -5,8 +5,9 @@ names, signatures and order. Optimizer state crosses backends as numpy: ``{"step
 "exp_avg_sq": {name: array}}`` keyed by parameter name, the same layout on both backends, so a checkpoint written by
 one continues on the other.
 
-AdamW here *is* ``torch.optim.AdamW`` (``foreach=False``: the same per-parameter arithmetic as the reference loop
-in tests/train/test_parity.py); parameters with ndim < 2 (norms, biases) get no weight decay, as in Megatron.
+AdamW here *is* ``torch.optim.AdamW`` with torch's default implementation choice (per-tensor on CPU, ``foreach``
+on CUDA), as the plain reference loop in tests/train/test_parity.py uses it; parameters with ndim < 2 (norms,
+biases) get no weight decay, as in Megatron.
 """
 import contextlib
 
@@ -26,7 +27,7 @@ class AdamW:
         no_decay = [p for p in self.params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         groups = [group for group in groups if group["params"]] or [{"params": [], "weight_decay": 0.0}]
-        self.torch_optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(betas), eps=eps, foreach=False)
+        self.torch_optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(betas), eps=eps)
 
     def step(self, grads, lr):
         """One update with ``grads`` (list aligned with the parameters) at learning rate ``lr``."""

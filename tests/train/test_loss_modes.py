@@ -6,7 +6,8 @@ import pytest
 from mmx import backend, ops
 from mmx.train.loop import backend_steps, model_inputs
 from mmx.train.loss import shifted_targets, token_weights, weighted_lm_loss
-from train_reference import TRAIN_TOLERANCE, collate, make_dataset, make_model
+from tolerances import TRAIN_TOLERANCE
+from train_reference import collate, make_dataset, make_model
 
 SPLITS = (4, 1)  # micro-batch sizes for a global batch of 4: one micro-batch, or 4 accumulated (uneven lengths)
 

@@ -7,7 +7,8 @@ import pytest
 from mmx import nn, ops
 from mmx.train.loop import backend_steps
 from mmx.train.schedule import LRSchedule
-from train_reference import TRAIN_TOLERANCE, adamw_reference
+from tolerances import TRAIN_TOLERANCE
+from train_reference import adamw_reference
 
 SHAPES = {"weight": (5, 4), "bias": (4,), "table": (3, 6)}
 LRS = [1e-2, 5e-3, 2e-2, 1e-3, 1e-2, 7e-3]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from parity_runner import STEPS, TRAINING, batches, mmx_losses, prepare
-from train_reference import TRAIN_TOLERANCE
+from tolerances import TRAIN_TOLERANCE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -25,7 +25,7 @@ def transformers_losses(work):
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": TRAINING["weight_decay"]},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=TRAINING["lr"], foreach=False)
+    optimizer = torch.optim.AdamW(groups, lr=TRAINING["lr"])
     config = model.config
     losses = []
     for batch in batches(work):

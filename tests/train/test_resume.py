@@ -9,7 +9,7 @@ import pytest
 
 from mmx import backend
 from mmx.train import checkpoint
-from train_reference import TRAIN_TOLERANCE
+from tolerances import TRAIN_TOLERANCE
 from train_runner import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
