@@ -3,6 +3,7 @@ the same block written directly in MindSpore (Cells, Parameters, ``mindspore.ops
 
     python bench/mindspore_block.py                 # both variants, the backend's default runtime settings
     python bench/mindspore_block.py --async-launch  # MindSpore's default asynchronous kernel launch instead
+    python bench/mindspore_block.py --kernels       # also time the attention and MoE kernels against each other
 
 Both variants compute the same Qwen2-style block (RMSNorm → fused qkv → rotary → causal GQA attention → output
 projection → RMSNorm → SwiGLU MLP, two residuals) in float32 from the same weights, take gradients of every
@@ -153,10 +154,48 @@ def run(variants, steps, warmup):
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}, worst
 
 
+def time_kernels(steps):
+    """Median fwd+bwd ms of each attention kernel (dense causal GQA, varlen) and MoE kernel on this device."""
+    from mmx import backend, ops
+    kernels = backend.get().kernels
+    rng = np.random.default_rng(0)
+
+    def tensor(*shape):
+        return ops.tensor(rng.standard_normal(shape).astype(np.float32))
+
+    def median_ms(fn, inputs):
+        grad = backend.get().autograd.value_and_grad
+        times = []
+        for index in range(steps + 2):
+            start = time.perf_counter()
+            value, _ = grad(lambda *xs: ops.sum(fn(*xs)), inputs)
+            ops.to_numpy(value)
+            if index >= 2:
+                times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    cu_seqlens = ops.tensor(np.array([0, 100, 180, 256], np.int32))
+    cases = {"dense causal B=2 S=256 H=8/4 D=64": ([tensor(2, 256, 8, 64), tensor(2, 256, 4, 64), tensor(2, 256, 4, 64)],
+                                                   dict(causal=True)),
+             "varlen causal T=256 (3 seqs) H=8/4 D=64": ([tensor(256, 8, 64), tensor(256, 4, 64), tensor(256, 4, 64)],
+                                                         dict(causal=True, cu_seqlens=cu_seqlens))}
+    for label, (inputs, options) in cases.items():
+        row = {impl: median_ms(lambda q, k, v, impl=impl: ops.attention(q, k, v, impl=impl, **options), inputs)
+               for impl in kernels.available_attention_kernels()}
+        print(f"  attention {label}: " + ", ".join(f"{impl} {ms_:.1f} ms" for impl, ms_ in row.items()))
+    weights, indices = ops.router_topk(tensor(256, 8), 2)
+    inputs = [tensor(256, 128), tensor(8, 128, 512) * 0.05, tensor(8, 256, 128) * 0.05]
+    row = {impl: median_ms(lambda x, gate_up, down, impl=impl: ops.moe_experts(x, weights, indices, gate_up, down,
+                                                                               impl=impl), inputs)
+           for impl in kernels.available_moe_kernels()}
+    print("  moe T=256 C=128 E=8 K=2 F=256: " + ", ".join(f"{impl} {ms_:.1f} ms" for impl, ms_ in row.items()))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--kernels", action="store_true", help="also time attention and MoE kernels (fwd+bwd)")
     parser.add_argument("--async-launch", action="store_true",
                         help="keep MindSpore's asynchronous kernel launch (the backend turns it off on CPU)")
     args = parser.parse_args(argv)
@@ -170,6 +209,8 @@ def main(argv=None):
     for name, ms_per_step in medians.items():
         print(f"  {name:10s} {ms_per_step:8.2f} ms/step (median of {args.steps})")
     print(f"  mmx / hand-written = {medians['mmx'] / medians['mindspore']:.3f}")
+    if args.kernels:
+        time_kernels(args.steps)
 
 
 if __name__ == "__main__":

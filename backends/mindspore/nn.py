@@ -92,7 +92,7 @@ def _copy_into(param, value):
     """Write ``value`` (same shape and dtype) into ``param`` in place. ``ops.assign`` has no bf16 CPU kernel, so bf16
     on CPU goes through ``set_data`` with a host copy (``set_data`` alone would alias ``value``'s storage)."""
     if param.dtype == mindspore.bfloat16 and not ms_backend.on_ascend():
-        param.set_data(Tensor(ms_backend.ops.to_numpy(value)))
+        param.set_data(ms_backend.ops._detached_copy(value))  # noqa: SLF001 - one package
     else:
         P.assign(param, value)
 

@@ -56,6 +56,13 @@ def _fp32(x):
     return x if x.dtype == float32 else P.cast(x, float32)
 
 
+def _detached_copy(x):
+    """A new tensor with ``x``'s values and no autograd history (the Identity kernel has no bf16 on CPU)."""
+    if x.dtype == bfloat16 and not _backend.on_ascend():
+        return Tensor(to_numpy(x))
+    return P.deepcopy(P.stop_gradient(x))
+
+
 def _dims(dim):
     return tuple(dim) if isinstance(dim, (list, tuple)) else dim
 
@@ -66,7 +73,7 @@ def _dims(dim):
 
 def tensor(data, dtype=None):
     if isinstance(data, Tensor):
-        out = data
+        out = _detached_copy(data)  # as torch's detach().clone()
     else:
         array = np.asarray(data)
         if not isinstance(data, np.ndarray) and array.dtype == np.float64:

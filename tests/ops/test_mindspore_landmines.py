@@ -2,6 +2,7 @@
 backend falls into its landmine.
 
 - in-place Tensor methods silently do nothing in PyNative → parameter updates go through ``ops.assign``;
+  ``asnumpy()`` / ``set_data`` alias memory → ``ops.to_numpy`` / ``ops.tensor`` / loads copy;
 - ``mint.split`` outputs feeding ``cat`` get wrong gradients → ``ops.split`` slices;
 - many ``mint`` kernels are Ascend-only → the backend's CPU ops run (and are right) on CPU;
 - bf16 compute (and bf16 gradients of slicing/broadcast/stack) is unsupported on CPU → contract ops given bf16
@@ -51,6 +52,18 @@ def test_load_state_dict_errors_name_the_keys():
         nn.load_state_dict(layer, {"weight": np.zeros((3, 2)), "bias": np.zeros(2)})
     assert nn.load_state_dict(layer, {"bias": np.ones(2)}, strict=False) == (["weight"], [])
     np.testing.assert_array_equal(ops.to_numpy(layer.bias), [1.0, 1.0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tensor_and_to_numpy_copy(dtype):
+    # Tensor.asnumpy() shares the tensor's memory, and Parameter.set_data aliases its argument: mmx copies both ways.
+    layer = nn.Linear(2, 2, dtype=getattr(ops, dtype))
+    snapshot = ops.tensor(layer.weight)
+    host = ops.to_numpy(layer.weight)
+    host[...] = 5.0
+    nn.load_state_dict(layer, {"weight": np.ones((2, 2)), "bias": np.ones(2)})
+    np.testing.assert_array_equal(np.asarray(ops.to_numpy(snapshot), np.float32), np.zeros((2, 2)))
+    np.testing.assert_array_equal(np.asarray(ops.to_numpy(layer.weight), np.float32), np.ones((2, 2)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
