@@ -175,8 +175,8 @@ def time_kernels(steps):
         return statistics.median(times) * 1e3
 
     cu_seqlens = ops.tensor(np.array([0, 100, 180, 256], np.int32))
-    cases = {"dense causal B=2 S=256 H=8/4 D=64": ([tensor(2, 256, 8, 64), tensor(2, 256, 4, 64), tensor(2, 256, 4, 64)],
-                                                   dict(causal=True)),
+    dense = [tensor(2, 256, 8, 64), tensor(2, 256, 4, 64), tensor(2, 256, 4, 64)]
+    cases = {"dense causal B=2 S=256 H=8/4 D=64": (dense, dict(causal=True)),
              "varlen causal T=256 (3 seqs) H=8/4 D=64": ([tensor(256, 8, 64), tensor(256, 4, 64), tensor(256, 4, 64)],
                                                          dict(causal=True, cu_seqlens=cu_seqlens))}
     for label, (inputs, options) in cases.items():

@@ -29,9 +29,6 @@ class Module(mindspore.nn.Cell):
     def construct(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def forward(self, *args, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} must define forward(...)")
-
 
 def Parameter(tensor, requires_grad=True):  # noqa: N802 - reads as the class it builds in model code
     """A trainable tensor attribute of a Module (a ``mindspore.Parameter``)."""
@@ -74,8 +71,9 @@ def load_state_dict(module, tensors, strict=True):
         raise KeyError(f"load_state_dict into {type(module).__name__}: {len(missing)} missing "
                        f"{missing[:20]}, {len(unexpected)} unexpected {unexpected[:20]} "
                        f"(wrong model config or checkpoint? pass strict=False to load a subset)")
-    wrong_shape = [f"{name}: checkpoint {tuple(tensors[name].shape)} vs model {tuple(expected[name].shape)}"
-                   for name in expected if name in tensors and tuple(tensors[name].shape) != tuple(expected[name].shape)]
+    wrong_shape = [f"{name}: checkpoint {tuple(tensors[name].shape)} vs model {tuple(target.shape)}"
+                   for name, target in expected.items()
+                   if name in tensors and tuple(tensors[name].shape) != tuple(target.shape)]
     if wrong_shape:
         raise ValueError(f"load_state_dict into {type(module).__name__}: shape mismatch for "
                          f"{len(wrong_shape)} tensors: {wrong_shape[:20]}")

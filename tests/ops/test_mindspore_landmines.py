@@ -185,7 +185,8 @@ _BF16_GRADIENT_CASES = [
     ("moe_loop", lambda x, gate_up, down: ops.moe_experts(x, *_ROUTING, gate_up, down, impl="loop"),
      lambda x, gate_up, down: ref.moe_experts(x, *_ROUTING_NUMPY, gate_up, down), [(4, 8), (3, 8, 6), (3, 3, 8)]),
 ]
-_ROUTING_NUMPY = (np.array([[0.75, 0.25], [1.0, 0.0], [0.5, 0.5], [0.25, 0.75]]), np.array([[0, 2], [1, 0], [2, 1], [0, 1]]))
+_ROUTING_NUMPY = (np.array([[0.75, 0.25], [1.0, 0.0], [0.5, 0.5], [0.25, 0.75]]),  # weights (T, K)
+                  np.array([[0, 2], [1, 0], [2, 1], [0, 1]]))                        # experts (T, K)
 _ROUTING = (ops.tensor(_ROUTING_NUMPY[0].astype(np.float32)), ops.tensor(_ROUTING_NUMPY[1]))
 
 

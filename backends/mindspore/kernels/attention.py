@@ -32,7 +32,7 @@ def _causal_visible(query_len, key_len, window):
     return visible
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # a forward reuses a few masks (LLM causal, vision full/window); each is Sq*Sk*9 bytes
 def _host_mask(query_len, key_len, causal, window, seqlens):
     """(additive float32 (1, 1, Sq, Sk), visible bool (1, 1, Sq, Sk), row scale float32 (1, 1, Sq, 1)) Tensors:
     None when every key is visible (the row scale: when every query sees some key). ``seqlens`` (tuple or None)
