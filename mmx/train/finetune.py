@@ -6,7 +6,8 @@ config.json decides the structure. Weights train in float32 (fp32 master weights
 the compute dtype on torch). ``training.load`` resumes a finetune save on top (weights, optimizer, RNG, position).
 
 Data: ``data`` is the data pipeline's section (mmx.data); ``model_name_or_path`` defaults to the model's directory,
-whose processor and chat template are then used.
+whose processor and chat template are then used. ``streaming: true`` feeds the Trainer from mmx.data's
+StreamingLoader, whose state goes into every checkpoint (a resumed run continues with exactly the next batch).
 
 The save directory gets the model's support files (config, tokenizer, processor, chat template), so it is a
 self-contained mm checkpoint for ``mmx convert mm_to_hf`` and ``mmx infer``.
@@ -65,11 +66,7 @@ def build_data(config):
 
     data = dict(config["data"])
     data.setdefault("model_name_or_path", config["model"]["init_from_hf_path"])
-    pipeline = build(data)
-    if pipeline.dataset is None:
-        raise ValueError("data.streaming: true is not wired into mmx finetune yet; use the map-style dataset "
-                         "(streaming: false)")
-    return pipeline
+    return build(data)
 
 
 def finetune(config, echo=print):
@@ -83,7 +80,8 @@ def finetune(config, echo=print):
     pipeline = build_data(config)
     if training["save"]:
         copy_support_files(config["model"]["init_from_hf_path"], training["save"])
-    trainer = Trainer(model, pipeline.dataset, pipeline.collate, training, metadata)
+    stream = pipeline.streaming_loader(training["micro_batch_size"]) if pipeline.dataset is None else None
+    trainer = Trainer(model, pipeline.dataset, pipeline.collate, training, metadata, stream=stream)
     for note in trainer.resume_notes:
         echo(f"resume: {note}")
     if trainer.iteration:

@@ -6,7 +6,8 @@ goes into each step and when to save. One optimizer step consumes ``global_batch
 
 Sample order: epoch ``e`` visits the dataset in ``RandomState(seed + e).permutation(n)``; the data position saved in
 checkpoints is the number of samples consumed, so a resumed run draws exactly the batches the uninterrupted run
-would have drawn.
+would have drawn. A streaming source (``stream``: ``next_batch()`` of ``micro_batch_size`` samples, ``state_dict()``,
+``load_state_dict()``, e.g. mmx.data's StreamingLoader) is checkpointed through its own state instead.
 """
 import importlib
 import inspect
@@ -97,9 +98,9 @@ class Trainer:
     other inputs). ``metadata`` (model type, dtype, ...) goes into every checkpoint with the backend tag.
     """
 
-    def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None):
+    def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None, stream=None):
         check_single_process()
-        self.model, self.dataset, self.collate = model, dataset, collate
+        self.model, self.dataset, self.collate, self.stream = model, dataset, collate, stream
         self.training = training
         self.metadata = dict(metadata or {})
         # logs go in SAVE/logs: the save directory's own files are the checkpoint's support files (mm_to_hf copies them)
@@ -107,7 +108,7 @@ class Trainer:
         self.backend = _backend.get()
         self.steps = backend_steps()
         self.steps.set_seed(training["seed"])
-        self.sampler = Sampler(len(dataset), training["seed"])
+        self.sampler = None if stream is not None else Sampler(len(dataset), training["seed"])
         self.schedule = LRSchedule(training["lr"], training["train_iters"], training["min_lr"],
                                    training["lr_warmup_iters"], training["lr_decay_style"],
                                    training["lr_decay_iters"])
@@ -140,6 +141,14 @@ class Trainer:
         self.iteration = int(loaded["iteration"]) if loaded["iteration"] != "release" else 0
         self.consumed_samples = int(state.get("consumed_samples", 0))
         self.history = list(state.get("history", []))
+        if self.stream is not None:
+            if state.get("data_state") is None:
+                raise ValueError(f"{training['load']}: the checkpoint has no streaming data state (it was trained on "
+                                 f"a map-style dataset); resume with the same data.streaming setting")
+            self.stream.load_state_dict(state["data_state"])
+        elif state.get("data_state") is not None:
+            raise ValueError(f"{training['load']}: the checkpoint was trained on streaming data (its position is a "
+                             f"stream state, not a sample count); resume with the same data.streaming setting")
         saved_by = loaded["metadata"].get("backend")
         if not training["no_load_optim"]:
             if loaded["optimizer"] is None:
@@ -164,7 +173,8 @@ class Trainer:
         trainer_state = {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
                          "schedule": self.schedule.state_dict(), "history": self.history,
                          "loss_type": training["loss_type"], "global_batch_size": training["global_batch_size"],
-                         "seed": training["seed"]}
+                         "seed": training["seed"],
+                         "data_state": None if self.stream is None else self.stream.state_dict()}
         return ckpt.save_checkpoint(
             training["save"], self.iteration, model_tensors, dict(self.metadata, backend=self.backend.NAME),
             trainer_state, None if training["no_save_optim"] else self.optimizer.state_dict(),
@@ -173,8 +183,11 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------------------
 
     def global_batch(self):
-        """(micro-batches as numpy dicts, dataset indices) of the next global batch."""
+        """(micro-batches as numpy dicts, dataset indices (None when streaming)) of the next global batch."""
         training = self.training
+        if self.stream is not None:
+            count = training["global_batch_size"] // training["micro_batch_size"]
+            return [self.stream.next_batch() for _ in range(count)], None
         indices = self.sampler.indices(self.consumed_samples, training["global_batch_size"])
         micro = training["micro_batch_size"]
         batches = [self.collate([self.dataset[i] for i in indices[k:k + micro]])
@@ -198,8 +211,9 @@ class Trainer:
                                                 training["clip_grad"], training["precision"])
         seconds = time.perf_counter() - start
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-            ids = [sid for batch, k in zip(batches, range(0, len(indices), training["micro_batch_size"]))
-                   for sid in sample_ids(batch, indices[k:k + training["micro_batch_size"]])]
+            micro = training["micro_batch_size"]
+            ids = [sid for k, batch in enumerate(batches)
+                   for sid in sample_ids(batch, (indices or [])[k * micro:(k + 1) * micro])]
             last = ckpt.read_latest(training["save"]) if training["save"] else None
             raise NonFiniteLossError(
                 f"step {self.iteration + 1}: loss {loss}, grad norm {grad_norm} (not finite) on samples "
@@ -209,7 +223,7 @@ class Trainer:
         self.consumed_samples += training["global_batch_size"]
         tokens = sum(count_tokens(batch) for batch in batches)
         self.history.append(loss)
-        return self.logger.log(self.iteration, loss, lr, grad_norm, tokens, seconds, len(indices))
+        return self.logger.log(self.iteration, loss, lr, grad_norm, tokens, seconds, training["global_batch_size"])
 
     def flops_per_token(self):
         """6 × trainable parameters + 2 × frozen ones (forward only for frozen weights, backward still flows)."""

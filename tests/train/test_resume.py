@@ -40,6 +40,18 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, uninterrupted):
     assert checkpoint.read_latest(str(tmp_path)) == 4
 
 
+def test_streaming_resume_continues_with_the_next_batch(tmp_path):
+    full, _, _ = train(save=str(tmp_path / "full"), streaming=True)
+    first, _, _ = train(save=str(tmp_path / "part"), streaming=True, train_iters=2)
+    resumed, _, _ = train(save=str(tmp_path / "part"), load=str(tmp_path / "part"), streaming=True)
+    _assert_same_curve(first + resumed, full, TRAIN_TOLERANCE[f"resume_{backend.name()}"])
+    with pytest.raises(ValueError, match="data.streaming"):
+        train(save=str(tmp_path / "other"), load=str(tmp_path / "full"), streaming=False, train_iters=5)
+    map_style, _, _ = train(save=str(tmp_path / "map"), train_iters=2)
+    with pytest.raises(ValueError, match="no streaming data state"):
+        train(save=str(tmp_path / "map2"), load=str(tmp_path / "map"), streaming=True)
+
+
 def test_sigkill_during_save_resumes_from_last_complete(tmp_path, uninterrupted):
     save = str(tmp_path / "save")
     run = subprocess.run([sys.executable, os.path.join(HERE, "train_runner.py"), str(tmp_path / "a.npz"), save,

@@ -158,3 +158,21 @@ def collate(samples):
         batch["labels"][row, :size] = sample["labels"]
         batch["attention_mask"][row, :size] = 1
     return batch
+
+
+class SampleStream:
+    """A streaming source like mmx.data's StreamingLoader: seeded endless draws, ``next_batch`` / ``state_dict`` /
+    ``load_state_dict`` (the state is JSON, as checkpoints store it)."""
+
+    def __init__(self, samples, batch_size, seed=0):
+        self.samples, self.batch_size = samples, batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def next_batch(self):
+        return collate([self.samples[i] for i in self.rng.integers(0, len(self.samples), self.batch_size)])
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]

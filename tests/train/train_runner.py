@@ -17,18 +17,21 @@ from mmx import nn, ops  # noqa: E402
 from mmx.train import checkpoint  # noqa: E402
 from mmx.train.config import load_config  # noqa: E402
 from mmx.train.loop import Trainer  # noqa: E402
-from train_reference import collate, make_dataset, make_model  # noqa: E402
+from train_reference import SampleStream, collate, make_dataset, make_model  # noqa: E402
 
 BASE = {"seed": 7, "train_iters": 4, "micro_batch_size": 2, "global_batch_size": 4, "lr": 3e-2, "min_lr": 3e-3,
         "lr_warmup_iters": 2, "weight_decay": 0.01, "clip_grad": 1.0, "loss_type": "per_token",
         "log_interval": 100, "progress_bar": False, "peak_tflops": 1.0}
 
 
-def train(save=None, load=None, log_dir=None, **overrides):
-    """(per-step losses of this run, final weights {name: numpy}, the Trainer)."""
+def train(save=None, load=None, log_dir=None, streaming=False, **overrides):
+    """(per-step losses of this run, final weights {name: numpy}, the Trainer). ``streaming``: batches come from a
+    SampleStream (checkpointed by its state) instead of the map-style sampler."""
     training = load_config(base={"training": dict(BASE, save=save, load=load, **overrides)})["training"]
-    trainer = Trainer(make_model(), make_dataset(12), collate, training, {"model_type": "tiny"},
-                      log_dir=log_dir or save)
+    dataset = make_dataset(12)
+    stream = SampleStream(dataset, training["micro_batch_size"]) if streaming else None
+    trainer = Trainer(make_model(), dataset, collate, training, {"model_type": "tiny"}, log_dir=log_dir or save,
+                      stream=stream)
     records = trainer.run()
     weights = {name: ops.to_numpy(value) for name, value in nn.state_dict(trainer.model).items()}
     return [r["loss"] for r in records], weights, trainer
