@@ -8,9 +8,10 @@ subprocess:
   then fsync, as mmx fsyncs what it writes; the no-fsync time is printed too);
 * ``mmx convert hf_to_mm`` (tp 1 and tp 2 / pp 2) and ``mm_to_hf``.
 
-It prints throughput = bytes / seconds, the ratio to the baseline (target ≥ 0.7) and each run's peak RSS against
-the largest shard (target ≤ 1.5×). Files are read from the page cache in both cases (each run is repeated and the
-best time kept), so the comparison measures the conversion's own overhead, not the disk.
+It prints throughput = bytes / seconds of the best run, the ratio to the baseline's best (target ≥ 0.7), the ratio
+of medians, and each run's peak RSS (VmHWM) against the largest shard (target ≤ 1.5×). Runs go round-robin so
+that changing machine load hits every variant alike; on a shared machine single runs vary several-fold, hence
+best-of-N.
 
     python bench/convert.py [--size-gb 1.2] [--shard-mb 400] [--work-dir /tmp/mmx-bench-convert] [--repeat 2]
 """
@@ -189,16 +190,19 @@ def main():
             shutil.rmtree(output, ignore_errors=True)
             measured[name].append(run(script, *arguments))
     rows = [(name, min(t for t, _ in results), max(r for _, r in results)) for name, results in measured.items()]
+    medians = {name: sorted(t for t, _ in results)[len(results) // 2] for name, results in measured.items()}
     base_time, nosync_time = rows[0][1], rows[1][1]
     rows.pop(1)
     print(f"baseline without fsync: {total / nosync_time / 1e9:.2f} GB/s")
-    print(f"{'run':42s} {'GB/s':>6s} {'ratio':>6s} {'peak RSS MiB':>13s} {'RSS/shard':>9s}")
+    print(f"{'run':42s} {'GB/s':>6s} {'ratio':>6s} {'median ratio':>12s} {'peak RSS MiB':>13s} {'RSS/shard':>9s}")
     ok = True
     for name, seconds, rss in rows:
         ratio, rss_ratio = base_time / seconds, rss / largest
         if not name.startswith("baseline"):
             ok &= ratio >= 0.7 and rss_ratio <= 1.5
-        print(f"{name:42s} {total / seconds / 1e9:6.2f} {ratio:6.2f} {rss / 2 ** 20:13.0f} {rss_ratio:9.2f}")
+        median = medians[rows[0][0]] / medians[name]
+        print(f"{name:42s} {total / seconds / 1e9:6.2f} {ratio:6.2f} {median:12.2f} {rss / 2 ** 20:13.0f} "
+              f"{rss_ratio:9.2f}")
     print(f"throughput ratio >= 0.7 and peak RSS <= 1.5x largest shard: {'PASS' if ok else 'FAIL'}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

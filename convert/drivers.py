@@ -7,6 +7,8 @@ tensors; the split into TP/PP/EP pieces is the checkpoint layer's job (mmx.check
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from mmx.convert.hf import HFSource, copy_support_files, read_config, write_hf
 from mmx.checkpoint.families import family
 from mmx.checkpoint.layout import Layout
@@ -57,3 +59,18 @@ def mm_to_hf(mm_dir, save_hf_dir, hf_dir=None, max_shard_bytes=5 * 1024 ** 3, pr
                          max_shard_bytes, bar)
     copy_support_files(hf_dir or mm_dir, save_hf_dir)
     return files
+
+
+def read_hf_as_mm(hf_dir, dtype="keep"):
+    """(metadata as hf_to_mm writes it, {mm name: numpy array}) of an HF checkpoint, converted in memory.
+
+    For callers that start from an HF directory without writing an mm checkpoint (inference, fine-tuning from
+    HF weights); the whole model is held in memory, so prefer hf_to_mm for large models."""
+    config = read_config(hf_dir)
+    names, plan = family(config.get("model_type"), str(Path(hf_dir) / "config.json"))
+    dims = names.dimensions(config)
+    source = HFSource(hf_dir, names, dims, dtype)
+    metadata = {"model_type": config["model_type"], "hf_names": source.style, "model": dims, "backend": None,
+                "parallel": Layout.build(dims, plan).to_dict()}
+    # read() returns row blocks in a buffer it reuses for the next tensor: concatenate copies them out
+    return metadata, {name: np.concatenate(source.read(name), axis=0) for name in source.entries}

@@ -115,3 +115,15 @@ def test_conversion_needs_no_framework(tiny_hf, tmp_path):
               f"mm_to_hf({str(tmp_path / 'b')!r}, {str(tmp_path / 'c')!r})\n")
     subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "MMX_BACKEND": "torch"})
     assert_same_tensors(hf_tensors(tmp_path / "c"), hf_tensors(tiny_hf("qwen2_vl")))
+
+
+def test_in_memory_hf_read_matches_hf_to_mm(tiny_hf, tmp_path):
+    from mmx.convert.drivers import read_hf_as_mm
+
+    hf_dir = tiny_hf("qwen2_5_vl", tied=True, dtype="bfloat16")
+    hf_to_mm(hf_dir, tmp_path / "mm")
+    written, want = load_mm(tmp_path / "mm")
+    metadata, got = read_hf_as_mm(hf_dir)
+    assert_same_tensors(got, want)
+    assert {key: metadata[key] for key in ("model_type", "hf_names", "model", "parallel")} == \
+        {key: written[key] for key in ("model_type", "hf_names", "model", "parallel")}
