@@ -44,4 +44,5 @@ TRAIN_TOLERANCE = {
     "cross_backend_loss_rel": 1e-4,  # 4-step loss curve, half trained on the other backend
     "parity_vs_transformers_rel": 1e-4,    # 20 fp32 steps, per-step loss (the bar)
     "parity_mindspore_vs_torch_rel": 1e-3,
+    "bf16_vs_fp32_loss_rel": 5e-2,         # torch autocast bf16 vs fp32, first 2 steps of the tiny test model
 }

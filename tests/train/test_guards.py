@@ -8,8 +8,9 @@ from mmx.train import checkpoint
 from mmx.train.config import ConfigError, load_config
 from mmx.train.freeze import apply_freeze
 from mmx.train.loop import NonFiniteLossError, Trainer
+from tolerances import TRAIN_TOLERANCE
 from train_reference import collate, make_dataset, make_model
-from train_runner import BASE
+from train_runner import BASE, train
 
 
 def _training(**overrides):
@@ -66,3 +67,19 @@ def test_config_errors_name_key_and_fix(tmp_path):
     config = load_config(str(path), ["training.lr=2e-4", "model.text_decoder.freeze=true"])
     assert config["training"]["lr"] == 2e-4 and config["training"]["train_iters"] == 5
     assert config["model"]["text_decoder"]["freeze"] is True
+
+
+@pytest.mark.backend("torch")
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
+    fp32, _, _ = train(save=str(tmp_path / "fp32"), train_iters=2)
+    bf16, weights, trainer = train(save=str(tmp_path / "bf16"), train_iters=2, precision="bf16")
+    assert all(value.dtype == np.float32 for value in weights.values())
+    assert all(str(param.dtype) == "torch.float32" for param in trainer.params)
+    relative = [abs(a - b) / abs(b) for a, b in zip(bf16, fp32)]
+    assert 0 < max(relative) <= TRAIN_TOLERANCE["bf16_vs_fp32_loss_rel"], relative  # bf16 really computed
+
+
+@pytest.mark.backend("mindspore")
+def test_mindspore_bf16_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="precision: fp32"):
+        train(save=str(tmp_path), train_iters=1, precision="bf16")
