@@ -1,6 +1,7 @@
 """Training throughput side by side: mmx-torch vs transformers (bf16) and mmx-MindSpore vs mmx-torch (fp32).
 
     python bench/train.py [--hidden 768] [--layers 8] [--batch 4] [--seq 256] [--steps 3] [--skip-mindspore]
+                          [--hf-dtype bf16|fp32]
 
 One random Qwen2.5-VL (mmx.tiny with a wider LLM, ~50–100M parameters) and one batch (text + one 56x56 image per
 row, every token supervised) are trained by four workers, each in its own process (one backend per process):
@@ -14,6 +15,9 @@ Each worker measures its own matmul peak (bf16 or fp32, 1024² on the same devic
 ``--steps`` optimizer steps after one warm-up step, and reports tokens/s and MFU (6 × parameters FLOPs per token).
 The last lines are the ratios: ``mmx_torch_vs_transformers_bf16=<x>`` (target ≥ 1.3) and
 ``mmx_mindspore_vs_mmx_torch_fp32=<x>``.
+
+bf16 is only fast on CPUs with bf16 matrix units (AMX); on others (e.g. AMD EPYC without AVX512-BF16, where torch's
+bf16 1024² matmul runs at ~0.2 GFLOP/s against ~18 fp32) compare mmx-torch and transformers with ``--hf-dtype fp32``.
 """
 import argparse
 import json
@@ -25,7 +29,7 @@ import time
 
 import numpy as np
 
-WORKERS = ("transformers-torch-bf16", "mmx-torch-bf16", "mmx-torch-fp32", "mmx-mindspore-fp32")
+WORKERS = ("transformers-torch-{hf}", "mmx-torch-{hf}", "mmx-torch-fp32", "mmx-mindspore-fp32")
 
 
 def build_checkpoint(out_dir, hidden, layers):
@@ -138,7 +142,8 @@ def _time_steps(step, steps):
 def worker(name, hf_dir, batch_path, steps):
     batch = dict(np.load(batch_path))
     if name.startswith("transformers"):
-        params, seconds, peak = run_transformers(hf_dir, batch, steps, "bfloat16")
+        dtype_name = "bfloat16" if name.endswith("bf16") else "float32"
+        params, seconds, peak = run_transformers(hf_dir, batch, steps, dtype_name)
     else:
         params, seconds, peak = run_mmx(hf_dir, batch, steps, "bf16" if name.endswith("bf16") else "fp32")
     tokens = int(batch["attention_mask"].sum())
@@ -155,6 +160,8 @@ def main():
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--skip-mindspore", action="store_true")
+    parser.add_argument("--hf-dtype", choices=["bf16", "fp32"], default="bf16",
+                        help="dtype of the mmx-torch vs transformers comparison")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -165,7 +172,8 @@ def main():
     hf_dir = build_checkpoint(os.path.join(work, "hf"), args.hidden, args.layers)
     np.savez(os.path.join(hf_dir, "batch.npz"), **make_batch(hf_dir, args.batch, args.seq))
     results = {}
-    for name in WORKERS:
+    workers = list(dict.fromkeys(name.format(hf=args.hf_dtype) for name in WORKERS))
+    for name in workers:
         if name.startswith("mmx-mindspore") and args.skip_mindspore:
             continue
         backend = "mindspore" if "mindspore" in name else "torch"
@@ -178,9 +186,10 @@ def main():
         r = results[name]
         print(f"{name:26s} params {r['params'] / 1e6:6.1f}M  step {r['step_s']:7.3f} s  tokens/s {r['tokens_per_s']:9.1f}"
               f"  peak {r['peak_tflops']:6.3f} TFLOP/s  MFU {100 * r['mfu']:5.1f}%")
-    if {"transformers-torch-bf16", "mmx-torch-bf16"} <= set(results):
-        ratio = results["mmx-torch-bf16"]["tokens_per_s"] / results["transformers-torch-bf16"]["tokens_per_s"]
-        print(f"mmx_torch_vs_transformers_bf16={ratio:.3f}")
+    ours, theirs = f"mmx-torch-{args.hf_dtype}", f"transformers-torch-{args.hf_dtype}"
+    if {ours, theirs} <= set(results):
+        ratio = results[ours]["tokens_per_s"] / results[theirs]["tokens_per_s"]
+        print(f"mmx_torch_vs_transformers_{args.hf_dtype}={ratio:.3f}")
     if {"mmx-torch-fp32", "mmx-mindspore-fp32"} <= set(results):
         ratio = results["mmx-mindspore-fp32"]["tokens_per_s"] / results["mmx-torch-fp32"]["tokens_per_s"]
         print(f"mmx_mindspore_vs_mmx_torch_fp32={ratio:.3f}")

@@ -234,7 +234,10 @@ class Trainer:
     def run(self):
         """Train until ``train_iters``, saving every ``save_interval`` steps and at the end; the step records."""
         training = self.training
-        peak = training["peak_tflops"] * 1e12 if training["peak_tflops"] else measure_matmul_peak()
+        if training["peak_tflops"]:
+            peak = training["peak_tflops"] * 1e12
+        else:  # the peak of the dtype the matmuls run in
+            peak = measure_matmul_peak(dtype=ops.bfloat16 if training["precision"] == "bf16" else ops.float32)
         self.logger = MetricsLogger(self.log_dir, training["train_iters"], training["log_interval"],
                                     self.flops_per_token(), peak, training["progress_bar"], training["log_tps"],
                                     first_step=self.iteration)
