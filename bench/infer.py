@@ -6,9 +6,10 @@ Builds a random Qwen2.5-VL checkpoint (mmx.tiny with a wider LLM), turns EOS off
 requested number of tokens, and prints the median decode-step latency (the prefill excluded; per step the best of
 ``--repeats`` runs) of a 16-token and a 256-token greedy run with the cache, the medians of the 256-token run's first
 and last 16 steps, and — for contrast — the same without the cache (16 and 64 tokens; each step recomputes the whole
-sequence), plus process CPU time per decode step (steadier than wall time on a shared machine). Last three lines:
-the CPU time per token ratio 256 vs 16, the 256-token run's last-16 / first-16 step latency, and
-``cache_latency_ratio_256_vs_16=<float>`` (1.0 = perfectly flat).
+sequence). Finally one decode step with a cache of prompt + 16 and of prompt + 256 tokens, timed in turn 30 times
+(interleaved, so both see the same load on a shared machine). Last lines: ratios 256 vs 16 of the interleaved step,
+of the long run's last / first 16 steps, and ``cache_latency_ratio_256_vs_16=<float>`` (median step of the two
+runs; 1.0 = perfectly flat).
 """
 import argparse
 import os
@@ -45,27 +46,20 @@ def main():
     inputs = {"input_ids": prompt, "attention_mask": np.ones_like(prompt)}
 
     def run(tokens, use_cache):
-        """(wall seconds of each decode step, process CPU seconds of the whole run)."""
+        """Wall seconds of each decode step (the prefill excluded)."""
         config = settings.override(pipeline.settings, max_new_tokens=tokens, use_cache=use_cache, do_sample=False,
                                    eos_token_ids=(), stop_strings=())
-        cpu = time.process_time()
         result = generate.generate(pipeline.model, inputs, config)
-        cpu = time.process_time() - cpu
         assert len(result.token_ids[0]) == tokens
-        return np.array(result.step_seconds), cpu
+        return np.array(result.step_seconds)
 
     def measure(tokens, use_cache):
-        """Per decode step the fastest of ``--repeats`` runs (a step slowed by another process on a shared machine
-        is dropped), and the CPU seconds per decode step (the prefill-only run's CPU time subtracted)."""
-        runs = [run(tokens, use_cache) for _ in range(args.repeats)]
-        steps = np.min([steps for steps, _ in runs], axis=0)
-        cpu = (min(cpu for _, cpu in runs) - prefill_cpu) / (tokens - 1)
-        return steps, cpu
+        """Per decode step the fastest of ``--repeats`` runs (a step slowed by another process is dropped)."""
+        return np.min([run(tokens, use_cache) for _ in range(args.repeats)], axis=0)
 
-    def show(label, tokens, steps, cpu):
+    def show(label, tokens, steps):
         print(f"{label:9s} {tokens:4d} tokens: {1e3 * np.median(steps):8.2f} ms/token (median step; first 16 "
-              f"{1e3 * np.median(steps[:16]):8.2f}, last 16 {1e3 * np.median(steps[-16:]):8.2f}), "
-              f"cpu {1e3 * cpu:8.2f} ms/token")
+              f"{1e3 * np.median(steps[:16]):8.2f}, last 16 {1e3 * np.median(steps[-16:]):8.2f})")
 
     print(f"backend={backend.name()} hidden={args.hidden} layers={args.layers} prompt={args.prompt_tokens} tokens, "
           f"best of {args.repeats} runs per step", file=sys.stderr)
@@ -74,17 +68,43 @@ def main():
     run(16, True)
     run(16, False)
     started = time.perf_counter()
-    prefill_cpu = min(run(1, True)[1] for _ in range(3))
-    short, short_cpu = measure(16, True)
-    long, long_cpu = measure(args.long, True)
-    show("cache", 16, short, short_cpu)
-    show("cache", args.long, long, long_cpu)
+    short, long = measure(16, True), measure(args.long, True)
+    show("cache", 16, short)
+    show("cache", args.long, long)
     for tokens in (16, 64):
-        show("no cache", tokens, *measure(tokens, False))
+        show("no cache", tokens, measure(tokens, False))
+    interleaved = interleaved_steps(pipeline.model, args.prompt_tokens, (16, args.long))
+    for tokens, steps in interleaved.items():
+        print(f"decode step after {tokens:4d} new tokens (interleaved): {1e3 * np.median(steps):8.2f} ms median, "
+              f"{1e3 * steps.min():8.2f} ms min")
     print(f"(measured in {time.perf_counter() - started:.1f} s)", file=sys.stderr)
-    print(f"cache_cpu_per_token_ratio_{args.long}_vs_16={long_cpu / short_cpu:.3f}")
+    short_step, long_step = (np.median(interleaved[tokens]) for tokens in (16, args.long))
+    print(f"cache_interleaved_step_ratio_{args.long}_vs_16={long_step / short_step:.3f}")
     print(f"cache_last16_vs_first16_of_{args.long}={np.median(long[-16:]) / np.median(long[:16]):.3f}")
     print(f"cache_latency_ratio_{args.long}_vs_16={np.median(long) / np.median(short):.3f}")
+
+
+def interleaved_steps(model, prompt_tokens, generated, repeats=30):
+    """{n: decode-step seconds (repeats,)} with a cache holding prompt + n tokens, the caches' steps taken in turn
+    (a, b, a, b, ...) so both see the same machine load: the cleanest view of cost vs cache length."""
+    from mmx import nn
+    from mmx.models.common.cache import KVCache
+
+    rng = np.random.default_rng(1)
+    caches = {}
+    with nn.inference_mode():
+        for tokens in generated:
+            ids = rng.integers(10, 300, (1, prompt_tokens + tokens))
+            caches[tokens] = KVCache()
+            model(ids, attention_mask=np.ones_like(ids), cache=caches[tokens], logits_to_keep=1)
+        times = {tokens: [] for tokens in generated}
+        for _ in range(repeats):
+            for tokens, cache in caches.items():
+                mask = np.ones((1, cache.length + 1), np.int64)
+                started = time.perf_counter()
+                model(np.array([[42]]), attention_mask=mask, cache=cache, logits_to_keep=1)
+                times[tokens].append(time.perf_counter() - started)
+    return {tokens: np.array(values) for tokens, values in times.items()}
 
 
 if __name__ == "__main__":
