@@ -136,9 +136,9 @@ class HFSource:
         self.entries = {mm: self.entries[mm] for mm in sorted(self.entries, key=order.__getitem__)}
 
     def _out_dtype(self, dtype):
-        if self.cast is None or DTYPES[dtype].kind != "f" and dtype != "BF16":
-            return dtype
-        return dtype_name(self.cast)
+        """--dtype casts floating tensors only (ml_dtypes' bfloat16 is not numpy kind "f", hence the name test)."""
+        floating = DTYPES[dtype].kind == "f" or dtype == "BF16"
+        return dtype_name(self.cast) if self.cast is not None and floating else dtype
 
     def read(self, name):
         """The mm tensor ``name`` as row blocks (rows.py) in a reused buffer: valid until the next read."""
