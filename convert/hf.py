@@ -154,6 +154,8 @@ def copy_support_files(src_dir, dst_dir):
     """Copy config, tokenizer, processor, chat template and generation config files (everything but weights)."""
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
+    if dst_dir.resolve() == Path(src_dir).resolve():
+        return []   # converting in place (--mm-dir = --hf-dir): the files are already there
     copied = []
     for path in sorted(Path(src_dir).iterdir()):
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in WEIGHT_INDEXES \

@@ -129,3 +129,22 @@ def test_cli_accepts_guide_spelling_and_reports_errors(tiny_hf, tmp_path):
                                   str(tmp_path / "bad"), "--llm-pp-layers", "2", "--vit-pp-layers", "1"])
     assert result.exit_code == 1
     assert "Error: vit_pp_layers [1] sums to 1 but the model has 2 vision blocks" in result.output
+
+
+def test_cli_mm_to_hf_shards_and_in_place_conversion(tiny_hf, tmp_path):
+    import shutil
+
+    from conftest import assert_same_tensors, hf_tensors
+
+    hf_dir = shutil.copytree(tiny_hf("qwen2_vl", tied=True), tmp_path / "hf")
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", "hf_to_mm", "--hf-dir", str(hf_dir), "--mm-dir", str(hf_dir),
+                                  "--tp-size", "2", "--no-progress"])   # MM inside the HF directory
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["convert", "mm_to_hf", "--mm-dir", str(hf_dir), "--save-hf-dir",
+                                  str(tmp_path / "out"), "--max-shard-size", "0.2MB", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    shards = sorted(name for name in os.listdir(tmp_path / "out") if name.endswith(".safetensors"))
+    assert len(shards) >= 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert f"wrote {len(shards) + 1} weight files" in result.output   # the shards + model.safetensors.index.json
+    assert_same_tensors(hf_tensors(tmp_path / "out"), hf_tensors(tiny_hf("qwen2_vl", tied=True)))
