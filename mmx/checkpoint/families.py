@@ -1,7 +1,11 @@
-"""Model families the checkpoint tools know: HF ``model_type`` → the family's name table and parallel plan."""
+"""Model families the checkpoint tools know: HF ``model_type`` → the family's name table and parallel plan.
+
+The list of families is the models' own (``mmx.models.FAMILIES``); each family folder carries ``hf_names.py``
+and ``plan.py`` beside its model.
+"""
 import importlib
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+from mmx.models import FAMILIES
 
 
 class UnknownModelError(ValueError):
