@@ -184,8 +184,8 @@ def main():
             continue
         results[name] = json.loads(run.stdout.strip().splitlines()[-1])
         r = results[name]
-        print(f"{name:26s} params {r['params'] / 1e6:6.1f}M  step {r['step_s']:7.3f} s  tokens/s {r['tokens_per_s']:9.1f}"
-              f"  peak {r['peak_tflops']:6.3f} TFLOP/s  MFU {100 * r['mfu']:5.1f}%")
+        print(f"{name:26s} params {r['params'] / 1e6:6.1f}M  step {r['step_s']:7.3f} s  "
+              f"tokens/s {r['tokens_per_s']:9.1f}  peak {r['peak_tflops']:6.3f} TFLOP/s  MFU {100 * r['mfu']:5.1f}%")
     ours, theirs = f"mmx-torch-{args.hf_dtype}", f"transformers-torch-{args.hf_dtype}"
     if {ours, theirs} <= set(results):
         ratio = results[ours]["tokens_per_s"] / results[theirs]["tokens_per_s"]

@@ -19,6 +19,7 @@ import numpy as np
 from mmx import backend as _backend
 from mmx import nn, ops
 from mmx.train import checkpoint as ckpt
+from mmx.train.config import warmup_iters
 from mmx.train.loss import shifted_targets, token_weights, weighted_lm_loss
 from mmx.train.metrics import MetricsLogger, measure_matmul_peak
 from mmx.train.schedule import LRSchedule
@@ -66,7 +67,8 @@ class Sampler:
 
     def indices(self, start, count):
         """Dataset indices of consumed positions ``[start, start + count)``."""
-        return [int(self._permutation(p // self.num_samples)[p % self.num_samples]) for p in range(start, start + count)]
+        return [int(self._permutation(p // self.num_samples)[p % self.num_samples])
+                for p in range(start, start + count)]
 
 
 def model_inputs(model, batch):
@@ -103,15 +105,14 @@ class Trainer:
         self.model, self.dataset, self.collate, self.stream = model, dataset, collate, stream
         self.training = training
         self.metadata = dict(metadata or {})
-        # logs go in SAVE/logs: the save directory's own files are the checkpoint's support files (mm_to_hf copies them)
+        # logs go in SAVE/logs: files at the save dir's top are the checkpoint's support files (mm_to_hf copies them)
         self.log_dir = log_dir or training.get("log_dir") or os.path.join(training.get("save") or ".", "logs")
         self.backend = _backend.get()
         self.steps = backend_steps()
         self.steps.set_seed(training["seed"])
         self.sampler = None if stream is not None else Sampler(len(dataset), training["seed"])
         self.schedule = LRSchedule(training["lr"], training["train_iters"], training["min_lr"],
-                                   training["lr_warmup_iters"], training["lr_decay_style"],
-                                   training["lr_decay_iters"])
+                                   warmup_iters(training), training["lr_decay_style"], training["lr_decay_iters"])
         self.iteration, self.consumed_samples, self.history = 0, 0, []
         self.resume_notes = []
         if training.get("load"):
@@ -131,6 +132,8 @@ class Trainer:
     def _load_model(self, load_dir):
         self._loaded = None
         if ckpt.read_latest(load_dir) is None:
+            self.resume_notes.append(f"{load_dir} holds no checkpoint yet ({ckpt.LATEST} missing): starting at "
+                                     f"iteration 0 from the model's initial weights")
             return
         loaded = ckpt.load_checkpoint(load_dir)
         nn.load_state_dict(self.model, {name: ops.tensor(value) for name, value in loaded["model"].items()})

@@ -83,3 +83,9 @@ def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
 def test_mindspore_bf16_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="precision: fp32"):
         train(save=str(tmp_path), train_iters=1, precision="bf16")
+
+
+def test_trainer_schedule_reads_warmup_fraction(tmp_path):
+    trainer = Trainer(make_model(), make_dataset(4), collate,
+                      _training(train_iters=200, lr_warmup_fraction=0.05, lr_warmup_iters=3), log_dir=str(tmp_path))
+    assert trainer.schedule.warmup_iters == 10 and trainer.schedule(0) == pytest.approx(BASE["lr"] / 10)

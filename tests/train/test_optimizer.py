@@ -110,3 +110,4 @@ def test_schedule_warmup_cosine_constant():
     assert [constant(0), constant(2), constant(9)] == [pytest.approx(0.1), 0.3, 0.3]
     with pytest.raises(ValueError, match="lr_decay_style"):
         LRSchedule(1.0, 10, decay_style="step")
+

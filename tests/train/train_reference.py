@@ -69,7 +69,8 @@ class _Layer(nn.Module):
 
     def forward(self, hidden, attention_mask):
         batch, seq, width = hidden.shape
-        qkv = ops.reshape(self.linear_qkv(self.input_layernorm(hidden)), (batch, seq, self.heads, 3 * width // self.heads))
+        qkv = self.linear_qkv(self.input_layernorm(hidden))
+        qkv = ops.reshape(qkv, (batch, seq, self.heads, 3 * width // self.heads))
         q, k, v = ops.split(qkv, [width // self.heads] * 3, dim=-1)
         attended = ops.attention(q, k, v, causal=True, key_padding_mask=attention_mask)
         hidden = hidden + self.linear_proj(ops.reshape(attended, (batch, seq, width)))
