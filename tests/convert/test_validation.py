@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import truncate_weights
-from mmx.checkpoint import LayoutError
+from mmx.checkpoint import Layout, LayoutError
 from mmx.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, load_file, save_file
 from mmx.checkpoint.store import LATEST_FILE
 from mmx.cli import main
@@ -148,3 +148,17 @@ def test_cli_mm_to_hf_shards_and_in_place_conversion(tiny_hf, tmp_path):
     assert len(shards) >= 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     assert f"wrote {len(shards) + 1} weight files" in result.output   # the shards + model.safetensors.index.json
     assert_same_tensors(hf_tensors(tmp_path / "out"), hf_tensors(tiny_hf("qwen2_vl", tied=True)))
+
+
+def test_ep_size_must_divide_the_experts():
+    """No shipped family has experts yet; the rule is checked on a MoE model's numbers directly."""
+    from mmx.models.qwen2_vl import plan
+
+    dims = {"vision_layers": 2, "llm_layers": 2, "vision_heads": 2, "llm_heads": 4, "llm_kv_heads": 2,
+            "vocab_size": 320, "tied": False, "num_experts": 6}
+    assert Layout.build(dims, plan, ep_size=3).ep_size == 3
+    with pytest.raises(LayoutError, match=r"ep_size 4 does not divide the number of experts \(6\): choose an ep_size "
+                                          r"that divides 6"):
+        Layout.build(dims, plan, ep_size=4)
+    assert Layout.build(dims, plan, ep_size=3, vit_pp_layers="2,0", llm_pp_layers="1,1").rank_dir(1, 1, 2) == \
+        "mp_rank_01_001_002"
