@@ -6,7 +6,7 @@ import ml_dtypes
 import pytest
 from click.testing import CliRunner
 
-from conftest import assert_same_tensors
+from convert_helpers import assert_same_tensors
 from mmx import backend
 from mmx.checkpoint import load_mm
 from mmx.checkpoint.safetensors_io import load_file

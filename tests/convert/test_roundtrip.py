@@ -7,7 +7,7 @@ import os
 import ml_dtypes
 import pytest
 
-from conftest import VISION_DEPTH, assert_same_tensors, hf_tensors
+from convert_helpers import VISION_DEPTH, assert_same_tensors, hf_tensors
 from mmx.checkpoint.store import META_FILE, load_mm
 from mmx.convert.drivers import hf_to_mm, mm_to_hf, reshard
 

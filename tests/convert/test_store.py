@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import assert_same_tensors
+from convert_helpers import assert_same_tensors
 from mmx import models, nn
 from mmx.checkpoint import Layout, load_mm, save_mm
 from mmx.checkpoint.store import LATEST_FILE, META_FILE, MMSource, write_layout

@@ -10,7 +10,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from conftest import truncate_weights
+from convert_helpers import truncate_weights
 from mmx.checkpoint import Layout, LayoutError
 from mmx.checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, load_file, save_file
 from mmx.checkpoint.store import LATEST_FILE
@@ -134,7 +134,7 @@ def test_cli_accepts_guide_spelling_and_reports_errors(tiny_hf, tmp_path):
 def test_cli_mm_to_hf_shards_and_in_place_conversion(tiny_hf, tmp_path):
     import shutil
 
-    from conftest import assert_same_tensors, hf_tensors
+    from convert_helpers import assert_same_tensors, hf_tensors
 
     hf_dir = shutil.copytree(tiny_hf("qwen2_vl", tied=True), tmp_path / "hf")
     runner = CliRunner()
