@@ -1,141 +1,37 @@
 """Attention and MoE kernels on MindSpore, chosen by name (ARCHITECTURE rule 4); the API mirrors
 ``mmx.backends.torch.kernels``.
 
-``ops.attention(..., impl=...)`` and ``ops.moe_experts(..., impl=...)`` look their kernel up here. Each kernel has an
-availability predicate (does the device have it) and a ``supports`` check for the call at hand (dtype, options)
-that returns the reason it cannot run it, or None. ``impl="auto"`` takes the first kernel in ``*_AUTO_ORDER`` that
-is available and supports the call; a kernel asked for by name that cannot run raises an error listing those that
-can.
-
 Attention kernels (``attention.py``): ``eager`` (the reference: one sequence at a time, KV heads repeated),
 ``math`` (the fast CPU kernel: batched matmul + additive mask + float32 softmax; varlen via a block-diagonal mask,
 GQA without copying KV), ``flash_attention_score`` (``mindspore.ops.flash_attention_score``, Ascend only).
 MoE kernels (``moe.py``): ``grouped`` (permute → grouped matmul → unpermute; the fused ``gmm`` on Ascend, one
 matmul per expert on CPU), ``loop`` (the reference: every expert densely over all tokens, weighted).
 """
-from dataclasses import dataclass
 
-from mindspore import Tensor
+from mmx.kernels import AttentionCall, KernelTable, register  # noqa: F401  (the shared registry; kernels use them)
 
-ATTENTION = {}
-MOE = {}
-ATTENTION_AUTO_ORDER = ("flash_attention_score", "math", "eager")
-MOE_AUTO_ORDER = ("grouped", "loop")
-
-
-@dataclass
-class Kernel:
-    """A named implementation: ``fn`` computes, ``available()`` says whether it can run here at all, and
-    ``supports(*inputs)`` returns why it cannot run this particular call (or None when it can)."""
-
-    name: str
-    fn: object
-    available: object
-    supports: object
-
-
-def register(registry, name, available, supports=None):
-    """Decorator adding ``fn`` to ``registry`` under ``name``."""
-    def add(fn):
-        registry[name] = Kernel(name, fn, available, supports or (lambda *inputs: None))
-        return fn
-    return add
-
-
-@dataclass
-class AttentionCall:
-    """One attention call, validated; kernels take it whole. Dense: q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D).
-    Varlen: q/k/v (T, H, D) with ``cu_seqlens`` (N+1,) int32 and ``seqlens`` its N lengths as Python ints."""
-
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    causal: bool
-    cu_seqlens: object
-    seqlens: object
-    window: object
-    key_padding_mask: object
-    scale: float
-
-    @property
-    def varlen(self):
-        return self.cu_seqlens is not None
-
-    @classmethod
-    def check(cls, q, k, v, causal, cu_seqlens, window, key_padding_mask, scale):
-        """Validate shapes and options against the contract; errors say what is wrong and how to fix it."""
-        if not (q.dtype == k.dtype == v.dtype):
-            raise ValueError(f"attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-        rank = 3 if cu_seqlens is not None else 4
-        layout = "(T, H, D) with cu_seqlens" if rank == 3 else "(B, S, H, D)"
-        for label, t in (("q", q), ("k", k), ("v", v)):
-            if t.ndim != rank:
-                raise ValueError(f"attention: {label} must be {layout}, got shape {tuple(t.shape)}")
-        if k.shape != v.shape:
-            raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
-        if q.shape[-1] != k.shape[-1] or q.shape[:-3] != k.shape[:-3]:
-            raise ValueError(f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} disagree in batch or head dim")
-        if q.shape[-2] % k.shape[-2]:
-            raise ValueError(f"attention: {q.shape[-2]} query heads is not a multiple of {k.shape[-2]} KV heads")
-        if window is not None and (not causal or window < 1):
-            raise ValueError(f"attention: window={window} needs causal=True and window >= 1 (a sliding window "
-                             f"counts keys back from each query)")
-        seqlens = None
-        if cu_seqlens is not None:
-            if key_padding_mask is not None:
-                raise ValueError("attention: key_padding_mask is for dense (B, S, H, D) inputs; a varlen batch "
-                                 "has no padding (leave padded tokens out of cu_seqlens)")
-            # Integer metadata read on the host, as HF does with cu_seqlens.
-            bounds = [int(b) for b in cu_seqlens.asnumpy().tolist()]
-            if bounds[0] != 0 or bounds[-1] != q.shape[0] or k.shape[0] != q.shape[0] or any(
-                    after < before for before, after in zip(bounds, bounds[1:])):
-                raise ValueError(f"attention: cu_seqlens {bounds} must rise from 0 to the {q.shape[0]} packed "
-                                 f"tokens of q and k")
-            seqlens = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-        elif key_padding_mask is not None and tuple(key_padding_mask.shape) != (k.shape[0], k.shape[1]):
-            raise ValueError(f"attention: key_padding_mask must be (B, Sk) = {(k.shape[0], k.shape[1])}, "
-                             f"got {tuple(key_padding_mask.shape)}")
-        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-        return cls(q, k, v, bool(causal), cu_seqlens, seqlens, window, key_padding_mask, scale)
-
-
-def _pick(registry, order, impl, kind, inputs):
-    if impl != "auto":
-        if impl not in registry:
-            raise ValueError(f"unknown {kind} kernel {impl!r} for the mindspore backend; registered: "
-                             f"{', '.join(registry)}")
-        kernel = registry[impl]
-        reason = "not available on this device" if not kernel.available() else kernel.supports(*inputs)
-        if reason:
-            usable = [k.name for k in registry.values() if k.available() and not k.supports(*inputs)]
-            raise ValueError(f"{kind} kernel {impl!r} cannot run this call: {reason}. Usable here: "
-                             f"{', '.join(usable)} (or impl='auto')")
-        return kernel.fn
-    for name in order:
-        kernel = registry.get(name)
-        if kernel is not None and kernel.available() and not kernel.supports(*inputs):
-            return kernel.fn
-    raise ValueError(f"no {kind} kernel can run this call")  # eager / loop support everything; kept for safety
+ATTENTION = KernelTable("attention", ("flash_attention_score", "math", "eager"))
+MOE = KernelTable("moe", ("grouped", "loop"))
 
 
 def available_attention_kernels():
-    """Names of the attention kernels usable on this device, in registration order."""
-    return [name for name, kernel in ATTENTION.items() if kernel.available()]
+    """Names of the attention kernels usable on this machine and device, in registration order."""
+    return ATTENTION.available()
 
 
 def attention_kernel(impl, call):
     """The attention function for ``impl`` (a name or ``"auto"``) that can run ``call`` (an AttentionCall)."""
-    return _pick(ATTENTION, ATTENTION_AUTO_ORDER, impl, "attention", (call,))
+    return ATTENTION.pick(impl, (call,))
 
 
 def available_moe_kernels():
-    """Names of the MoE expert kernels usable on this device, in registration order."""
-    return [name for name, kernel in MOE.items() if kernel.available()]
+    """Names of the MoE expert kernels usable on this machine and device, in registration order."""
+    return MOE.available()
 
 
 def moe_kernel(impl, x):
     """The MoE experts function for ``impl`` (a name or ``"auto"``) that can run on tokens ``x``."""
-    return _pick(MOE, MOE_AUTO_ORDER, impl, "moe", (x,))
+    return MOE.pick(impl, (x,))
 
 
 from mmx.backends.mindspore.kernels import attention, moe  # noqa: E402,F401  (registration on import)
