@@ -2,13 +2,11 @@
 
 An mm directory (``latest_checkpointed_iteration.txt`` at its root) is read with ``mmx.checkpoint.load_mm``, which
 merges the TP/PP pieces into whole tensors. An HF directory (``config.json`` + safetensors) is converted to mm
-tensors in memory through the family's name table (``mmx.convert.hf.HFSource``), the same path as
+tensors in memory (``mmx.convert.drivers.read_hf_as_mm``), the same path as
 ``mmx convert hf_to_mm`` without writing files. Either way the directory also holds the processor, tokenizer, chat
 template and generation config (``mmx convert`` copies them into mm directories).
 """
 from pathlib import Path
-
-import numpy as np
 
 MM_MARKER = "latest_checkpointed_iteration.txt"
 
@@ -33,14 +31,9 @@ def read_tensors(model_dir):
 
         _, tensors = load_mm(model_dir)
         return tensors
-    from mmx.checkpoint.families import family
-    from mmx.convert.hf import HFSource, read_config
+    from mmx.convert.drivers import read_hf_as_mm
 
-    config = read_config(model_dir)
-    names, _ = family(config.get("model_type"), str(Path(model_dir) / "config.json"))
-    source = HFSource(model_dir, names, names.dimensions(config))
-    # read() hands out row blocks in a buffer it reuses for the next tensor: concatenate copies them out.
-    return {name: np.concatenate(source.read(name), axis=0) for name in source.entries}
+    return read_hf_as_mm(model_dir)[1]
 
 
 def load_model(model_dir):
