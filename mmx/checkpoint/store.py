@@ -36,7 +36,8 @@ class CheckpointError(ValueError):
     """An mm checkpoint that is missing pieces or contradicts its metadata; the message names file and fix."""
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """fsync a directory, so that renames and new entries in it survive a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -51,7 +52,7 @@ def write_text_atomic(path, text):
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def resolve_iteration(mm_dir, iteration=None):
@@ -193,13 +194,28 @@ def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=Fal
                      "backend": metadata.get("backend"), "mmx_version": mmx.__version__}
     write_text_atomic(temporary / META_FILE, json.dumps(full_metadata, indent=2) + "\n")
     for rank in declared:
-        _fsync_dir(temporary / layout.rank_dir(*rank))
+        fsync_dir(temporary / layout.rank_dir(*rank))
+    return commit_iteration(mm_dir, temporary, iteration)
+
+
+def commit_iteration(mm_dir, temporary, iteration):
+    """Publish a fully written (and fsynced) iteration directory ``temporary`` as ``mm_dir``/``iteration``.
+
+    The rename makes the iteration appear whole; an existing copy of the same iteration is retired only after the
+    new one is complete; ``latest_checkpointed_iteration.txt`` is replaced last, so a process killed at any point
+    leaves the previous checkpoint complete and named by it. Returns the iteration directory.
+    """
+    mm_dir = Path(mm_dir)
+    final = mm_dir / iteration_dir_name(iteration)
+    fsync_dir(temporary)
     if final.exists():
         trash = mm_dir / f".{final.name}.old-{os.getpid()}"
         os.replace(final, trash)
+        os.replace(temporary, final)
         shutil.rmtree(trash)
-    os.replace(temporary, final)
-    _fsync_dir(mm_dir)
+    else:
+        os.replace(temporary, final)
+    fsync_dir(mm_dir)
     write_text_atomic(mm_dir / LATEST_FILE, f"{iteration}\n")
     return final
 

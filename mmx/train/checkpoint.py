@@ -34,7 +34,7 @@ from safetensors.numpy import load_file, save_file
 import mmx
 from mmx.checkpoint.layout import iteration_dir_name
 from mmx.checkpoint.store import LATEST_FILE as LATEST
-from mmx.checkpoint.store import LAYOUT_VERSION, META_FILE
+from mmx.checkpoint.store import LAYOUT_VERSION, META_FILE, commit_iteration, fsync_dir
 
 
 def iteration_dir(save_dir, iteration):
@@ -58,14 +58,6 @@ def read_latest(load_dir):
 def _fsync_file(path):
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(path):
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def _write_json(path, obj):
@@ -127,26 +119,8 @@ def save_checkpoint(save_dir, iteration, model_tensors, metadata, trainer_state,
                 dict(metadata, format="mmx", iteration=int(iteration), layout_version=LAYOUT_VERSION,
                      contents=contents, parallel=single_rank_layout(metadata.get("parallel")),
                      dtype=_dtype_label(model_tensors), mmx_version=mmx.__version__))
-    _fsync_dir(rank_dir)
-    _fsync_dir(temp)
-
-    if os.path.exists(final):  # re-saving an iteration (e.g. after a resume): the old copy goes only after
-        retired = temp + ".old"  # the new one is complete
-        os.rename(final, retired)
-        os.rename(temp, final)
-        shutil.rmtree(retired)
-    else:
-        os.rename(temp, final)
-    _fsync_dir(save_dir)
-
-    latest_temp = os.path.join(save_dir, f".{LATEST}.{os.getpid()}")
-    with open(latest_temp, "w") as handle:
-        handle.write(f"{iteration}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(latest_temp, os.path.join(save_dir, LATEST))
-    _fsync_dir(save_dir)
-    return final
+    fsync_dir(rank_dir)
+    return str(commit_iteration(save_dir, temp, iteration))
 
 
 def load_checkpoint(load_dir, iteration=None):

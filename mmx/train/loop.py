@@ -9,7 +9,6 @@ checkpoints is the number of samples consumed, so a resumed run draws exactly th
 would have drawn. A streaming source (``stream``: ``next_batch()`` of ``micro_batch_size`` samples, ``state_dict()``,
 ``load_state_dict()``, e.g. mmx.data's StreamingLoader) is checkpointed through its own state instead.
 """
-import importlib
 import inspect
 import os
 import time
@@ -26,11 +25,6 @@ from mmx.train.schedule import LRSchedule
 
 # Batch keys that are integer metadata for the host (grids, window/rope indices), passed to the model as numpy.
 HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens")
-
-
-def backend_steps():
-    """The current backend's ``train`` module (AdamW, accumulate_grads, clip_grad_norm, train_step, RNG state)."""
-    return importlib.import_module(f"{_backend.get().__name__}.train")
 
 
 # What torchrun (WORLD_SIZE) and msrun (MS_WORKER_NUM, RANK_SIZE) set for a multi-process launch.
@@ -108,7 +102,8 @@ class Trainer:
         # logs go in SAVE/logs: files at the save dir's top are the checkpoint's support files (mm_to_hf copies them)
         self.log_dir = log_dir or training.get("log_dir") or os.path.join(training.get("save") or ".", "logs")
         self.backend = _backend.get()
-        self.steps = backend_steps()
+        # the backend's train module: AdamW, accumulate_grads, clip_grad_norm, train_step, RNG state
+        self.steps = _backend.get().train
         self.steps.set_seed(training["seed"])
         self.sampler = None if stream is not None else Sampler(len(dataset), training["seed"])
         self.schedule = LRSchedule(training["lr"], training["train_iters"], training["min_lr"],

@@ -1,5 +1,5 @@
 """backends/torch/train.py and backends/mindspore/train.py export the same public names, in the same order, with
-the same signatures (the framework-free loop calls either one through mmx.train.loop.backend_steps)."""
+the same signatures (the framework-free loop calls either one through mmx.backend.get().train)."""
 import importlib
 import inspect
 
