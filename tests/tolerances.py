@@ -41,6 +41,9 @@ TRAIN_TOLERANCE = {
     "split_grad_rel": 1e-5,        # max abs grad diff relative to the largest gradient entry
     "resume_torch": 0.0,           # resumed vs uninterrupted loss / weights: exact on torch
     "resume_mindspore": 1e-6,
+    # The first half ran in another process (killed by SIGKILL): CPU kernels may pick other vector paths for other
+    # buffer alignments, so bit-exactness holds within one process only (measured: 1 ulp, 3.2e-8 relative).
+    "resume_other_process": 1e-6,
     "cross_backend_loss_rel": 1e-4,  # 4-step loss curve, half trained on the other backend
     "parity_vs_transformers_rel": 1e-4,    # 20 fp32 steps, per-step loss (the bar)
     "parity_mindspore_vs_torch_rel": 1e-3,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mmx import backend, ops
-from mmx.train.loop import backend_steps, model_inputs
+from mmx.train.loop import model_inputs
 from mmx.train.loss import shifted_targets, token_weights, weighted_lm_loss
 from tolerances import TRAIN_TOLERANCE
 from train_reference import collate, make_dataset, make_model
@@ -17,7 +17,7 @@ def _loss_and_grads(model, samples, micro, mode):
     weights = token_weights(batches, mode)
     prepared = [(model_inputs(model, b), ops.tensor(shifted_targets(b)), ops.tensor(w))
                 for b, w in zip(batches, weights)]
-    train = backend_steps()
+    train = backend.get().train
     params = [p for _, p in train.trainable_parameters(model)]
     loss, grads = train.accumulate_grads(
         params, lambda item: weighted_lm_loss(model(**item[0]), item[1], item[2]), prepared)

@@ -4,8 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from mmx import nn, ops
-from mmx.train.loop import backend_steps
+from mmx import backend, nn, ops
 from mmx.train.schedule import LRSchedule
 from tolerances import TRAIN_TOLERANCE
 from train_reference import adamw_reference
@@ -30,7 +29,7 @@ def _backend_params(params):
 def test_adamw_matches_torch_arithmetic(weight_decay):
     params, grads = _case()
     named = _backend_params(params)
-    optimizer = backend_steps().AdamW(named, (0.9, 0.95), 1e-8, weight_decay)
+    optimizer = backend.get().train.AdamW(named, (0.9, 0.95), 1e-8, weight_decay)
     expected = adamw_reference(params, grads, LRS, (0.9, 0.95), 1e-8, weight_decay)
     for step, (step_grads, lr) in enumerate(zip(grads, LRS)):
         optimizer.step([ops.tensor(step_grads[name]) for name, _ in named], lr)
@@ -63,13 +62,13 @@ def test_numpy_reference_is_torch_adamw():
 def test_optimizer_state_round_trip_continues_identically():
     params, grads = _case(2)
     first = _backend_params(params)
-    optimizer = backend_steps().AdamW(first, weight_decay=0.05)
+    optimizer = backend.get().train.AdamW(first, weight_decay=0.05)
     for step_grads, lr in zip(grads[:3], LRS[:3]):
         optimizer.step([ops.tensor(step_grads[name]) for name, _ in first], lr)
     state = optimizer.state_dict()
     assert state["step"] == 3 and set(state["exp_avg"]) == set(SHAPES)
     second = _backend_params({name: ops.to_numpy(param) for name, param in first})
-    restored = backend_steps().AdamW(second, weight_decay=0.05)
+    restored = backend.get().train.AdamW(second, weight_decay=0.05)
     restored.load_state_dict(state)
     for step_grads, lr in zip(grads[3:], LRS[3:]):
         optimizer.step([ops.tensor(step_grads[name]) for name, _ in first], lr)
@@ -81,12 +80,12 @@ def test_optimizer_state_round_trip_continues_identically():
 def test_optimizer_state_missing_parameter_names_the_fix():
     params, grads = _case(3)
     named = _backend_params(params)
-    optimizer = backend_steps().AdamW(named)
+    optimizer = backend.get().train.AdamW(named)
     optimizer.step([ops.tensor(grads[0][name]) for name, _ in named], 1e-3)
     state = optimizer.state_dict()
     del state["exp_avg"]["bias"]
     with pytest.raises(KeyError, match="no_load_optim"):
-        backend_steps().AdamW(_backend_params(params)).load_state_dict(state)
+        backend.get().train.AdamW(_backend_params(params)).load_state_dict(state)
 
 
 @pytest.mark.parametrize("max_norm", [0.5, 1e6])
@@ -94,7 +93,7 @@ def test_clip_grad_norm(max_norm):
     _, grads = _case(4)
     arrays = list(grads[0].values())
     norm = math.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in arrays))
-    clipped, reported = backend_steps().clip_grad_norm([ops.tensor(a) for a in arrays], max_norm)
+    clipped, reported = backend.get().train.clip_grad_norm([ops.tensor(a) for a in arrays], max_norm)
     assert abs(reported - norm) <= TRAIN_TOLERANCE["grad_norm_rel"] * norm
     scale = min(1.0, max_norm / (norm + 1e-6))
     for array, tensor in zip(arrays, clipped):
