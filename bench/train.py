@@ -107,9 +107,9 @@ def run_transformers(hf_dir, batch, steps, dtype_name):
 
 
 def run_mmx(hf_dir, batch, steps, precision):
-    from mmx import ops
+    from mmx import backend, ops
     from mmx.train.finetune import read_weights
-    from mmx.train.loop import backend_steps, model_inputs
+    from mmx.train.loop import model_inputs, train_step
     from mmx.train.loss import shifted_targets, token_weights, weighted_lm_loss
     from mmx.train.metrics import measure_matmul_peak
     from mmx import models
@@ -117,7 +117,7 @@ def run_mmx(hf_dir, batch, steps, precision):
     _, tensors = read_weights(hf_dir)
     model = models.build(hf_dir)
     models.load_mm_state(model, tensors)
-    train = backend_steps()
+    train = backend.get().train
     named = train.trainable_parameters(model)
     params = [p for _, p in named]
     optimizer = train.AdamW(named)
@@ -128,7 +128,7 @@ def run_mmx(hf_dir, batch, steps, precision):
         return weighted_lm_loss(model(**item[0]), item[1], item[2])
 
     def step():
-        train.train_step(params, optimizer, loss_fn, prepared, 1e-5, 1.0, precision)
+        train_step(train, params, optimizer, loss_fn, prepared, 1e-5, 1.0, precision)
 
     peak = measure_matmul_peak(1024, 5, ops.bfloat16 if precision == "bf16" else ops.float32)
     return sum(int(np.prod(p.shape)) for p in params), _time_steps(step, steps), peak

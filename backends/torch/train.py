@@ -112,19 +112,6 @@ def clip_grad_norm(grads, max_norm):
     return grads, norm_value
 
 
-def train_step(params, optimizer, loss_fn, micro_batches, lr, max_grad_norm, precision="fp32"):
-    """One optimizer step on a global batch: (loss, grad norm before clipping) as floats.
-
-    A non-finite loss or gradient norm skips the update and is returned as is, so the loop can stop with the
-    last good weights.
-    """
-    loss, grads = accumulate_grads(params, loss_fn, micro_batches, precision)
-    grads, norm = clip_grad_norm(grads, max_grad_norm)
-    if np.isfinite(loss) and np.isfinite(norm):
-        optimizer.step(grads, lr)
-    return loss, norm
-
-
 def set_seed(seed):
     """Seed torch's generators (CPU and every visible accelerator)."""
     torch.manual_seed(seed)

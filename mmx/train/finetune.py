@@ -24,28 +24,17 @@ from mmx.train.loop import Trainer
 def read_weights(path):
     """(metadata as mmx.checkpoint writes it, {mm name: float32 numpy}) of an HF or mm checkpoint directory.
 
-    The tensors come from mmx.infer's reader (mm: ``load_mm``; HF: converted in memory); the metadata from the
-    headers only (mm: its metadata file; HF: config.json + the naming style of its safetensors).
+    mm: ``load_mm`` (any layout, merged); HF: converted in memory (``read_hf_as_mm``).
     """
-    from mmx.checkpoint.families import family
-    from mmx.checkpoint.layout import Layout
-    from mmx.checkpoint.store import MMSource
-    from mmx.convert.hf import HFSource, read_config
-    from mmx.infer.loading import read_tensors
+    from mmx.checkpoint import load_mm
+    from mmx.convert.drivers import read_hf_as_mm
 
     if not path or not os.path.isdir(path):
         raise FileNotFoundError(f"model.init_from_hf_path {path!r} is not a directory; point it at an HF checkpoint "
                                 f"(config.json + safetensors) or an mm checkpoint from `mmx convert hf_to_mm`")
-    if os.path.exists(os.path.join(path, LATEST)):
-        metadata = MMSource(path).metadata
-    else:
-        config = read_config(path)
-        names, plan = family(config.get("model_type"), os.path.join(path, "config.json"))
-        dims = names.dimensions(config)
-        metadata = {"model_type": config["model_type"], "hf_names": HFSource(path, names, dims).style, "model": dims,
-                    "parallel": Layout.build(dims, plan, 1, 1, None, None).to_dict()}
+    metadata, tensors = load_mm(path) if os.path.exists(os.path.join(path, LATEST)) else read_hf_as_mm(path)
     metadata = {key: metadata[key] for key in ("model_type", "hf_names", "model", "parallel") if key in metadata}
-    return metadata, {name: np.asarray(value, np.float32) for name, value in read_tensors(path).items()}
+    return metadata, {name: np.asarray(value, np.float32) for name, value in tensors.items()}
 
 
 def build_model(model_config):

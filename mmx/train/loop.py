@@ -27,6 +27,20 @@ from mmx.train.schedule import LRSchedule
 HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens")
 
 
+def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_norm, precision="fp32"):
+    """One optimizer step on a global batch with the backend's ``steps`` (its train module): (loss, grad norm
+    before clipping) as floats.
+
+    A non-finite loss or gradient norm skips the update and is returned as is, so the loop can stop with the
+    last good weights.
+    """
+    loss, grads = steps.accumulate_grads(params, loss_fn, micro_batches, precision)
+    grads, norm = steps.clip_grad_norm(grads, max_grad_norm)
+    if np.isfinite(loss) and np.isfinite(norm):
+        optimizer.step(grads, lr)
+    return loss, norm
+
+
 # What torchrun (WORLD_SIZE) and msrun (MS_WORKER_NUM, RANK_SIZE) set for a multi-process launch.
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "MS_WORKER_NUM", "RANK_SIZE")
 
@@ -102,7 +116,7 @@ class Trainer:
         # logs go in SAVE/logs: files at the save dir's top are the checkpoint's support files (mm_to_hf copies them)
         self.log_dir = log_dir or training.get("log_dir") or os.path.join(training.get("save") or ".", "logs")
         self.backend = _backend.get()
-        # the backend's train module: AdamW, accumulate_grads, clip_grad_norm, train_step, RNG state
+        # the backend's train module: AdamW, accumulate_grads, clip_grad_norm, RNG state
         self.steps = _backend.get().train
         self.steps.set_seed(training["seed"])
         self.sampler = None if stream is not None else Sampler(len(dataset), training["seed"])
@@ -205,7 +219,7 @@ class Trainer:
                      ops.tensor(weight)) for batch, weight in zip(batches, weights)]
         lr = self.schedule(self.iteration)
         start = time.perf_counter()
-        loss, grad_norm = self.steps.train_step(self.params, self.optimizer, self._loss_fn, prepared, lr,
+        loss, grad_norm = train_step(self.steps, self.params, self.optimizer, self._loss_fn, prepared, lr,
                                                 training["clip_grad"], training["precision"])
         seconds = time.perf_counter() - start
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
