@@ -24,7 +24,7 @@ from mmx.train.metrics import MetricsLogger, measure_matmul_peak
 from mmx.train.schedule import LRSchedule
 
 # Batch keys that are integer metadata for the host (grids, window/rope indices), passed to the model as numpy.
-HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens")
+HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens", "logits_positions")
 
 
 def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_norm, precision="fp32"):
@@ -88,6 +88,23 @@ def model_inputs(model, batch):
             continue
         inputs[key] = np.asarray(value) if key in HOST_KEYS else ops.tensor(np.asarray(value))
     return inputs
+
+
+def prepare_micro_batch(model, batch, weights):
+    """(model inputs, targets (N,), weights (N,)) of one micro-batch with loss ``weights`` (B, S) (mmx.train.loss).
+
+    Only the N positions with a non-zero weight get logits: the model is asked for ``logits_positions`` when it
+    takes them, so prompt, image and padding positions never reach the output layer (with a 150k vocabulary that
+    layer is most of a small VLM's FLOPs and its logits most of the activation memory). A micro-batch with nothing
+    supervised keeps one position at weight 0, so its forward and backward still run on every rank.
+    """
+    inputs = model_inputs(model, batch)
+    targets, weights = shifted_targets(batch).reshape(-1), np.asarray(weights, np.float32).reshape(-1)
+    if "logits_positions" in inspect.signature(model.forward).parameters:
+        positions = np.flatnonzero(weights) if weights.any() else np.zeros(1, np.int64)
+        inputs["logits_positions"] = positions
+        targets, weights = targets[positions], weights[positions]
+    return inputs, ops.tensor(targets), ops.tensor(weights)
 
 
 def count_tokens(batch):
@@ -215,8 +232,7 @@ class Trainer:
         training = self.training
         batches, indices = self.global_batch()
         weights = token_weights(batches, training["loss_type"])
-        prepared = [(model_inputs(self.model, batch), ops.tensor(shifted_targets(batch)),
-                     ops.tensor(weight)) for batch, weight in zip(batches, weights)]
+        prepared = [prepare_micro_batch(self.model, batch, weight) for batch, weight in zip(batches, weights)]
         lr = self.schedule(self.iteration)
         start = time.perf_counter()
         loss, grad_norm = train_step(self.steps, self.params, self.optimizer, self._loss_fn, prepared, lr,

@@ -64,7 +64,8 @@ def token_weights(micro_batches, mode):
 
 
 def weighted_lm_loss(logits, targets, weights):
-    """``sum(cross_entropy(logits, targets) * weights)``: logits (B, S, V), targets/weights (B, S) → scalar."""
+    """``sum(cross_entropy(logits, targets) * weights)``: logits (B, S, V) with targets/weights (B, S), or logits
+    (N, V) of selected positions with targets/weights (N,) → scalar."""
     vocab = logits.shape[-1]
     losses = ops.cross_entropy(ops.reshape(logits, (-1, vocab)), ops.reshape(targets, (-1,)), IGNORE_INDEX, "none")
     return ops.sum(losses * ops.reshape(weights, (-1,)))

@@ -122,15 +122,21 @@ class TextDecoder(nn.Module):
         return ops.rotary_cos_sin(ops.tensor(np.asarray(position_ids, np.int64)),
                                   ops.tensor(inv_freq.astype(np.float32)), list(self.config.mrope_section))
 
-    def forward(self, hidden, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, logits_to_keep=0):
+    def forward(self, hidden, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, logits_to_keep=0,
+                logits_positions=None):
         """hidden (B, S, C) → this stage's layers → (B, S, C); on the last stage → float32 logits (B, S, V), or of
-        the last ``logits_to_keep`` positions only (B, K, V) (generation needs the last one; 0 keeps all)."""
+        the last ``logits_to_keep`` positions only (B, K, V) (generation needs the last one; 0 keeps all), or of
+        ``logits_positions`` only (N,) numpy int, flat indices into the B × S positions → (N, V) (training needs
+        the supervised ones: with a 150k vocabulary the output layer is most of a small model's FLOPs)."""
         for j in self.layer_indices:
             hidden = self.decoder.layers[str(j)](hidden, cos, sin, attention_mask, cu_seqlens, cache, j)
         if not self.last:
             return hidden
         if logits_to_keep:
             hidden = hidden[:, hidden.shape[1] - logits_to_keep:]
+        if logits_positions is not None:
+            flat = ops.reshape(hidden, (-1, hidden.shape[-1]))
+            hidden = ops.index_select(flat, 0, ops.tensor(np.asarray(logits_positions, np.int64)))
         hidden = self.decoder.final_layernorm(hidden)
         if hasattr(self, "output_layer"):
             logits = self.output_layer(hidden)

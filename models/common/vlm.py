@@ -53,8 +53,10 @@ class QwenVLModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, position_ids=None,
-                cache=None, cu_seqlens=None, logits_to_keep=0):
-        """Float32 logits (B, S, V), or (B, K, V) of the last ``logits_to_keep`` = K positions (0 keeps all).
+                cache=None, cu_seqlens=None, logits_to_keep=0, logits_positions=None):
+        """Float32 logits (B, S, V), or (B, K, V) of the last ``logits_to_keep`` = K positions (0 keeps all), or
+        (N, V) of ``logits_positions`` (N,) numpy int, flat indices into B × S (the trainer passes the supervised
+        ones, so no logits are computed where no loss is taken).
 
         input_ids (B, S) int; attention_mask (B, S_past + S), 1 = real token (left or right padding);
         pixel_values (N_patches, C*kT*kH*kW) and image_grid_thw (N_images, 3) as the processor returns them;
@@ -83,7 +85,7 @@ class QwenVLModel(nn.Module):
         cos, sin = self.text_decoder.rotary(positions)
         key_mask = None if mask is None or mask.all() else ops.tensor(mask.astype(bool))
         packed = None if cu_seqlens is None else ops.tensor(np.asarray(_host(cu_seqlens), np.int32))
-        return self.text_decoder(hidden, cos, sin, key_mask, packed, cache, logits_to_keep)
+        return self.text_decoder(hidden, cos, sin, key_mask, packed, cache, logits_to_keep, logits_positions)
 
     def _insert(self, hidden, ids, pixels, grid_thw, token_id, kind, decoding=False):
         """Replace the placeholder embeddings of ``token_id`` by the vision features of ``pixels``."""
