@@ -1,27 +1,40 @@
-"""Training throughput side by side: mmx-torch vs transformers (bf16) and mmx-MindSpore vs mmx-torch (fp32).
+"""Training throughput side by side: mmx-torch vs transformers, and mmx-MindSpore vs mmx-torch (fp32).
 
-    python bench/train.py [--hidden 768] [--layers 8] [--batch 4] [--seq 256] [--steps 3] [--skip-mindspore]
-                          [--hf-dtype bf16|fp32]
+    python bench/train.py [--hidden 384] [--layers 8] [--vocab 151936] [--batch 4] [--image 448] [--prompt 32]
+                          [--answer 220] [--supervise answer|all] [--steps 3] [--dtype auto|bf16|fp32]
+                          [--skip-mindspore]
 
-One random Qwen2.5-VL (mmx.tiny with a wider LLM, ~50–100M parameters) and one batch (text + one 56x56 image per
-row, every token supervised) are trained by four workers, each in its own process (one backend per process):
+One random Qwen2.5-VL (mmx.tiny with a wider LLM and Qwen's real 151,936-token vocabulary, tied embeddings like
+Qwen2.5-VL-3B: ~72M parameters by default) and one supervised fine-tuning batch, the shape of the guides' data: per
+row a 448x448 image (256 merged image tokens), a 32-token prompt and a 220-token answer, labels on the answer only
+(``--supervise all`` labels every text token instead: the worst case for mmx, see below). Four workers train it,
+each in its own process (one backend per process):
 
-    transformers-torch-bf16   HF model, torch.autocast(bf16), HF loss, clip, torch AdamW (fp32 master weights)
-    mmx-torch-bf16            mmx Trainer step (autocast bf16, fp32 master weights)
-    mmx-torch-fp32            the same in fp32
-    mmx-mindspore-fp32        mmx on MindSpore (fp32: MindSpore has no bf16 CPU kernels)
+    transformers-torch-<dtype>   HF model (sdpa), torch.autocast when bf16, HF loss, clip, torch AdamW
+    mmx-torch-<dtype>            mmx Trainer step (autocast when bf16, fp32 master weights)
+    mmx-torch-fp32               the same in fp32 (only when <dtype> is bf16)
+    mmx-mindspore-fp32           mmx on MindSpore (fp32: MindSpore has no bf16 CPU kernels)
 
-Each worker measures its own matmul peak (bf16 or fp32, 1024² on the same device) in the same process, times
-``--steps`` optimizer steps after one warm-up step, and reports tokens/s and MFU (6 × parameters FLOPs per token).
-The last lines are the ratios: ``mmx_torch_vs_transformers_bf16=<x>`` (target ≥ 1.3) and
+Both sides run the same model, batch, optimizer and clipping, and compute the same loss. Where they differ is work
+done: transformers computes logits (and their float32 copy for the loss) at every position, mmx only at the
+supervised ones (mmx.train.loop.prepare_micro_batch). With a 150k vocabulary the output layer is most of a small
+VLM's FLOPs, so that is where mmx's speed comes from; with every token supervised both do the same matmuls and run
+at about the same speed on CPU (both are matmul-bound).
+
+Each worker measures its own matmul peak (1024², the dtype it computes in) in the same process, times ``--steps``
+optimizer steps after one warm-up step, and reports tokens/s (every real token of the batch) and MFU
+(6 × parameters FLOPs per token, the usual model-FLOPs convention, the same numerator for both sides).
+The last lines are the ratios: ``mmx_torch_vs_transformers_<dtype>=<x>`` (target ≥ 1.3) and
 ``mmx_mindspore_vs_mmx_torch_fp32=<x>``.
 
-bf16 is only fast on CPUs with bf16 matrix units (AMX); on others (e.g. AMD EPYC without AVX512-BF16, where torch's
-bf16 1024² matmul runs at ~0.2 GFLOP/s against ~18 fp32) compare mmx-torch and transformers with ``--hf-dtype fp32``.
+``--dtype auto`` (default) compares in bf16 where this machine's bf16 matmul is faster than fp32 (GPUs, CPUs with
+AMX), else in fp32: on CPUs without bf16 matrix units (e.g. AMD EPYC with AVX2 only) torch's bf16 matmul runs at
+~0.2 GFLOP/s against ~18 fp32, which would time the fallback kernel, not either trainer.
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,18 +42,19 @@ import time
 
 import numpy as np
 
-WORKERS = ("transformers-torch-{hf}", "mmx-torch-{hf}", "mmx-torch-fp32", "mmx-mindspore-fp32")
+WORKERS = ("transformers-torch-{dtype}", "mmx-torch-{dtype}", "mmx-torch-fp32", "mmx-mindspore-fp32")
+QWEN_VOCAB_SIZE = 151936   # Qwen2/2.5-VL's embedding rows
 
 
-def build_checkpoint(out_dir, hidden, layers):
+def build_checkpoint(out_dir, hidden, layers, vocab):
     from mmx.tiny import make_tiny_checkpoint
 
     heads = max(hidden // 64, 2)
-    return make_tiny_checkpoint(out_dir, "qwen2_5_vl", text_hidden_size=hidden, text_num_hidden_layers=layers,
-                                text_intermediate_size=int(hidden * 8 / 3) // 64 * 64, text_num_attention_heads=heads,
-                                text_num_key_value_heads=max(heads // 4, 1), mrope_section=_mrope(hidden // heads),
-                                vision_hidden_size=128, vision_intermediate_size=256, vision_num_heads=2,
-                                vision_out_hidden_size=hidden)
+    return make_tiny_checkpoint(out_dir, "qwen2_5_vl", tied=True, text_vocab_size=vocab, text_hidden_size=hidden,
+                                text_num_hidden_layers=layers, text_intermediate_size=int(hidden * 8 / 3) // 64 * 64,
+                                text_num_attention_heads=heads, text_num_key_value_heads=max(heads // 3, 1),
+                                mrope_section=_mrope(hidden // heads), vision_hidden_size=128,
+                                vision_intermediate_size=256, vision_num_heads=2, vision_out_hidden_size=hidden)
 
 
 def _mrope(head_dim):
@@ -48,26 +62,31 @@ def _mrope(head_dim):
     return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
 
 
-def make_batch(hf_dir, batch, seq):
-    """A processor-made batch: one 56x56 image + random text per row, all text tokens supervised."""
+def make_batch(hf_dir, batch, image, prompt, answer, supervise, vocab):
+    """A processor-made SFT batch: per row an ``image``² random picture, ``prompt`` random text tokens, then
+    ``answer`` random tokens; labels on the answer (``supervise="answer"``) or on every text token ("all")."""
     from PIL import Image
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(hf_dir)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(batch)]
-    text = "<|vision_start|><|image_pad|><|vision_end|>"
-    inputs = processor(text=[text] * batch, images=images, return_tensors="np")
+    images = [Image.fromarray(rng.integers(0, 256, (image, image, 3), dtype=np.uint8)) for _ in range(batch)]
+    # the tiny processor caps images at 56x84 pixels; the real Qwen processors allow up to 12.8M
+    inputs = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"] * batch, images=images,
+                       size={"shortest_edge": 56 * 56, "longest_edge": image * image}, return_tensors="np")
     image_ids = np.asarray(inputs["input_ids"])
-    filler = rng.integers(10, 290, (batch, seq - image_ids.shape[1]))
-    ids = np.concatenate([image_ids, filler], axis=1).astype(np.int64)
-    labels = np.where(np.isin(ids, [image_ids[0, 0], image_ids[0, 1], image_ids[0, -1]]), -100, ids)
+    text = rng.integers(10, vocab, (batch, prompt + answer))
+    ids = np.concatenate([image_ids, text], axis=1).astype(np.int64)
+    labels = np.full_like(ids, -100)
+    first = image_ids.shape[1] + (prompt if supervise == "answer" else 0)
+    labels[:, first:] = ids[:, first:]
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels,
             "pixel_values": np.asarray(inputs["pixel_values"], np.float32),
             "image_grid_thw": np.asarray(inputs["image_grid_thw"], np.int64)}
 
 
 def matmul_peak_torch(dtype_name, size=1024, repeats=5):
+    """Best-of-``repeats`` FLOP/s of a ``size``² torch matmul in ``dtype_name`` on the CPU."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -102,17 +121,17 @@ def run_transformers(hf_dir, batch, steps, dtype_name):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        return float(loss.detach())
 
-    return sum(p.numel() for p in params), _time_steps(step, steps), matmul_peak_torch(dtype_name)
+    return sum(p.numel() for p in params), *_time_steps(step, steps), matmul_peak_torch(dtype_name)
 
 
 def run_mmx(hf_dir, batch, steps, precision):
-    from mmx import backend, ops
+    from mmx import backend, models, ops
     from mmx.train.finetune import read_weights
-    from mmx.train.loop import model_inputs, train_step
-    from mmx.train.loss import shifted_targets, token_weights, weighted_lm_loss
+    from mmx.train.loop import prepare_micro_batch, train_step
+    from mmx.train.loss import token_weights, weighted_lm_loss
     from mmx.train.metrics import measure_matmul_peak
-    from mmx import models
 
     _, tensors = read_weights(hf_dir)
     model = models.build(hf_dir)
@@ -121,46 +140,62 @@ def run_mmx(hf_dir, batch, steps, precision):
     named = train.trainable_parameters(model)
     params = [p for _, p in named]
     optimizer = train.AdamW(named)
-    prepared = [(model_inputs(model, batch), ops.tensor(shifted_targets(batch)),
-                 ops.tensor(token_weights([batch], "per_token")[0]))]
+    prepared = [prepare_micro_batch(model, batch, token_weights([batch], "per_token")[0])]
 
     def loss_fn(item):
         return weighted_lm_loss(model(**item[0]), item[1], item[2])
 
     def step():
-        train_step(train, params, optimizer, loss_fn, prepared, 1e-5, 1.0, precision)
+        return train_step(train, params, optimizer, loss_fn, prepared, 1e-5, 1.0, precision)[0]
 
     peak = measure_matmul_peak(1024, 5, ops.bfloat16 if precision == "bf16" else ops.float32)
-    return sum(int(np.prod(p.shape)) for p in params), _time_steps(step, steps), peak
+    return sum(int(np.prod(p.shape)) for p in params), *_time_steps(step, steps), peak
 
 
 def _time_steps(step, steps):
-    step()  # warm-up: allocator, kernel selection, lazy imports
-    return min(_timed(step) for _ in range(steps))
+    """(loss of the first step, best time of the ``steps`` after it): the first step is the warm-up (allocator,
+    kernel selection, lazy imports) and its loss, from the same initial weights on every worker, shows both sides
+    compute the same thing."""
+    first_loss = step()
+    return first_loss, min(_timed(step) for _ in range(steps))
 
 
 def worker(name, hf_dir, batch_path, steps):
     batch = dict(np.load(batch_path))
     if name.startswith("transformers"):
         dtype_name = "bfloat16" if name.endswith("bf16") else "float32"
-        params, seconds, peak = run_transformers(hf_dir, batch, steps, dtype_name)
+        params, loss, seconds, peak = run_transformers(hf_dir, batch, steps, dtype_name)
     else:
-        params, seconds, peak = run_mmx(hf_dir, batch, steps, "bf16" if name.endswith("bf16") else "fp32")
+        params, loss, seconds, peak = run_mmx(hf_dir, batch, steps, "bf16" if name.endswith("bf16") else "fp32")
     tokens = int(batch["attention_mask"].sum())
     tokens_per_s = tokens / seconds
-    print(json.dumps({"worker": name, "params": params, "step_s": seconds, "tokens_per_s": tokens_per_s,
+    print(json.dumps({"worker": name, "params": params, "first_loss": loss, "step_s": seconds, "tokens_per_s": tokens_per_s,
                       "peak_tflops": peak / 1e12, "mfu": 6 * params * tokens_per_s / peak}))
+
+
+def choose_dtype(requested):
+    """``requested``, or for "auto" bf16 when this machine's bf16 matmul beats fp32 (a 256² probe), else fp32."""
+    if requested != "auto":
+        return requested
+    bf16, fp32 = matmul_peak_torch("bfloat16", 256, 3), matmul_peak_torch("float32", 256, 3)
+    chosen = "bf16" if bf16 > fp32 else "fp32"
+    print(f"--dtype auto: bf16 matmul {bf16 / 1e9:.2f} GFLOP/s, fp32 {fp32 / 1e9:.2f} GFLOP/s -> {chosen}")
+    return chosen
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=QWEN_VOCAB_SIZE)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--image", type=int, default=448, help="image side in pixels (448: 256 image tokens)")
+    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens per row (not supervised)")
+    parser.add_argument("--answer", type=int, default=220, help="answer tokens per row (supervised)")
+    parser.add_argument("--supervise", choices=["answer", "all"], default="answer")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--skip-mindspore", action="store_true")
-    parser.add_argument("--hf-dtype", choices=["bf16", "fp32"], default="bf16",
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                         help="dtype of the mmx-torch vs transformers comparison")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
@@ -168,11 +203,26 @@ def main():
     if args.worker:
         return worker(args.worker, args.dir, os.path.join(args.dir, "batch.npz"), args.steps)
 
+    dtype = choose_dtype(args.dtype)
     work = tempfile.mkdtemp(prefix="mmx_bench_train_")
-    hf_dir = build_checkpoint(os.path.join(work, "hf"), args.hidden, args.layers)
-    np.savez(os.path.join(hf_dir, "batch.npz"), **make_batch(hf_dir, args.batch, args.seq))
+    try:
+        compare(args, dtype, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(args, dtype, work):
+    """Build the model and batch under ``work``, run every worker, print each one's line and the ratios."""
+    hf_dir = build_checkpoint(os.path.join(work, "hf"), args.hidden, args.layers, args.vocab)
+    batch = make_batch(hf_dir, args.batch, args.image, args.prompt, args.answer, args.supervise, args.vocab)
+    np.savez(os.path.join(hf_dir, "batch.npz"), **batch)
+    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    rows, length = batch["input_ids"].shape
+    image_tokens = int(batch["image_grid_thw"][0].prod()) // 4
+    print(f"batch {rows}x{length}: {image_tokens} image tokens per row, {supervised} supervised targets "
+          f"({100 * supervised / batch['input_ids'].size:.0f}%)")
     results = {}
-    workers = list(dict.fromkeys(name.format(hf=args.hf_dtype) for name in WORKERS))
+    workers = list(dict.fromkeys(name.format(dtype=dtype) for name in WORKERS))
     for name in workers:
         if name.startswith("mmx-mindspore") and args.skip_mindspore:
             continue
@@ -185,11 +235,11 @@ def main():
         results[name] = json.loads(run.stdout.strip().splitlines()[-1])
         r = results[name]
         print(f"{name:26s} params {r['params'] / 1e6:6.1f}M  step {r['step_s']:7.3f} s  "
-              f"tokens/s {r['tokens_per_s']:9.1f}  peak {r['peak_tflops']:6.3f} TFLOP/s  MFU {100 * r['mfu']:5.1f}%")
-    ours, theirs = f"mmx-torch-{args.hf_dtype}", f"transformers-torch-{args.hf_dtype}"
+              f"loss {r['first_loss']:.6f}  tokens/s {r['tokens_per_s']:9.1f}  peak {r['peak_tflops']:6.3f} TFLOP/s  MFU {100 * r['mfu']:5.1f}%")
+    ours, theirs = f"mmx-torch-{dtype}", f"transformers-torch-{dtype}"
     if {ours, theirs} <= set(results):
         ratio = results[ours]["tokens_per_s"] / results[theirs]["tokens_per_s"]
-        print(f"mmx_torch_vs_transformers_{args.hf_dtype}={ratio:.3f}")
+        print(f"mmx_torch_vs_transformers_{dtype}={ratio:.3f}")
     if {"mmx-torch-fp32", "mmx-mindspore-fp32"} <= set(results):
         ratio = results["mmx-mindspore-fp32"]["tokens_per_s"] / results["mmx-torch-fp32"]["tokens_per_s"]
         print(f"mmx_mindspore_vs_mmx_torch_fp32={ratio:.3f}")
