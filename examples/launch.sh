@@ -3,9 +3,12 @@
 #   launch torch|mindspore CONFIG LOG_NAME [config overrides ...]
 #
 # NPUS_PER_NODE, MASTER_ADDR, MASTER_PORT, NNODES and NODE_RANK follow the guides' scripts (set them in the
-# environment or in the calling script). mmx finetune runs one process today: data / tensor / pipeline parallel
-# training is not implemented yet and the trainer refuses a world size > 1, so keep NPUS_PER_NODE=1 and NNODES=1
-# (a 7B model then needs a device with room for fp32 weights + AdamW state, or freeze more of it).
+# environment or in the calling script). NPUS_PER_NODE x NNODES processes train data parallel: every device holds the
+# whole model with its fp32 master weights and AdamW state (so memory per device is what one device alone needs: a
+# 7B model needs room for ~16 bytes per trainable parameter plus activations, or freeze more of it), takes its share
+# of each global batch's micro-batches, and the gradients are summed over all devices every step.
+# training.global_batch_size must be a multiple of micro_batch_size x NPUS_PER_NODE x NNODES. Tensor / pipeline
+# parallel training is not implemented (the model-parallel size keys must stay 1).
 set -euo pipefail
 source /usr/local/Ascend/cann/set_env.sh 2>/dev/null || true   # Ascend toolkit, when present
 export TOKENIZERS_PARALLELISM=false

@@ -48,4 +48,9 @@ TRAIN_TOLERANCE = {
     "parity_vs_transformers_rel": 1e-4,    # 20 fp32 steps, per-step loss (the bar)
     "parity_mindspore_vs_torch_rel": 1e-3,
     "bf16_vs_fp32_loss_rel": 5e-2,         # torch autocast bf16 vs fp32, first 2 steps of the tiny test model
+    # 2 data-parallel processes vs 1 (same global batch): only the order of the float32 gradient sums differs
+    # (measured over 3 steps: loss 1e-7 relative, weights 5e-6 on torch, 2e-6 on MindSpore; AdamW's m / sqrt(v)
+    # magnifies the rounding of small gradients). Ranks hold bit-identical weights.
+    "data_parallel_loss_rel": 1e-6,
+    "data_parallel_weights": 5e-5,         # max abs weight diff / max(1, max |weight|)
 }

@@ -68,8 +68,8 @@ def on_ascend():
 
 
 def __getattr__(attr):
-    # train/io belong to the trainer / checkpoint code; imported on first use, as in the torch backend.
-    if attr in ("train", "io"):
+    # train/io/distributed belong to the trainer / checkpoint code; imported on first use, as in the torch backend.
+    if attr in ("train", "io", "distributed"):
         return importlib.import_module(f"{__name__}.{attr}")
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 

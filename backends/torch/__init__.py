@@ -3,7 +3,8 @@
 Submodules, mirrored by ``mmx.backends.mindspore`` with the same names and public functions in the same order:
 ``ops`` (the :mod:`mmx.ops` contract), ``nn`` (Module, Parameter, containers, state dicts), ``kernels`` (attention
 and MoE implementations looked up by name), ``autograd`` (``value_and_grad``), ``probe`` (version and devices without
-locking the backend). ``train`` and ``io`` belong to the trainer / checkpoint code and are imported on first use.
+locking the backend). ``train``, ``io`` and ``distributed`` belong to the trainer / checkpoint code and are imported
+on first use.
 
 The device is chosen once from ``MMX_DEVICE`` (``cpu`` by default; ``cuda``, ``cuda:1``, ``npu``, ``npu:0``) or by
 :func:`set_device`; ``ops`` creates every new tensor there. ``torch_npu`` is imported only when an npu device is
@@ -58,9 +59,10 @@ def on_ascend():
 
 
 def __getattr__(attr):
-    # train/io are written by other parts of mmx; importing them lazily keeps this package importable while they
-    # change, and keeps their imports (torch.distributed, safetensors) off the path of code that never uses them.
-    if attr in ("train", "io"):
+    # train/io/distributed are written by other parts of mmx; importing them lazily keeps this package importable
+    # while they change, and keeps their imports (torch.distributed, safetensors) off the path of code that never
+    # uses them.
+    if attr in ("train", "io", "distributed"):
         return importlib.import_module(f"{__name__}.{attr}")
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 

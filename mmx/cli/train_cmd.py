@@ -33,7 +33,7 @@ def finetune_command(config_path, overrides):
     except NonFiniteLossError as err:
         _echo(f"error: {err}")
         sys.exit(2)
-    if trainer.history:
+    if trainer.history and trainer.rank == 0:  # data parallel: one process prints
         click.echo(f"final_loss={trainer.history[-1]:.6f}")
 
 

@@ -51,7 +51,16 @@ TRAINING_DEFAULTS = {
     "log_dir": None,                # metrics.jsonl, loss_curve.png, TensorBoard events (default: SAVE/logs)
     "peak_tflops": None,            # for MFU; default: measured with a matmul at start
     "progress_bar": True,
+    # Megatron's model-parallel sizes, accepted as 1 only: mmx trains data parallel (every process of a torchrun /
+    # msrun launch holds the whole model); tensor / pipeline / context / expert parallel training are not implemented.
+    "tensor_model_parallel_size": 1,
+    "pipeline_model_parallel_size": 1,
+    "context_parallel_size": 1,
+    "expert_model_parallel_size": 1,
 }
+
+MODEL_PARALLEL_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+                       "expert_model_parallel_size")
 
 MODEL_DEFAULTS = {
     "init_from_hf_path": None,
@@ -158,6 +167,25 @@ def check_training(training, where="config"):
         raise ConfigError(f"{where}: training.train_iters must be at least 1")
     if training["load"] and not os.path.isdir(training["load"]):
         raise ConfigError(f"{where}: training.load {training['load']} is not a directory")
+    for key in MODEL_PARALLEL_KEYS:
+        if training[key] != 1:
+            raise ConfigError(f"{where}: training.{key}={training[key]}: mmx finetune trains data parallel only (each "
+                              f"of the NPUS_PER_NODE x NNODES processes holds the whole model); tensor / pipeline / "
+                              f"context / expert parallel training is not implemented. Set {key}: 1 (or remove it).")
+
+
+def check_data_parallel(training, world_size):
+    """Error unless the global batch splits into micro-batches evenly over ``world_size`` data-parallel ranks."""
+    micro, global_batch = training["micro_batch_size"], training["global_batch_size"]
+    per_round = micro * world_size  # samples when every rank takes one micro-batch
+    if global_batch % per_round:
+        sizes = [size for size in ((global_batch // per_round) * per_round, (global_batch // per_round + 1) * per_round)
+                 if size]
+        raise ConfigError(f"training.global_batch_size ({global_batch}) must be a multiple of "
+                          f"training.micro_batch_size ({micro}) x the data-parallel size ({world_size} processes) = "
+                          f"{per_round}, so every rank gets the same number of micro-batches: set global_batch_size "
+                          f"to {' or '.join(map(str, sizes))}, or launch a number of processes that divides "
+                          f"{global_batch // micro}")
 
 
 def warmup_iters(training):

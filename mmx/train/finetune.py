@@ -11,12 +11,16 @@ StreamingLoader, whose state goes into every checkpoint (a resumed run continues
 
 The save directory gets the model's support files (config, tokenizer, processor, chat template), so it is a
 self-contained mm checkpoint for ``mmx convert mm_to_hf`` and ``mmx infer``.
+
+Launched by torchrun / msrun with several processes, it trains data parallel (mmx.train.loop): each process builds
+the whole model, a streaming source reads the process's own shard, and only rank 0 prints and writes files.
 """
 import os
 
 import numpy as np
 
 from mmx.train.checkpoint import LATEST
+from mmx.train.config import check_data_parallel
 from mmx.train.freeze import apply_freeze
 from mmx.train.loop import Trainer
 
@@ -60,16 +64,27 @@ def build_data(config):
 
 def finetune(config, echo=print):
     """Run the config (mmx.train.config.load_config output); returns the Trainer after training."""
+    from mmx import backend
     from mmx.convert.hf import copy_support_files
 
     training = config["training"]
+    # before the model is built: on an accelerator each process takes its own device
+    rank, world_size = backend.get().distributed.init()
+    check_data_parallel(training, world_size)
+    if rank:
+        def echo(text):  # one process reports
+            return None
+    elif world_size > 1:
+        echo(f"data parallel: {world_size} processes, each with the whole model")
     model, metadata, frozen = build_model(config["model"])
     if frozen:
         echo(f"frozen: {len(frozen)} parameters ({', '.join(sorted({n.rsplit('.', 3)[0] for n in frozen})[:6])} ...)")
     pipeline = build_data(config)
-    if training["save"]:
+    if training["save"] and rank == 0:
         copy_support_files(config["model"]["init_from_hf_path"], training["save"])
-    stream = pipeline.streaming_loader(training["micro_batch_size"]) if pipeline.dataset is None else None
+    stream = None
+    if pipeline.dataset is None:
+        stream = pipeline.streaming_loader(training["micro_batch_size"], rank, world_size)
     trainer = Trainer(model, pipeline.dataset, pipeline.collate, training, metadata, stream=stream)
     for note in trainer.resume_notes:
         echo(f"resume: {note}")

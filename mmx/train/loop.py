@@ -8,8 +8,15 @@ Sample order: epoch ``e`` visits the dataset in ``RandomState(seed + e).permutat
 checkpoints is the number of samples consumed, so a resumed run draws exactly the batches the uninterrupted run
 would have drawn. A streaming source (``stream``: ``next_batch()`` of ``micro_batch_size`` samples, ``state_dict()``,
 ``load_state_dict()``, e.g. mmx.data's StreamingLoader) is checkpointed through its own state instead.
+
+Data parallel (a torchrun / msrun launch of N processes; ``backend.distributed``): every rank holds the whole model
+and optimizer, draws the same global batch indices, and takes micro-batches ``rank, rank + N, ...`` of it, so the
+global batch (and with it every loss weight) is the same for any N. The counts behind the loss weights and the
+tokens/s are summed over ranks before the step, the gradients and the loss after the backward, before clipping;
+every rank then applies the same update. Rank 0 alone writes checkpoints (the others wait) and logs.
 """
 import inspect
+import json
 import os
 import time
 
@@ -18,8 +25,8 @@ import numpy as np
 from mmx import backend as _backend
 from mmx import nn, ops
 from mmx.train import checkpoint as ckpt
-from mmx.train.config import warmup_iters
-from mmx.train.loss import shifted_targets, token_weights, weighted_lm_loss
+from mmx.train.config import check_data_parallel, warmup_iters
+from mmx.train.loss import loss_counts, shifted_targets, token_weights, weighted_lm_loss
 from mmx.train.metrics import MetricsLogger, measure_matmul_peak
 from mmx.train.schedule import LRSchedule
 
@@ -27,31 +34,32 @@ from mmx.train.schedule import LRSchedule
 HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens", "logits_positions")
 
 
-def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_norm, precision="fp32"):
+def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_norm, precision="fp32", comm=None):
     """One optimizer step on a global batch with the backend's ``steps`` (its train module): (loss, grad norm
     before clipping) as floats.
 
-    A non-finite loss or gradient norm skips the update and is returned as is, so the loop can stop with the
-    last good weights.
+    ``comm`` (the backend's distributed module; None in one process): ``micro_batches`` are this rank's share, and
+    the gradients and the loss are summed over the ranks before clipping, so the norm, the clip and the update are
+    the global batch's, identical on every rank. A non-finite loss or gradient norm skips the update and is returned
+    as is (on every rank), so the loop can stop with the last good weights.
     """
     loss, grads = steps.accumulate_grads(params, loss_fn, micro_batches, precision)
+    if comm is not None:
+        grads = comm.all_reduce_sum(grads)
+        loss = float(comm.all_reduce_numpy(np.array([loss], np.float64))[0])
     grads, norm = steps.clip_grad_norm(grads, max_grad_norm)
     if np.isfinite(loss) and np.isfinite(norm):
         optimizer.step(grads, lr)
     return loss, norm
 
 
-# What torchrun (WORLD_SIZE) and msrun (MS_WORKER_NUM, RANK_SIZE) set for a multi-process launch.
-WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "MS_WORKER_NUM", "RANK_SIZE")
-
-
-def check_single_process():
-    """The Trainer is single-process; a multi-process launch would train N independent copies, so refuse it."""
-    for variable in WORLD_SIZE_VARIABLES:
-        if int(os.environ.get(variable, "1") or 1) > 1:
-            raise RuntimeError(f"{variable}={os.environ[variable]}: mmx finetune does not implement data / tensor / "
-                               f"pipeline parallel training yet, and every process would train its own copy. Launch "
-                               f"one process (NPUS_PER_NODE=1 NNODES=1 in the example scripts).")
+def gather_objects(comm, obj):
+    """[rank 0's ``obj``, rank 1's, ...] on every rank, for JSON-ready ``obj`` (streaming positions, sample ids)."""
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    lengths = comm.all_gather_numpy(np.array([data.size], np.int64))[:, 0]
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:data.size] = data
+    return [json.loads(row[:size].tobytes()) for row, size in zip(comm.all_gather_numpy(padded), lengths)]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -123,16 +131,21 @@ class Trainer:
     """Runs ``training`` (the config's training section) on ``model`` over ``dataset`` (len + getitem) batched by
     ``collate`` (list of samples → numpy batch dict with ``input_ids``, ``labels`` (-100 ignored) and the model's
     other inputs). ``metadata`` (model type, dtype, ...) goes into every checkpoint with the backend tag.
+
+    Launched as several processes (torchrun / msrun), it trains data parallel (module docstring); ``stream`` must
+    then be this rank's shard (mmx.data's ``streaming_loader(batch_size, rank, world_size)``).
     """
 
     def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None, stream=None):
-        check_single_process()
+        self.backend = _backend.get()
+        self.comm = self.backend.distributed
+        self.rank, self.world_size = self.comm.init()
+        check_data_parallel(training, self.world_size)
         self.model, self.dataset, self.collate, self.stream = model, dataset, collate, stream
         self.training = training
         self.metadata = dict(metadata or {})
         # logs go in SAVE/logs: files at the save dir's top are the checkpoint's support files (mm_to_hf copies them)
         self.log_dir = log_dir or training.get("log_dir") or os.path.join(training.get("save") or ".", "logs")
-        self.backend = _backend.get()
         # the backend's train module: AdamW, accumulate_grads, clip_grad_norm, RNG state
         self.steps = _backend.get().train
         self.steps.set_seed(training["seed"])
@@ -143,6 +156,8 @@ class Trainer:
         self.resume_notes = []
         if training.get("load"):
             self._load_model(training["load"])
+        # every rank read the same files; the broadcast also covers weights a model initialised at random
+        self.comm.broadcast_parameters([param for _, param in nn.named_parameters(model)])
         self.named_params = self.steps.trainable_parameters(model)
         if not self.named_params:
             raise ValueError("every parameter is frozen (model.*.freeze); nothing would train")
@@ -152,6 +167,7 @@ class Trainer:
         if training.get("load") and self._loaded is not None:
             self._load_state(self._loaded)
         self._loaded = None
+        self.last_saved = ckpt.read_latest(training["save"]) if training["save"] else None
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
@@ -170,14 +186,24 @@ class Trainer:
         self.iteration = int(loaded["iteration"]) if loaded["iteration"] != "release" else 0
         self.consumed_samples = int(state.get("consumed_samples", 0))
         self.history = list(state.get("history", []))
+        saved_world_size = int(state.get("world_size", 1))
         if self.stream is not None:
             if state.get("data_state") is None:
                 raise ValueError(f"{training['load']}: the checkpoint has no streaming data state (it was trained on "
                                  f"a map-style dataset); resume with the same data.streaming setting")
-            self.stream.load_state_dict(state["data_state"])
+            if saved_world_size != self.world_size:
+                raise ValueError(f"{training['load']}: the streaming position was saved by {saved_world_size} "
+                                 f"data-parallel processes and this run has {self.world_size}; each process reads "
+                                 f"its own shard of the stream, so resume with {saved_world_size} processes")
+            states = state["data_state"]
+            self.stream.load_state_dict(states[self.rank] if saved_world_size > 1 else states)
         elif state.get("data_state") is not None:
             raise ValueError(f"{training['load']}: the checkpoint was trained on streaming data (its position is a "
                              f"stream state, not a sample count); resume with the same data.streaming setting")
+        elif saved_world_size != self.world_size:
+            self.resume_notes.append(f"trained by {saved_world_size} data-parallel processes so far, now "
+                                     f"{self.world_size}: the global batches are the same (micro-batches are dealt to "
+                                     f"the ranks), only the order of the gradient sums changes")
         saved_by = loaded["metadata"].get("backend")
         if not training["no_load_optim"]:
             if loaded["optimizer"] is None:
@@ -196,32 +222,43 @@ class Trainer:
                                          f"({training['seed'] + self.iteration})")
 
     def save(self):
-        """Write the current state as checkpoint ``iteration`` under ``training.save``."""
+        """Write the current state as checkpoint ``iteration`` under ``training.save``; returns its directory.
+
+        Every rank calls this: the streaming positions of all ranks are gathered, rank 0 writes (model and optimizer
+        are identical on every rank), and the others wait until the checkpoint is complete.
+        """
         training = self.training
-        model_tensors = {name: ops.to_numpy(value) for name, value in nn.state_dict(self.model).items()}
-        trainer_state = {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
-                         "schedule": self.schedule.state_dict(), "history": self.history,
-                         "loss_type": training["loss_type"], "global_batch_size": training["global_batch_size"],
-                         "seed": training["seed"],
-                         "data_state": None if self.stream is None else self.stream.state_dict()}
-        return ckpt.save_checkpoint(
-            training["save"], self.iteration, model_tensors, dict(self.metadata, backend=self.backend.NAME),
-            trainer_state, None if training["no_save_optim"] else self.optimizer.state_dict(),
-            None if training["no_save_rng"] else self.steps.get_rng_state())
+        data_state = None
+        if self.stream is not None:
+            states = gather_objects(self.comm, self.stream.state_dict())
+            data_state = states if self.world_size > 1 else states[0]
+        if self.rank == 0:
+            model_tensors = {name: ops.to_numpy(value) for name, value in nn.state_dict(self.model).items()}
+            trainer_state = {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
+                             "schedule": self.schedule.state_dict(), "history": self.history,
+                             "loss_type": training["loss_type"], "global_batch_size": training["global_batch_size"],
+                             "seed": training["seed"], "world_size": self.world_size, "data_state": data_state}
+            ckpt.save_checkpoint(
+                training["save"], self.iteration, model_tensors, dict(self.metadata, backend=self.backend.NAME),
+                trainer_state, None if training["no_save_optim"] else self.optimizer.state_dict(),
+                None if training["no_save_rng"] else self.steps.get_rng_state())
+        self.comm.barrier()
+        self.last_saved = self.iteration
+        return str(ckpt.iteration_dir(training["save"], self.iteration))
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
     def global_batch(self):
-        """(micro-batches as numpy dicts, dataset indices (None when streaming)) of the next global batch."""
+        """(this rank's micro-batches as numpy dicts, their dataset indices (None when streaming)) of the next global
+        batch: micro-batch ``k`` of it belongs to rank ``k % world_size``."""
         training = self.training
-        if self.stream is not None:
-            count = training["global_batch_size"] // training["micro_batch_size"]
-            return [self.stream.next_batch() for _ in range(count)], None
-        indices = self.sampler.indices(self.consumed_samples, training["global_batch_size"])
         micro = training["micro_batch_size"]
-        batches = [self.collate([self.dataset[i] for i in indices[k:k + micro]])
-                   for k in range(0, len(indices), micro)]
-        return batches, indices
+        count = training["global_batch_size"] // micro
+        if self.stream is not None:
+            return [self.stream.next_batch() for _ in range(count // self.world_size)], None
+        indices = self.sampler.indices(self.consumed_samples, training["global_batch_size"])
+        mine = [indices[k * micro:(k + 1) * micro] for k in range(self.rank, count, self.world_size)]
+        return [self.collate([self.dataset[i] for i in part]) for part in mine], [i for part in mine for i in part]
 
     def _loss_fn(self, prepared):
         inputs, targets, weights = prepared
@@ -231,17 +268,23 @@ class Trainer:
         """One optimizer step; returns its metrics record. Raises NonFiniteLossError naming step and samples."""
         training = self.training
         batches, indices = self.global_batch()
-        weights = token_weights(batches, training["loss_type"])
+        # [supervised tokens, supervised samples, micro-batches, real tokens] of the whole global batch
+        counts = self.comm.all_reduce_numpy(np.append(loss_counts(batches), sum(map(count_tokens, batches))))
+        weights = token_weights(batches, training["loss_type"], global_counts=counts[:3])
         prepared = [prepare_micro_batch(self.model, batch, weight) for batch, weight in zip(batches, weights)]
         lr = self.schedule(self.iteration)
         start = time.perf_counter()
         loss, grad_norm = train_step(self.steps, self.params, self.optimizer, self._loss_fn, prepared, lr,
-                                                training["clip_grad"], training["precision"])
+                                     training["clip_grad"], training["precision"],
+                                     self.comm if self.world_size > 1 else None)
         seconds = time.perf_counter() - start
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             micro = training["micro_batch_size"]
             ids = [sid for k, batch in enumerate(batches)
                    for sid in sample_ids(batch, (indices or [])[k * micro:(k + 1) * micro])]
+            if self.world_size > 1:  # the global batch's samples, with the rank that computed them
+                ids = [f"{sid} (rank {rank})" for rank, rank_ids in enumerate(gather_objects(self.comm, ids))
+                       for sid in rank_ids]
             last = ckpt.read_latest(training["save"]) if training["save"] else None
             raise NonFiniteLossError(
                 f"step {self.iteration + 1}: loss {loss}, grad norm {grad_norm} (not finite) on samples "
@@ -249,7 +292,7 @@ class Trainer:
                 f"{ckpt.iteration_dir(training['save'], last) if last is not None else 'none saved'}")
         self.iteration += 1
         self.consumed_samples += training["global_batch_size"]
-        tokens = sum(count_tokens(batch) for batch in batches)
+        tokens = int(counts[3])
         self.history.append(loss)
         return self.logger.log(self.iteration, loss, lr, grad_norm, tokens, seconds, training["global_batch_size"])
 
@@ -262,20 +305,22 @@ class Trainer:
     def run(self):
         """Train until ``train_iters``, saving every ``save_interval`` steps and at the end; the step records."""
         training = self.training
-        if training["peak_tflops"]:
-            peak = training["peak_tflops"] * 1e12
-        else:  # the peak of the dtype the matmuls run in
+        peak = None
+        if self.rank == 0 and training["peak_tflops"]:
+            peak = training["peak_tflops"] * 1e12 * self.world_size
+        elif self.rank == 0:  # the peak of the dtype the matmuls run in, times the devices
             peak = measure_matmul_peak(dtype=ops.bfloat16 if training["precision"] == "bf16" else ops.float32)
+            peak *= self.world_size
         self.logger = MetricsLogger(self.log_dir, training["train_iters"], training["log_interval"],
                                     self.flops_per_token(), peak, training["progress_bar"], training["log_tps"],
-                                    first_step=self.iteration)
+                                    first_step=self.iteration, output=self.rank == 0)
         records = []
         try:
             while self.iteration < training["train_iters"]:
                 records.append(self.step())
                 if training["save"] and training["save_interval"] and self.iteration % training["save_interval"] == 0:
                     self.save()
-            if training["save"] and ckpt.read_latest(training["save"]) != self.iteration:
+            if training["save"] and self.last_saved != self.iteration:
                 self.save()
         finally:
             self.curve = self.logger.finish()

@@ -30,25 +30,30 @@ def measure_matmul_peak(size=512, repeats=5, dtype=None):
 
 
 class MetricsLogger:
-    """Collects one record per optimizer step; prints, writes JSONL/TensorBoard, draws the loss curve."""
+    """Collects one record per optimizer step; prints, writes JSONL/TensorBoard, draws the loss curve.
+
+    ``output=False`` (data-parallel ranks other than 0) only collects the records: one process writes the logs.
+    ``peak_flops`` is the peak of all devices together (tokens are counted over all ranks).
+    """
 
     def __init__(self, log_dir, total_steps, log_interval=1, flops_per_token=0.0, peak_flops=None,
-                 progress_bar=True, log_tps=False, first_step=0):
-        os.makedirs(log_dir, exist_ok=True)
-        self.log_dir = log_dir
+                 progress_bar=True, log_tps=False, first_step=0, output=True):
+        self.log_dir, self.output = log_dir, output
         self.log_interval = max(int(log_interval), 1)
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.log_tps = log_tps
         self.records = []
+        self.jsonl, self.bar, self.tensorboard = None, None, None
+        if not output:
+            return
+        os.makedirs(log_dir, exist_ok=True)
         self.jsonl = open(os.path.join(log_dir, "metrics.jsonl"), "a")
-        self.bar = None
         if progress_bar:
             from tqdm import tqdm
 
             # disable=None: no bar when stderr is not a terminal (log files keep the plain step lines)
             self.bar = tqdm(total=total_steps, initial=first_step, file=sys.stderr, desc="finetune",
                             dynamic_ncols=True, leave=False, disable=None)
-        self.tensorboard = None
         try:
             from tensorboardX import SummaryWriter
 
@@ -65,6 +70,8 @@ class MetricsLogger:
         if self.peak_flops:
             record["mfu"] = round(self.flops_per_token * tokens_per_second / self.peak_flops, 6)
         self.records.append(record)
+        if not self.output:
+            return record
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.tensorboard is not None:
@@ -92,6 +99,8 @@ class MetricsLogger:
 
     def finish(self):
         """Close the files, print the tokens/s summary (log_tps) and draw ``loss_curve.png``; returns its path."""
+        if not self.output:
+            return None
         if self.bar is not None:
             self.bar.close()
         self.jsonl.close()

@@ -1,5 +1,6 @@
 """The example configs load (every model / training key known, data keys known to mmx.data) and the launch scripts
-run through examples/launch.sh with the guides' variables; a multi-process launch is refused with the reason."""
+run through examples/launch.sh with the guides' variables (several devices and nodes: one data-parallel process per
+device)."""
 import glob
 import os
 import subprocess
@@ -8,7 +9,6 @@ import pytest
 
 from mmx.data.config import KEYS as DATA_KEYS
 from mmx.train.config import load_config
-from mmx.train.loop import check_single_process
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 CONFIGS = sorted(glob.glob(os.path.join(EXAMPLES, "*", "*", "*.yaml")))
@@ -32,21 +32,22 @@ def test_example_config_loads(path):
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(EXAMPLES, "*", "*", "finetune_*.sh"))))
 def test_launch_script_runs_the_backends_launcher(path, tmp_path):
     """Run the script with stand-ins for torchrun / msrun / mmx on PATH that print their arguments: the guides'
-    variables reach the launcher, and mmx finetune gets the script's backend, its own config and the overrides."""
+    variables reach the launcher (2 nodes x 2 devices, this node second: 4 processes, 2 here), and mmx finetune gets
+    the script's backend, its own config and the overrides."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("torchrun", "msrun", "mmx"):
         stub = bin_dir / tool
         stub.write_text(f'#!/usr/bin/env bash\necho {tool} "$@"\n')
         stub.chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", NPUS_PER_NODE="1", NNODES="1", NODE_RANK="0",
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", NPUS_PER_NODE="2", NNODES="2", NODE_RANK="1",
                MASTER_ADDR="127.0.0.1", MASTER_PORT="29555")
     env.pop("CONFIG", None)
     run = subprocess.run(["bash", path, "training.lr=2e-5"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     backend = "torch" if "/torch/" in path else "mindspore"
-    launcher = {"torch": "torchrun --nproc_per_node 1 --nnodes 1 --node_rank 0",
-                "mindspore": "msrun --worker_num 1 --local_worker_num 1 --node_rank 0"}[backend]
+    launcher = {"torch": "torchrun --nproc_per_node 2 --nnodes 2 --node_rank 1",
+                "mindspore": "msrun --worker_num 4 --local_worker_num 2 --node_rank 1"}[backend]
     config = path[:-len(".sh")] + ".yaml"
     assert run.stdout.startswith(launcher), run.stdout
     assert "--master_addr 127.0.0.1 --master_port 29555" in run.stdout
@@ -54,8 +55,3 @@ def test_launch_script_runs_the_backends_launcher(path, tmp_path):
                                         f"training.lr=2e-5"), run.stdout
     assert (tmp_path / "logs" / (os.path.basename(path)[:-len(".sh")] + ".log")).exists()
 
-
-def test_multi_process_launch_is_refused(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="WORLD_SIZE=2.*one process"):
-        check_single_process()

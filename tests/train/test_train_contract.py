@@ -1,5 +1,6 @@
-"""backends/torch/train.py and backends/mindspore/train.py export the same public names, in the same order, with
-the same signatures (the framework-free loop calls either one through mmx.backend.get().train)."""
+"""backends/torch/{train,distributed}.py and backends/mindspore/{train,distributed}.py export the same public names, in
+the same order, with the same signatures (the framework-free loop calls either one through mmx.backend.get().train
+and .distributed)."""
 import importlib
 import inspect
 
@@ -20,3 +21,28 @@ def test_backend_train_modules_mirror_each_other():
         torch_method = getattr(importlib.import_module("mmx.backends.torch.train").AdamW, method)
         mindspore_method = getattr(importlib.import_module("mmx.backends.mindspore.train").AdamW, method)
         assert inspect.signature(torch_method) == inspect.signature(mindspore_method), method
+
+
+def test_backend_distributed_modules_mirror_each_other():
+    torch_distributed = _public(importlib.import_module("mmx.backends.torch.distributed"))
+    mindspore_distributed = _public(importlib.import_module("mmx.backends.mindspore.distributed"))
+    assert list(torch_distributed) == list(mindspore_distributed)
+    assert torch_distributed == mindspore_distributed
+    assert list(torch_distributed) == ["init", "all_reduce_sum", "all_gather_numpy", "all_reduce_numpy",
+                                       "broadcast_parameters", "barrier"]
+
+
+def test_single_process_communication_is_the_identity():
+    """Launched as one process, init() joins no group and every collective returns its input."""
+    import numpy as np
+
+    from mmx import backend, ops
+
+    distributed = backend.get().distributed
+    assert distributed.init() == (0, 1)
+    counts = np.array([3, 2 ** 40], np.int64)
+    assert np.array_equal(distributed.all_reduce_numpy(counts), counts)
+    assert distributed.all_gather_numpy(counts).shape == (1, 2)
+    grads = [ops.tensor(np.ones((2, 3), np.float32))]
+    assert np.array_equal(ops.to_numpy(distributed.all_reduce_sum(grads)[0]), np.ones((2, 3), np.float32))
+    distributed.barrier()

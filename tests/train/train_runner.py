@@ -1,9 +1,10 @@
 """Runs a tiny training job (TinyVLM on synthetic samples) in this process or as a subprocess script.
 
-``python train_runner.py OUT.npz SAVE [key=value ...]`` trains with the overrides and saves the per-step losses and
-final weights to OUT.npz; the tests use it to run the other backend (cross-backend resume) and to kill a run.
+``python train_runner.py OUT.npz SAVE [key=value ...] [then OUT2.npz SAVE2 [key=value ...] ...]`` trains with the
+overrides and saves the per-step losses and final weights to OUT.npz (then runs the next job in the same process); the tests use it to run the other backend (cross-backend resume) and to kill a run.
 ``kill_during_save=N`` SIGKILLs the process while it writes checkpoint N (after the model file, before the
-optimizer file), the crash the atomic save must survive.
+optimizer file), the crash the atomic save must survive. Launched by torchrun / msrun it trains data parallel and
+rank r of a multi-process run writes OUT with ``.rank{r}`` before ``.npz``.
 """
 import os
 import signal
@@ -48,12 +49,25 @@ def _kill_during(iteration):
     checkpoint._write_safetensors = write_then_die
 
 
-if __name__ == "__main__":
-    out, save = sys.argv[1], sys.argv[2]
+def main(args):
     import yaml
 
-    options = {key: yaml.safe_load(value) for key, value in (arg.split("=", 1) for arg in sys.argv[3:])}
+    out, save = args[0], args[1]
+    options = {key: yaml.safe_load(value) for key, value in (arg.split("=", 1) for arg in args[2:])}
     if "kill_during_save" in options:
         _kill_during(options.pop("kill_during_save"))
-    losses, weights, _ = train(save=save, **options)
+    losses, weights, trainer = train(save=save, **options)
+    if trainer.world_size > 1:
+        out = out.replace(".npz", f".rank{trainer.rank}.npz")
     np.savez(out, losses=np.array(losses), **{f"w/{name}": value for name, value in weights.items()})
+
+
+if __name__ == "__main__":
+    jobs = [[]]
+    for arg in sys.argv[1:]:
+        if arg == "then":
+            jobs.append([])
+        else:
+            jobs[-1].append(arg)
+    for job in jobs:  # one launch (msrun / torchrun start-up is most of a tiny job's time), several jobs
+        main(job)

@@ -1,0 +1,88 @@
+"""Data-parallel communication for the framework-free trainer (torch.distributed), launched by ``torchrun``.
+
+``backends/mindspore/distributed.py`` has the same public names, signatures and order. Every function is a no-op
+(or the identity) in a single process, so the trainer calls them unconditionally.
+
+torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; the process group
+reads them (``env://``). The communication backend follows the device: gloo on CPU, nccl on CUDA, hccl on Ascend
+(torch_npu is imported by the backend's device selection, never here).
+"""
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import mmx.backends.torch as backend
+
+PROCESS_GROUP_BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+
+
+def init():
+    """(rank, world size) of this process; joins the launcher's process group when it started more than one.
+
+    On an accelerator without an explicit index in ``MMX_DEVICE``, rank ``LOCAL_RANK`` of a node takes device
+    ``LOCAL_RANK``, so call this before building the model.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        requested = os.environ.get("MMX_DEVICE") or "cpu"
+        kind = requested.split(":")[0]
+        if kind != "cpu" and ":" not in requested:
+            backend.set_device(f"{kind}:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        dist.init_process_group(backend=PROCESS_GROUP_BACKENDS[backend.device().split(":")[0]])
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _world_size():
+    """Processes in the data-parallel group (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum(tensors):
+    """The element-wise sums of ``tensors`` (e.g. gradients) over all ranks, as a list in the same order.
+
+    The sums are written into the given tensors (torch's collectives work in place) and those are returned.
+    """
+    if _world_size() == 1:
+        return list(tensors)
+    for tensor in tensors:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return list(tensors)
+
+
+def all_gather_numpy(array):
+    """(world size, *array.shape) numpy array of every rank's ``array`` (same shape and dtype on every rank).
+
+    Moved as raw bytes, so any dtype arrives bit-exact (float64 host counts and losses included).
+    """
+    array = np.ascontiguousarray(array)
+    if _world_size() == 1:
+        return array[None].copy()
+    payload = torch.from_numpy(array.reshape(-1).view(np.uint8).copy()).to(backend.device())
+    gathered = [torch.empty_like(payload) for _ in range(_world_size())]
+    dist.all_gather(gathered, payload)
+    rows = [np.frombuffer(part.cpu().numpy().tobytes(), array.dtype).reshape(array.shape) for part in gathered]
+    return np.stack(rows)
+
+
+def all_reduce_numpy(array):
+    """The sum over ranks of a host ``array`` (counts, losses), in its dtype, added in rank order on every rank."""
+    return all_gather_numpy(array).sum(axis=0, dtype=np.asarray(array).dtype)
+
+
+def broadcast_parameters(params, src=0):
+    """Overwrite every parameter in ``params`` with rank ``src``'s values, so all ranks start from the same weights."""
+    if _world_size() == 1:
+        return
+    with torch.no_grad():
+        for param in params:
+            dist.broadcast(param.data, src=src)
+
+
+def barrier():
+    """Wait until every rank arrives here (e.g. rank 0 finished writing a checkpoint)."""
+    if _world_size() > 1:
+        dist.barrier()

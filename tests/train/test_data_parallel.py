@@ -1,0 +1,121 @@
+"""Data parallel: the tiny training job (train_runner.py: per_token loss, global batch 4 of micro-batches of 1)
+launched as 2 processes by this backend's launcher (torchrun with gloo / msrun, on CPU) gives the 1-process run's
+per-step losses and final weights, writes one checkpoint and one log, and continues a 1-process checkpoint on the
+same curve. A global batch that does not split over the ranks and model-parallel sizes are refused with the fix.
+
+One launch runs both 2-process jobs (the launcher's start-up is most of a 3-step job's time, ~30 s for msrun).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mmx import backend
+from mmx.train import checkpoint
+from mmx.train.config import ConfigError, load_config
+from mmx.train.loop import Trainer
+from tolerances import TRAIN_TOLERANCE
+from train_reference import collate, make_dataset, make_model, random_weights
+from train_runner import BASE, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+JOB = {"train_iters": 3, "micro_batch_size": 1, "global_batch_size": 4, "loss_type": "per_token"}
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launcher(log_dir):
+    """The command that starts 2 processes of a script with this backend's launcher."""
+    if backend.name() == "torch":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return [sys.executable, "-m", "mindspore.parallel.cluster.run", "--worker_num=2", "--local_worker_num=2",
+            f"--master_port={_free_port()}", "--join=True", f"--log_dir={log_dir}"]
+
+
+def _job(out, save, **options):
+    return [out, save] + [f"{key}={value}" for key, value in dict(JOB, **options).items()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The 1-process runs (this process) and the 2-process jobs (one launch): paths and results."""
+    root = tmp_path_factory.mktemp("dp")
+    single_losses, single_weights, single = train(save=str(root / "single"), **JOB)
+    first_losses, _, _ = train(save=str(root / "resume"), **dict(JOB, train_iters=2))
+    # msrun starts its workers as `python`: the one of this interpreter
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", TQDM_DISABLE="1")
+    command = (_launcher(str(root / "launch_logs")) + [os.path.join(HERE, "train_runner.py")]
+               + _job(str(root / "dp.npz"), str(root / "dp")) + ["then"]
+               + _job(str(root / "resumed.npz"), str(root / "resume"), load=str(root / "resume")))
+    run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=400)
+    logs = "".join(open(os.path.join(root / "launch_logs", name)).read()[-3000:]
+                   for name in sorted(os.listdir(root / "launch_logs"))) if (root / "launch_logs").exists() else ""
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + logs
+    return {"root": root, "single_losses": single_losses, "single_weights": single_weights,
+            "single_records": single.logger.records, "first_losses": first_losses}
+
+
+def _load(path):
+    data = np.load(path)
+    return list(data["losses"]), {key[2:]: data[key] for key in data.files if key.startswith("w/")}
+
+
+def _assert_close_curve(losses, reference):
+    assert len(losses) == len(reference)
+    for step, (got, want) in enumerate(zip(losses, reference)):
+        assert abs(got - want) <= TRAIN_TOLERANCE["data_parallel_loss_rel"] * abs(want), (step, got, want)
+
+
+def test_two_processes_train_like_one(runs):
+    root = runs["root"]
+    losses, weights = _load(root / "dp.rank0.npz")
+    losses_1, weights_1 = _load(root / "dp.rank1.npz")
+    _assert_close_curve(losses, runs["single_losses"])
+    assert losses == losses_1
+    for name, want in runs["single_weights"].items():
+        assert np.array_equal(weights[name], weights_1[name]), f"{name} differs between the ranks"
+        error = np.abs(weights[name] - want).max() / max(1.0, np.abs(want).max())
+        assert error <= TRAIN_TOLERANCE["data_parallel_weights"], (name, error)
+    initial = random_weights(make_model())  # the weights make_model loads: the run moved far beyond the tolerance
+    moved = max(np.abs(weights[name] - initial[name]).max() for name in weights)
+    assert moved > 100 * TRAIN_TOLERANCE["data_parallel_weights"], moved
+    # one writer: one checkpoint tree, one log with one line per step and the tokens of both ranks
+    save = root / "dp"
+    assert sorted(name for name in os.listdir(save) if "iter_" in name) == ["iter_0000003"]
+    assert checkpoint.read_latest(str(save)) == 3
+    assert checkpoint.load_checkpoint(str(save))["trainer_state"]["world_size"] == 2
+    records = [json.loads(line) for line in open(save / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["tokens"] for r in records] == [r["tokens"] for r in runs["single_records"]]
+    assert (save / "loss_curve.png").exists()
+
+
+def test_two_processes_continue_a_one_process_checkpoint(runs):
+    resumed, _ = _load(runs["root"] / "resumed.rank0.npz")
+    _assert_close_curve(runs["first_losses"] + resumed, runs["single_losses"])
+    state = checkpoint.load_checkpoint(str(runs["root"] / "resume"))["trainer_state"]
+    assert state["iteration"] == 3 and state["world_size"] == 2 and state["consumed_samples"] == 12
+
+
+def test_global_batch_must_split_over_the_ranks(monkeypatch, tmp_path):
+    monkeypatch.setattr(backend.get().distributed, "init", lambda: (0, 2))  # as rank 0 of 2, before any collective
+    training = load_config(base={"training": dict(BASE, global_batch_size=6, micro_batch_size=2)})["training"]
+    with pytest.raises(ConfigError, match=r"global_batch_size \(6\) must be a multiple of training\.micro_batch_size "
+                                          r"\(2\) x the data-parallel size \(2 processes\) = 4.*set global_batch_size "
+                                          r"to 4 or 8"):
+        Trainer(make_model(), make_dataset(8), collate, training, log_dir=str(tmp_path))
+
+
+def test_model_parallel_sizes_are_refused():
+    assert load_config(base={"training": {"tensor_model_parallel_size": 1}})["training"]["train_iters"] > 0
+    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        with pytest.raises(ConfigError, match=f"training.{key}=2: mmx finetune trains data parallel only"):
+            load_config(base={"training": {key: 2}})
