@@ -1,9 +1,10 @@
 """Data parallel: the tiny training job (train_runner.py: per_token loss, global batch 4 of micro-batches of 1)
 launched as 2 processes by this backend's launcher (torchrun with gloo / msrun, on CPU) gives the 1-process run's
 per-step losses and final weights, writes one checkpoint and one log, and continues a 1-process checkpoint on the
-same curve. A global batch that does not split over the ranks and model-parallel sizes are refused with the fix.
+same curve. Streaming data (each rank its own stream) resumes with every rank's position; a NaN names the samples
+and their ranks. A global batch that does not split over the ranks and model-parallel sizes are refused with the fix.
 
-One launch runs both 2-process jobs (the launcher's start-up is most of a 3-step job's time, ~30 s for msrun).
+One launch runs all 2-process jobs (the launcher's start-up is most of a 3-step job's time, ~30 s for msrun).
 """
 import json
 import os
@@ -17,7 +18,7 @@ import pytest
 from mmx import backend
 from mmx.train import checkpoint
 from mmx.train.config import ConfigError, load_config
-from mmx.train.loop import Trainer
+from mmx.train.loop import Sampler, Trainer
 from tolerances import TRAIN_TOLERANCE
 from train_reference import collate, make_dataset, make_model, random_weights
 from train_runner import BASE, train
@@ -50,17 +51,24 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp")
     single_losses, single_weights, single = train(save=str(root / "single"), **JOB)
     first_losses, _, _ = train(save=str(root / "resume"), **dict(JOB, train_iters=2))
+    # sample on rank 1 (micro-batch 1) at step 2
+    nan_sample = Sampler(12, BASE["seed"]).indices(JOB["global_batch_size"], JOB["global_batch_size"])[1]
     # msrun starts its workers as `python`: the one of this interpreter
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", TQDM_DISABLE="1")
     command = (_launcher(str(root / "launch_logs")) + [os.path.join(HERE, "train_runner.py")]
                + _job(str(root / "dp.npz"), str(root / "dp")) + ["then"]
-               + _job(str(root / "resumed.npz"), str(root / "resume"), load=str(root / "resume")))
+               + _job(str(root / "resumed.npz"), str(root / "resume"), load=str(root / "resume")) + ["then"]
+               + _job(str(root / "stream.npz"), str(root / "stream"), streaming=True) + ["then"]
+               + _job(str(root / "stream_a.npz"), str(root / "stream_part"), streaming=True, train_iters=2) + ["then"]
+               + _job(str(root / "stream_b.npz"), str(root / "stream_part"), streaming=True,
+                      load=str(root / "stream_part")) + ["then"]
+               + _job(str(root / "nan.npz"), str(root / "nan"), nan_sample=nan_sample, save_interval=1))
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=400)
     logs = "".join(open(os.path.join(root / "launch_logs", name)).read()[-3000:]
                    for name in sorted(os.listdir(root / "launch_logs"))) if (root / "launch_logs").exists() else ""
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + logs
     return {"root": root, "single_losses": single_losses, "single_weights": single_weights,
-            "single_records": single.logger.records, "first_losses": first_losses}
+            "single_records": single.logger.records, "first_losses": first_losses, "nan_sample": nan_sample}
 
 
 def _load(path):
@@ -119,3 +127,26 @@ def test_model_parallel_sizes_are_refused():
     for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
         with pytest.raises(ConfigError, match=f"training.{key}=2: mmx finetune trains data parallel only"):
             load_config(base={"training": {key: 2}})
+
+
+def test_streaming_resume_restores_every_ranks_position(runs):
+    root = runs["root"]
+    full, _ = _load(root / "stream.rank0.npz")
+    first, _ = _load(root / "stream_a.rank0.npz")
+    resumed, _ = _load(root / "stream_b.rank0.npz")
+    _assert_close_curve(first + resumed, full)
+    state = checkpoint.load_checkpoint(str(root / "stream_part"))["trainer_state"]
+    assert state["world_size"] == 2 and len(state["data_state"]) == 2  # one stream position per rank
+    assert state["data_state"][0] != state["data_state"][1]
+    with pytest.raises(ValueError, match="saved by 2 data-parallel processes and this run has 1"):
+        train(save=str(root / "stream_one"), load=str(root / "stream_part"), streaming=True, **JOB)
+
+
+def test_nan_names_the_samples_and_their_ranks(runs):
+    root = runs["root"]
+    messages = [open(root / f"nan.rank{rank}.txt").read() for rank in (0, 1)]
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("step 2: loss nan"), messages[0]
+    assert f"sample-{runs['nan_sample']} (rank 1)" in messages[0], messages[0]
+    assert messages[0].count("(rank 0)") == 2 and messages[0].count("(rank 1)") == 2
+    assert messages[0].endswith(f"{os.path.join(str(root / 'nan'), 'iter_0000001')}"), messages[0]

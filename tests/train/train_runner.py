@@ -4,7 +4,8 @@
 overrides and saves the per-step losses and final weights to OUT.npz (then runs the next job in the same process); the tests use it to run the other backend (cross-backend resume) and to kill a run.
 ``kill_during_save=N`` SIGKILLs the process while it writes checkpoint N (after the model file, before the
 optimizer file), the crash the atomic save must survive. Launched by torchrun / msrun it trains data parallel and
-rank r of a multi-process run writes OUT with ``.rank{r}`` before ``.npz``.
+rank r of a multi-process run writes OUT with ``.rank{r}`` before ``.npz``. ``nan_sample=K`` plants NaN pixels in
+sample K; the NonFiniteLossError message then goes to OUT with ``.txt`` for ``.npz`` and the next job runs.
 """
 import os
 import signal
@@ -14,10 +15,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mmx import nn, ops  # noqa: E402
+from mmx import backend, nn, ops  # noqa: E402
 from mmx.train import checkpoint  # noqa: E402
 from mmx.train.config import load_config  # noqa: E402
-from mmx.train.loop import Trainer  # noqa: E402
+from mmx.train.loop import NonFiniteLossError, Trainer  # noqa: E402
 from train_reference import SampleStream, collate, make_dataset, make_model  # noqa: E402
 
 BASE = {"seed": 7, "train_iters": 4, "micro_batch_size": 2, "global_batch_size": 4, "lr": 3e-2, "min_lr": 3e-3,
@@ -25,12 +26,16 @@ BASE = {"seed": 7, "train_iters": 4, "micro_batch_size": 2, "global_batch_size":
         "log_interval": 100, "progress_bar": False, "peak_tflops": 1.0}
 
 
-def train(save=None, load=None, log_dir=None, streaming=False, **overrides):
+def train(save=None, load=None, log_dir=None, streaming=False, nan_sample=None, **overrides):
     """(per-step losses of this run, final weights {name: numpy}, the Trainer). ``streaming``: batches come from a
-    SampleStream (checkpointed by its state) instead of the map-style sampler."""
+    SampleStream (checkpointed by its state; each data-parallel rank draws its own) instead of the map-style
+    sampler. ``nan_sample``: that sample's pixels are NaN."""
     training = load_config(base={"training": dict(BASE, save=save, load=load, **overrides)})["training"]
     dataset = make_dataset(12)
-    stream = SampleStream(dataset, training["micro_batch_size"]) if streaming else None
+    if nan_sample is not None:
+        dataset[nan_sample]["pixel_values"] = np.full_like(dataset[nan_sample]["pixel_values"], np.nan)
+    rank, _ = backend.get().distributed.init()
+    stream = SampleStream(dataset, training["micro_batch_size"], seed=rank) if streaming else None
     trainer = Trainer(make_model(), dataset, collate, training, {"model_type": "tiny"}, log_dir=log_dir or save,
                       stream=stream)
     records = trainer.run()
@@ -56,9 +61,15 @@ def main(args):
     options = {key: yaml.safe_load(value) for key, value in (arg.split("=", 1) for arg in args[2:])}
     if "kill_during_save" in options:
         _kill_during(options.pop("kill_during_save"))
-    losses, weights, trainer = train(save=save, **options)
-    if trainer.world_size > 1:
-        out = out.replace(".npz", f".rank{trainer.rank}.npz")
+    rank, world_size = backend.get().distributed.init()
+    if world_size > 1:
+        out = out.replace(".npz", f".rank{rank}.npz")
+    try:
+        losses, weights, _ = train(save=save, **options)
+    except NonFiniteLossError as error:
+        with open(out.replace(".npz", ".txt"), "w") as handle:
+            handle.write(str(error))
+        return
     np.savez(out, losses=np.array(losses), **{f"w/{name}": value for name, value in weights.items()})
 
 
