@@ -2,7 +2,7 @@
 launched as 2 processes by this backend's launcher (torchrun with gloo / msrun, on CPU) gives the 1-process run's
 per-step losses and final weights, writes one checkpoint and one log, and continues a 1-process checkpoint on the
 same curve. Streaming data (each rank its own stream) resumes with every rank's position; a NaN names the samples
-and their ranks. A global batch that does not split over the ranks and model-parallel sizes are refused with the fix.
+and their ranks; ``mmx finetune`` on the tiny Qwen2.5-VL trains the same weights in 2 processes as in 1. A global batch that does not split over the ranks and model-parallel sizes are refused with the fix.
 
 One launch runs all 2-process jobs (the launcher's start-up is most of a 3-step job's time, ~30 s for msrun).
 """
@@ -14,13 +14,17 @@ import sys
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from mmx import backend
+from mmx.checkpoint import load_mm
+from mmx.cli import main as mmx_command
 from mmx.train import checkpoint
 from mmx.train.config import ConfigError, load_config
 from mmx.train.loop import Sampler, Trainer
 from tolerances import TRAIN_TOLERANCE
 from train_reference import collate, make_dataset, make_model, random_weights
+from test_cli import _setup as cli_setup
 from train_runner import BASE, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,6 +57,11 @@ def runs(tmp_path_factory):
     first_losses, _, _ = train(save=str(root / "resume"), **dict(JOB, train_iters=2))
     # sample on rank 1 (micro-batch 1) at step 2
     nan_sample = Sampler(12, BASE["seed"]).indices(JOB["global_batch_size"], JOB["global_batch_size"])[1]
+    cli_config = cli_setup(root / "cli")
+    cli_args = ["finetune", "--backend", backend.name(), "--config", cli_config, "training.micro_batch_size=1",
+                "training.loss_type=per_token"]
+    result = CliRunner().invoke(mmx_command, cli_args + [f"training.save={root / 'cli_single'}"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
     # msrun starts its workers as `python`: the one of this interpreter
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", TQDM_DISABLE="1")
     command = (_launcher(str(root / "launch_logs")) + [os.path.join(HERE, "train_runner.py")]
@@ -62,7 +71,8 @@ def runs(tmp_path_factory):
                + _job(str(root / "stream_a.npz"), str(root / "stream_part"), streaming=True, train_iters=2) + ["then"]
                + _job(str(root / "stream_b.npz"), str(root / "stream_part"), streaming=True,
                       load=str(root / "stream_part")) + ["then"]
-               + _job(str(root / "nan.npz"), str(root / "nan"), nan_sample=nan_sample, save_interval=1))
+               + _job(str(root / "nan.npz"), str(root / "nan"), nan_sample=nan_sample, save_interval=1) + ["then"]
+               + ["cli"] + cli_args + [f"training.save={root / 'cli_dp'}"])
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=400)
     logs = "".join(open(os.path.join(root / "launch_logs", name)).read()[-3000:]
                    for name in sorted(os.listdir(root / "launch_logs"))) if (root / "launch_logs").exists() else ""
@@ -150,3 +160,16 @@ def test_nan_names_the_samples_and_their_ranks(runs):
     assert f"sample-{runs['nan_sample']} (rank 1)" in messages[0], messages[0]
     assert messages[0].count("(rank 0)") == 2 and messages[0].count("(rank 1)") == 2
     assert messages[0].endswith(f"{os.path.join(str(root / 'nan'), 'iter_0000001')}"), messages[0]
+
+
+def test_finetune_command_trains_the_same_in_two_processes(runs):
+    single, dp = runs["root"] / "cli_single", runs["root"] / "cli_dp"
+    _, want = load_mm(str(single))
+    metadata, got = load_mm(str(dp))
+    assert metadata["iteration"] == 2 and set(got) == set(want)
+    for name in want:
+        error = np.abs(got[name] - want[name]).max() / max(1.0, np.abs(want[name]).max())
+        assert error <= TRAIN_TOLERANCE["data_parallel_weights"], (name, error)
+    losses = [[json.loads(line)["loss"] for line in open(save / "logs" / "metrics.jsonl")] for save in (dp, single)]
+    _assert_close_curve(*losses)
+    assert sorted(os.listdir(dp)) == sorted(os.listdir(single))  # support files, one iteration, logs

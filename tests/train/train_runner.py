@@ -5,7 +5,8 @@ overrides and saves the per-step losses and final weights to OUT.npz (then runs 
 ``kill_during_save=N`` SIGKILLs the process while it writes checkpoint N (after the model file, before the
 optimizer file), the crash the atomic save must survive. Launched by torchrun / msrun it trains data parallel and
 rank r of a multi-process run writes OUT with ``.rank{r}`` before ``.npz``. ``nan_sample=K`` plants NaN pixels in
-sample K; the NonFiniteLossError message then goes to OUT with ``.txt`` for ``.npz`` and the next job runs.
+sample K; the NonFiniteLossError message then goes to OUT with ``.txt`` for ``.npz`` and the next job runs. A job
+``cli ARGS ...`` runs ``mmx ARGS ...`` (e.g. ``cli finetune --config F``) in the launched processes.
 """
 import os
 import signal
@@ -81,4 +82,9 @@ if __name__ == "__main__":
         else:
             jobs[-1].append(arg)
     for job in jobs:  # one launch (msrun / torchrun start-up is most of a tiny job's time), several jobs
-        main(job)
+        if job[0] == "cli":
+            from mmx.cli import main as mmx_command
+
+            mmx_command(job[1:], standalone_mode=False)
+        else:
+            main(job)
