@@ -5,10 +5,11 @@ a no-op (or the identity). msrun sets ``MS_WORKER_NUM`` (and ``RANK_SIZE`` / ``R
 ``mindspore.communication.init()`` joins its scheduler (HCCL on Ascend, MindSpore's own collectives on CPU).
 
 MindSpore 2.10 on CPU, measured with msrun --worker_num=2: the ``AllReduce`` / ``AllGather`` / ``Broadcast``
-primitives work out of place; AllReduce takes float32 but not int32/int64/float64, AllGather takes int32 and
-float32 but not (u)int8, and truncates int64 to its low 32 bits; ``mint.distributed.barrier()`` returns without
-waiting for the other rank. So host arrays travel as int32 words through AllGather, the barrier is an AllReduce of one float, and parameters are overwritten
-with ``ops.assign`` (in-place Tensor methods silently do nothing in PyNative, ARCHITECTURE.md).
+primitives work out of place; AllReduce takes float32 but not int32/int64/float64, AllGather takes int32 and float32
+but not (u)int8, and truncates int64 to its low 32 bits; ``mint.distributed.barrier()`` returns without waiting for
+the other rank. So host arrays travel as int32 words through AllGather, the barrier is an AllReduce of one float, and
+parameters are overwritten with ``ops.assign`` (in-place Tensor methods silently do nothing in PyNative,
+ARCHITECTURE.md).
 """
 import os
 
@@ -29,6 +30,10 @@ def init():
     """
     world_size = int(os.environ.get("MS_WORKER_NUM") or os.environ.get("RANK_SIZE") or 1)
     if world_size <= 1:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # every process would train its own copy
+            raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']}: this is a torchrun launch, but the mindspore "
+                               f"backend joins msrun's workers; launch with msrun (examples/launch.sh mindspore) or "
+                               f"use --backend torch")
         return 0, 1
     if _group["all_reduce"] is None:
         from mindspore.communication import get_group_size, get_rank

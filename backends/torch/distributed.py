@@ -26,6 +26,10 @@ def init():
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world_size <= 1:
+        if int(os.environ.get("MS_WORKER_NUM", "1") or 1) > 1:  # every process would train its own copy
+            raise RuntimeError(f"MS_WORKER_NUM={os.environ['MS_WORKER_NUM']}: this is an msrun launch, but the torch "
+                               f"backend joins torchrun's process group; launch with torchrun (examples/launch.sh "
+                               f"torch) or use --backend mindspore")
         return 0, 1
     if not dist.is_initialized():
         requested = os.environ.get("MMX_DEVICE") or "cpu"

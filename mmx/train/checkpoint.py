@@ -5,7 +5,8 @@ Layout (the guides' names; model weights readable by ``mmx convert mm_to_hf`` / 
     SAVE/latest_checkpointed_iteration.txt      "10" — written last, atomically (temp file, fsync, rename)
     SAVE/iter_0000010/mmx_checkpoint.json       mmx.checkpoint's metadata (model type, layout, dtype, iteration,
                                                 backend tag) + ``contents``: which of the files below exist
-    SAVE/iter_0000010/trainer_state.json        iteration, consumed samples, schedule, loss history, host RNG
+    SAVE/iter_0000010/trainer_state.json        iteration, consumed samples, schedule, loss history, data-parallel
+                                                size, streaming position (one per rank when > 1)
     SAVE/iter_0000010/mp_rank_00/model.safetensors        every model parameter (backend-neutral)
     SAVE/iter_0000010/mp_rank_00/optimizer.safetensors    exp_avg/<name>, exp_avg_sq/<name> (float32) + step
     SAVE/iter_0000010/mp_rank_00/rng.safetensors          the backend's generator state (tagged by backend)

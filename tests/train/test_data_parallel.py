@@ -1,8 +1,9 @@
-"""Data parallel: the tiny training job (train_runner.py: per_token loss, global batch 4 of micro-batches of 1)
-launched as 2 processes by this backend's launcher (torchrun with gloo / msrun, on CPU) gives the 1-process run's
-per-step losses and final weights, writes one checkpoint and one log, and continues a 1-process checkpoint on the
-same curve. Streaming data (each rank its own stream) resumes with every rank's position; a NaN names the samples
-and their ranks; ``mmx finetune`` on the tiny Qwen2.5-VL trains the same weights in 2 processes as in 1. A global batch that does not split over the ranks and model-parallel sizes are refused with the fix.
+"""Data parallel: the tiny training job (train_runner.py: per_token loss, global batch 4 of micro-batches of 1) launched
+as 2 processes by this backend's launcher (torchrun with gloo / msrun, on CPU) gives the 1-process run's per-step
+losses and final weights, writes one checkpoint and one log, and continues a 1-process checkpoint on the same curve.
+Streaming data (each rank its own stream) resumes with every rank's position; a NaN names the samples and their ranks;
+``mmx finetune`` on the tiny Qwen2.5-VL trains the same weights in 2 processes as in 1. A global batch that does not
+split over the ranks and model-parallel sizes are refused with the fix.
 
 One launch runs all 2-process jobs (the launcher's start-up is most of a 3-step job's time, ~30 s for msrun).
 """

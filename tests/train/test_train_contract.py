@@ -4,6 +4,8 @@ and .distributed)."""
 import importlib
 import inspect
 
+import pytest
+
 
 def _public(module):
     names = [name for name, value in vars(module).items() if not name.startswith("_") and callable(value)
@@ -46,3 +48,13 @@ def test_single_process_communication_is_the_identity():
     grads = [ops.tensor(np.ones((2, 3), np.float32))]
     assert np.array_equal(ops.to_numpy(distributed.all_reduce_sum(grads)[0]), np.ones((2, 3), np.float32))
     distributed.barrier()
+
+
+def test_the_other_backends_launcher_is_refused(monkeypatch):
+    """torchrun for the mindspore backend (or msrun for torch) would start N unconnected copies: an error instead."""
+    from mmx import backend
+
+    other = {"torch": ("MS_WORKER_NUM", "msrun"), "mindspore": ("WORLD_SIZE", "torchrun")}[backend.name()]
+    monkeypatch.setenv(other[0], "2")
+    with pytest.raises(RuntimeError, match=f"{other[0]}=2: this is an? {other[1]} launch"):
+        backend.get().distributed.init()

@@ -1,12 +1,13 @@
 """Runs a tiny training job (TinyVLM on synthetic samples) in this process or as a subprocess script.
 
 ``python train_runner.py OUT.npz SAVE [key=value ...] [then OUT2.npz SAVE2 [key=value ...] ...]`` trains with the
-overrides and saves the per-step losses and final weights to OUT.npz (then runs the next job in the same process); the tests use it to run the other backend (cross-backend resume) and to kill a run.
-``kill_during_save=N`` SIGKILLs the process while it writes checkpoint N (after the model file, before the
-optimizer file), the crash the atomic save must survive. Launched by torchrun / msrun it trains data parallel and
-rank r of a multi-process run writes OUT with ``.rank{r}`` before ``.npz``. ``nan_sample=K`` plants NaN pixels in
-sample K; the NonFiniteLossError message then goes to OUT with ``.txt`` for ``.npz`` and the next job runs. A job
-``cli ARGS ...`` runs ``mmx ARGS ...`` (e.g. ``cli finetune --config F``) in the launched processes.
+overrides and saves the per-step losses and final weights to OUT.npz (then runs the next job in the same process); the
+tests use it to run the other backend (cross-backend resume) and to kill a run. ``kill_during_save=N`` SIGKILLs the
+process while it writes checkpoint N (after the model file, before the optimizer file), the crash the atomic save must
+survive. Launched by torchrun / msrun it trains data parallel and rank r of a multi-process run writes OUT with
+``.rank{r}`` before ``.npz``. ``nan_sample=K`` plants NaN pixels in sample K; the NonFiniteLossError message then goes
+to OUT with ``.txt`` for ``.npz`` and the next job runs. A job ``cli ARGS ...`` runs ``mmx ARGS ...`` (e.g. ``cli
+finetune --config F``) in the launched processes.
 """
 import os
 import signal
