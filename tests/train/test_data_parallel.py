@@ -23,6 +23,7 @@ from mmx.cli import main as mmx_command
 from mmx.train import checkpoint
 from mmx.train.config import ConfigError, load_config
 from mmx.train.loop import Sampler, Trainer
+from mmx.train.loss import loss_counts, token_weights
 from tolerances import TRAIN_TOLERANCE
 from train_reference import collate, make_dataset, make_model, random_weights
 from test_cli import _setup as cli_setup
@@ -122,6 +123,23 @@ def test_two_processes_continue_a_one_process_checkpoint(runs):
     _assert_close_curve(runs["first_losses"] + resumed, runs["single_losses"])
     state = checkpoint.load_checkpoint(str(runs["root"] / "resume"))["trainer_state"]
     assert state["iteration"] == 3 and state["world_size"] == 2 and state["consumed_samples"] == 12
+
+
+@pytest.mark.parametrize("mode", ["default", "per_token", "per_sample"])
+def test_summed_rank_counts_give_every_micro_batch_its_single_process_weights(mode):
+    """Each of 3 ranks weighs its share of 6 micro-batches (dealt k % 3; lengths and supervision differ, one packed
+    row) with the counts summed over the ranks: bit-identical to the weights of the whole global batch."""
+    samples = make_dataset(6, min_len=3, max_len=10)
+    batches = [collate([sample]) for sample in samples]
+    batches[4] = {"labels": np.array([[-100, 4, 5, 8, -100, 9]]), "cu_seqlens": np.array([0, 3, 6])}
+    batches[5]["labels"][:] = -100  # a micro-batch with nothing supervised
+    whole = token_weights(batches, mode)
+    shares = [batches[rank::3] for rank in range(3)]
+    summed = sum(loss_counts(share) for share in shares)
+    assert summed.tolist() == loss_counts(batches).tolist()
+    for rank, share in enumerate(shares):
+        for got, want in zip(token_weights(share, mode, global_counts=summed), whole[rank::3]):
+            assert np.array_equal(got, want), (mode, rank)
 
 
 def test_global_batch_must_split_over_the_ranks(monkeypatch, tmp_path):
