@@ -74,7 +74,9 @@ def runs(tmp_path_factory):
                + _job(str(root / "stream_b.npz"), str(root / "stream_part"), streaming=True,
                       load=str(root / "stream_part")) + ["then"]
                + _job(str(root / "nan.npz"), str(root / "nan"), nan_sample=nan_sample, save_interval=1) + ["then"]
-               + ["cli"] + cli_args + [f"training.save={root / 'cli_dp'}"])
+               + ["cli"] + cli_args + [f"training.save={root / 'cli_dp'}"] + ["then"]
+               + ["cli"] + cli_args + [f"training.save={root / 'cli_stream'}", "data.streaming=true",
+                                          "training.train_iters=1"])
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=400)
     logs = "".join(open(os.path.join(root / "launch_logs", name)).read()[-3000:]
                    for name in sorted(os.listdir(root / "launch_logs"))) if (root / "launch_logs").exists() else ""
@@ -192,3 +194,10 @@ def test_finetune_command_trains_the_same_in_two_processes(runs):
     losses = [[json.loads(line)["loss"] for line in open(save / "logs" / "metrics.jsonl")] for save in (dp, single)]
     _assert_close_curve(*losses)
     assert sorted(os.listdir(dp)) == sorted(os.listdir(single))  # support files, one iteration, logs
+
+
+def test_finetune_command_streams_a_shard_per_rank(runs):
+    state = checkpoint.load_checkpoint(str(runs["root"] / "cli_stream"))["trainer_state"]
+    assert state["world_size"] == 2 and len(state["data_state"]) == 2
+    first, second = (rank_state["shards"] for rank_state in state["data_state"])
+    assert first != second  # each rank read its own records (mmx.data's StreamingLoader with rank / world size)
