@@ -8,7 +8,8 @@
 # 7B model needs room for ~16 bytes per trainable parameter plus activations, or freeze more of it), takes its share
 # of each global batch's micro-batches, and the gradients are summed over all devices every step.
 # training.global_batch_size must be a multiple of micro_batch_size x NPUS_PER_NODE x NNODES. Tensor / pipeline
-# parallel training is not implemented (the model-parallel size keys must stay 1).
+# parallel training is not implemented (the model-parallel size keys must stay 1). On accelerators set MMX_DEVICE=npu
+# (or cuda) without an index: each process then takes the device of its local rank.
 set -euo pipefail
 source /usr/local/Ascend/cann/set_env.sh 2>/dev/null || true   # Ascend toolkit, when present
 export TOKENIZERS_PARALLELISM=false
