@@ -36,6 +36,8 @@ def init():
         kind = requested.split(":")[0]
         if kind != "cpu" and ":" not in requested:
             backend.set_device(f"{kind}:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        if kind == "cuda":  # nccl's own buffers (barrier) go to the current device
+            torch.cuda.set_device(torch.device(backend.device()))
         dist.init_process_group(backend=PROCESS_GROUP_BACKENDS[backend.device().split(":")[0]])
     return dist.get_rank(), dist.get_world_size()
 
