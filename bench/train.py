@@ -21,7 +21,7 @@ supervised ones (mmx.train.loop.prepare_micro_batch). With a 150k vocabulary the
 VLM's FLOPs, so that is where mmx's speed comes from; with every token supervised both do the same matmuls and run
 at about the same speed on CPU (both are matmul-bound).
 
-Each worker measures its own matmul peak (1024², the dtype it computes in) in the same process and times
+Each worker first measures its own matmul peak (1024², the dtype it computes in) in its process, then times
 ``--steps`` optimizer steps after one warm-up step; every worker runs ``--rounds`` times, interleaved, and its best
 step time and best peak count (other load on a shared machine only ever slows a run down). Reported: tokens/s (every
 real token of the batch) and MFU (6 × parameters FLOPs per token, the usual model-FLOPs convention, the same
@@ -108,6 +108,7 @@ def run_transformers(hf_dir, batch, steps, dtype_name):
     import torch
     from transformers import AutoModelForImageTextToText
 
+    peak = matmul_peak_torch(dtype_name)  # before the model: measured after training steps it reads ~3x lower here
     model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="sdpa")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -125,7 +126,7 @@ def run_transformers(hf_dir, batch, steps, dtype_name):
         optimizer.step()
         return float(loss.detach())
 
-    return sum(p.numel() for p in params), *_time_steps(step, steps), matmul_peak_torch(dtype_name)
+    return sum(p.numel() for p in params), *_time_steps(step, steps), peak
 
 
 def run_mmx(hf_dir, batch, steps, precision):
@@ -135,6 +136,7 @@ def run_mmx(hf_dir, batch, steps, precision):
     from mmx.train.loss import token_weights, weighted_lm_loss
     from mmx.train.metrics import measure_matmul_peak
 
+    peak = measure_matmul_peak(1024, 5, ops.bfloat16 if precision == "bf16" else ops.float32)  # before the model
     _, tensors = read_weights(hf_dir)
     model = models.build(hf_dir)
     models.load_mm_state(model, tensors)
@@ -150,7 +152,6 @@ def run_mmx(hf_dir, batch, steps, precision):
     def step():
         return train_step(train, params, optimizer, loss_fn, prepared, 1e-5, 1.0, precision)[0]
 
-    peak = measure_matmul_peak(1024, 5, ops.bfloat16 if precision == "bf16" else ops.float32)
     return sum(int(np.prod(p.shape)) for p in params), *_time_steps(step, steps), peak
 
 
