@@ -10,6 +10,9 @@ but not (u)int8, and truncates int64 to its low 32 bits; ``mint.distributed.barr
 the other rank. So host arrays travel as int32 words through AllGather, the barrier is an AllReduce of one float, and
 parameters are overwritten with ``ops.assign`` (in-place Tensor methods silently do nothing in PyNative,
 ARCHITECTURE.md).
+
+Fully sharded data parallel is torch-only: MindSpore's counterpart (optimizer parallel in semi-auto / auto parallel
+mode) needs graph mode on Ascend and is not available on CPU, so :func:`fully_shard` refuses it.
 """
 import os
 
@@ -89,3 +92,18 @@ def barrier():
     """Wait until every rank arrives here (e.g. rank 0 finished writing a checkpoint)."""
     if _group["size"] > 1:
         _group["all_reduce"](ms.Tensor(np.zeros(1, np.float32))).asnumpy()
+
+
+def fully_shard(model, unit_names):
+    """Refused: on MindSpore, sharding weights and optimizer state is its optimizer parallel (semi-auto / auto
+    parallel, graph mode on Ascend), which mmx does not drive and which is not available on CPU."""
+    raise NotImplementedError(
+        "training.data_parallel: fully_shard is implemented on the torch backend only (torch FSDP2). MindSpore's "
+        "equivalent is optimizer parallel in semi-auto / auto parallel mode (graph mode on Ascend), which mmx does "
+        "not drive and which is not available on CPU. Use training.data_parallel: replicate (every device holds the "
+        "whole model and AdamW state) or train with --backend torch.")
+
+
+def full_tensor(tensor):
+    """The whole of ``tensor``: MindSpore tensors here are never sharded, so ``tensor`` itself."""
+    return tensor

@@ -56,8 +56,13 @@ class AdamW:
             ops.assign(exp_avg_sq, new_avg_sq)
             ops.assign(param, ops.cast(value, param.dtype))
 
-    def state_dict(self):
-        """Numpy optimizer state (float32 moments keyed by parameter name), backend-neutral layout."""
+    def state_dict(self, gather_only=False):
+        """Numpy optimizer state (float32 moments keyed by parameter name), backend-neutral layout.
+
+        ``gather_only`` (ranks that do not write a fully sharded model's checkpoint; torch only shards): None.
+        """
+        if gather_only:
+            return None
         if not self.step_count:
             return {"step": 0, "exp_avg": {}, "exp_avg_sq": {}}
         return {"step": self.step_count,

@@ -6,12 +6,21 @@
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; the process group
 reads them (``env://``). The communication backend follows the device: gloo on CPU, nccl on CUDA, hccl on Ascend
 (torch_npu is imported by the backend's device selection, never here).
+
+Fully sharded data parallel (``training.data_parallel: fully_shard``) is torch's FSDP2 (``fully_shard``): each
+parameter, its gradient and its AdamW moments become DTensors sharded on dim 0 over the ranks; a unit's full
+weights exist only while its forward / backward runs. Gradients are reduce-scattered as SUMS (mmx's loss weights are
+already the global batch's): divide factor 1 with sum-only collectives, which gloo supports (the default factor-1
+path asks for ``ReduceOp.PREMUL_SUM``, which gloo refuses).
 """
 import os
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.fsdp import fully_shard as _fsdp_fully_shard
+from torch.distributed.tensor import DTensor
 
 import mmx.backends.torch as backend
 
@@ -92,3 +101,29 @@ def barrier():
     """Wait until every rank arrives here (e.g. rank 0 finished writing a checkpoint)."""
     if _world_size() > 1:
         dist.barrier()
+
+
+def fully_shard(model, unit_names):
+    """``model`` sharded over the ranks (FSDP2): each submodule named in ``unit_names`` (dotted names, e.g. every
+    decoder layer and vision block) is its own unit, the root holds the rest; ``model`` itself is returned.
+
+    Call it after the weights are loaded and broadcast, before the optimizer is built: the parameters are replaced by
+    DTensors (same names and global shapes). Unit weights are gathered for their forward and freed after it
+    (``reshard_after_forward``), and again for the backward. In a single process the model is returned unchanged.
+    """
+    if _world_size() == 1:
+        return model
+    for name in unit_names:
+        _fsdp_fully_shard(model.get_submodule(name), reshard_after_forward=True)
+    _fsdp_fully_shard(model, reshard_after_forward=True)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):  # sum the ranks' gradients with plain SUM collectives (module docstring)
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def full_tensor(tensor):
+    """The whole of ``tensor``: a sharded one (DTensor) is gathered, a collective every rank must call in the same
+    order; any other is returned as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor

@@ -8,11 +8,18 @@ one continues on the other.
 AdamW here *is* ``torch.optim.AdamW`` with torch's default implementation choice (per-tensor on CPU, ``foreach``
 on CUDA), as the plain reference loop in tests/train/test_parity.py uses it; parameters with ndim < 2 (norms,
 biases) get no weight decay, as in Megatron.
+
+Fully sharded models (backends/torch/distributed.py ``fully_shard``): parameters, gradients and AdamW moments are
+DTensors sharded on dim 0, and each rank's optimizer updates its shard. The state dict gathers the moments to whole
+arrays (a collective: every rank calls it) and loading shards them like their parameter, so checkpoints hold the same
+whole tensors in either mode; the gradient norm sums the squares of every rank's shards.
 """
 import contextlib
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from . import nn as backend_nn
 
@@ -44,19 +51,30 @@ class AdamW:
         states = [self.torch_optimizer.state.get(p) for p in self.params]
         return int(states[0]["step"]) if states and states[0] else 0
 
-    def state_dict(self):
-        """Numpy optimizer state (float32 moments keyed by parameter name), backend-neutral layout."""
+    def state_dict(self, gather_only=False):
+        """Numpy optimizer state (float32 moments keyed by parameter name), backend-neutral layout.
+
+        Sharded moments are gathered whole, one tensor at a time, a collective: with a fully sharded model every rank
+        calls this, and ranks that do not write pass ``gather_only`` (they keep nothing and get None).
+        """
         exp_avg, exp_avg_sq = {}, {}
         for name, param in zip(self.names, self.params):
             state = self.torch_optimizer.state.get(param)
             if state:
                 # copies: the moments are updated in place by later steps
-                exp_avg[name] = state["exp_avg"].detach().float().cpu().numpy().copy()
-                exp_avg_sq[name] = state["exp_avg_sq"].detach().float().cpu().numpy().copy()
+                for moments, key in ((exp_avg, "exp_avg"), (exp_avg_sq, "exp_avg_sq")):
+                    whole = _whole(state[key])
+                    if not gather_only:
+                        moments[name] = whole.detach().float().cpu().numpy().copy()
+        if gather_only:
+            return None
         return {"step": self.step_count, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
     def load_state_dict(self, state):
-        """Restore :meth:`state_dict` output (from either backend); a parameter with no saved moments is an error."""
+        """Restore :meth:`state_dict` output (from either backend); a parameter with no saved moments is an error.
+
+        Moments of a sharded parameter are sharded like it (every rank read the same whole arrays).
+        """
         missing = [name for name in self.names if name not in state["exp_avg"]] if state["step"] else []
         if missing:
             raise KeyError(f"optimizer state has no moments for {len(missing)} trainable parameters, e.g. "
@@ -67,10 +85,22 @@ class AdamW:
                 continue
             self.torch_optimizer.state[param] = {
                 "step": torch.tensor(float(state["step"])),
-                "exp_avg": torch.tensor(np.asarray(state["exp_avg"][name]), dtype=param.dtype, device=param.device),
-                "exp_avg_sq": torch.tensor(np.asarray(state["exp_avg_sq"][name]), dtype=param.dtype,
-                                           device=param.device),
+                "exp_avg": _like(param, state["exp_avg"][name]),
+                "exp_avg_sq": _like(param, state["exp_avg_sq"][name]),
             }
+
+
+def _whole(tensor):
+    """The whole tensor of a sharded DTensor (gathered: a collective), else ``tensor``."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _like(param, array):
+    """``array`` (whole, numpy) as a tensor in ``param``'s dtype and device, sharded like it when it is a DTensor."""
+    tensor = torch.tensor(np.asarray(array), dtype=param.dtype, device=param.device)
+    if isinstance(param, DTensor):  # every rank holds the whole array: each keeps its own shard, nothing is sent
+        return distribute_tensor(tensor, param.device_mesh, param.placements, src_data_rank=None)
+    return tensor
 
 
 def trainable_parameters(module):
@@ -100,16 +130,41 @@ def accumulate_grads(params, loss_fn, micro_batches, precision="fp32"):
 
 
 def clip_grad_norm(grads, max_norm):
-    """(grads scaled so their global L2 norm is at most ``max_norm`` (0/None: unchanged), the norm before)."""
+    """(grads scaled so their global L2 norm is at most ``max_norm`` (0/None: unchanged), the norm before).
+
+    Sharded gradients (DTensors of a fully sharded model) count with their whole tensors' norms, the same on every
+    rank, and are scaled shard by shard (in place: they are the step's own gradients).
+    """
     if not grads:
         return grads, 0.0
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    norm = torch.linalg.vector_norm(torch.stack(_gradient_norms(grads)))
     norm_value = float(norm)
     if max_norm and norm_value > max_norm:
         # torch.nn.utils.clip_grad_norm_'s arithmetic: coefficient max_norm / (norm + 1e-6), clamped to 1.
         coefficient = max_norm / (norm + 1e-6)
-        grads = [g * coefficient.to(g.dtype) for g in grads]
+        grads = [_scaled(g, coefficient.to(g.dtype)) for g in grads]
     return grads, norm_value
+
+
+def _scaled(grad, coefficient):
+    """``grad × coefficient``; a sharded gradient is scaled in place, shard by shard (the same products)."""
+    if isinstance(grad, DTensor):
+        grad.to_local().mul_(coefficient)
+        return grad
+    return grad * coefficient
+
+
+def _gradient_norms(grads):
+    """Float32 L2 norm of each gradient. A sharded gradient's: the square root of its shards' sums of squares (float64)
+    summed over the ranks, one all-reduce for all of them."""
+    norms = [None if isinstance(g, DTensor) else torch.linalg.vector_norm(g.float()) for g in grads]
+    sharded = [k for k, g in enumerate(grads) if isinstance(g, DTensor)]
+    if sharded:
+        squares = torch.stack([torch.sum(torch.square(grads[k].to_local().double())) for k in sharded])
+        dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=grads[sharded[0]].device_mesh.get_group())
+        for k, square in zip(sharded, squares):
+            norms[k] = torch.sqrt(square).float()
+    return norms
 
 
 def set_seed(seed):

@@ -51,13 +51,19 @@ TRAINING_DEFAULTS = {
     "log_dir": None,                # metrics.jsonl, loss_curve.png, TensorBoard events (default: SAVE/logs)
     "peak_tflops": None,            # for MFU; default: measured with a matmul at start
     "progress_bar": True,
-    # Megatron's model-parallel sizes, accepted as 1 only: mmx trains data parallel (every process of a torchrun /
-    # msrun launch holds the whole model); tensor / pipeline / context / expert parallel training are not implemented.
+    # How the processes of a torchrun / msrun launch hold the model: replicate (each holds the whole model, gradients
+    # and AdamW state: ~16 bytes per trainable parameter per device) or fully_shard (torch only, FSDP2: each holds
+    # 1/N of them, a decoder layer / vision block is gathered whole only while it computes).
+    "data_parallel": "replicate",
+    # Megatron's model-parallel sizes, accepted as 1 only: mmx trains data parallel (training.data_parallel);
+    # tensor / pipeline / context / expert parallel training are not implemented.
     "tensor_model_parallel_size": 1,
     "pipeline_model_parallel_size": 1,
     "context_parallel_size": 1,
     "expert_model_parallel_size": 1,
 }
+
+DATA_PARALLEL_MODES = ("replicate", "fully_shard")
 
 MODEL_PARALLEL_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
                        "expert_model_parallel_size")
@@ -167,10 +173,15 @@ def check_training(training, where="config"):
         raise ConfigError(f"{where}: training.train_iters must be at least 1")
     if training["load"] and not os.path.isdir(training["load"]):
         raise ConfigError(f"{where}: training.load {training['load']} is not a directory")
+    if training["data_parallel"] not in DATA_PARALLEL_MODES:
+        raise ConfigError(f"{where}: training.data_parallel {training['data_parallel']!r}: use replicate (every "
+                          f"process holds the whole model and optimizer) or fully_shard (torch: weights, gradients "
+                          f"and AdamW state sharded over the processes)")
     for key in MODEL_PARALLEL_KEYS:
         if training[key] != 1:
-            raise ConfigError(f"{where}: training.{key}={training[key]}: mmx finetune trains data parallel only (each "
-                              f"of the NPUS_PER_NODE x NNODES processes holds the whole model); tensor / pipeline / "
+            raise ConfigError(f"{where}: training.{key}={training[key]}: mmx finetune trains data parallel only (the "
+                              f"NPUS_PER_NODE x NNODES processes hold the whole model, or shards of it with "
+                              f"training.data_parallel: fully_shard); tensor / pipeline / "
                               f"context / expert parallel training is not implemented. Set {key}: 1 (or remove it).")
 
 

@@ -13,8 +13,11 @@ The save directory gets the model's support files (config, tokenizer, processor,
 self-contained mm checkpoint for ``mmx convert mm_to_hf`` and ``mmx infer``.
 
 Launched by torchrun / msrun with several processes, it trains data parallel (mmx.train.loop): each process builds
-the whole model, a streaming source reads the process's own shard, and only rank 0 prints and writes files.
+the whole model, a streaming source reads the process's own shard, and only rank 0 prints and writes files. With
+``training.data_parallel: fully_shard`` (torch) the Trainer shards the model over the processes in the units of the
+family's plan (``FULLY_SHARD_UNITS``: vision blocks and decoder layers).
 """
+import importlib
 import os
 
 import numpy as np
@@ -53,6 +56,14 @@ def build_model(model_config):
     return model, metadata, frozen
 
 
+def shard_units(model_path):
+    """The ``FULLY_SHARD_UNITS`` name patterns of the model family's plan (models/<family>/plan.py)."""
+    from mmx import models
+
+    package, _ = models.FAMILIES[models.family_of(model_path)]
+    return importlib.import_module(f"{package}.plan").FULLY_SHARD_UNITS
+
+
 def build_data(config):
     """The data pipeline of the config's ``data`` section (model_name_or_path defaults to the model dir)."""
     from mmx.data import build
@@ -74,6 +85,9 @@ def finetune(config, echo=print):
     if rank:
         def echo(text):  # one process reports
             return None
+    elif world_size > 1 and training["data_parallel"] == "fully_shard":
+        echo(f"fully sharded data parallel: {world_size} processes, each holding 1/{world_size} of the weights, "
+             f"gradients and optimizer state")
     elif world_size > 1:
         echo(f"data parallel: {world_size} processes, each with the whole model")
     model, metadata, frozen = build_model(config["model"])
@@ -85,7 +99,8 @@ def finetune(config, echo=print):
     stream = None
     if pipeline.dataset is None:
         stream = pipeline.streaming_loader(training["micro_batch_size"], rank, world_size)
-    trainer = Trainer(model, pipeline.dataset, pipeline.collate, training, metadata, stream=stream)
+    trainer = Trainer(model, pipeline.dataset, pipeline.collate, training, metadata, stream=stream,
+                      shard_units=shard_units(config["model"]["init_from_hf_path"]))
     for note in trainer.resume_notes:
         echo(f"resume: {note}")
     if trainer.iteration:

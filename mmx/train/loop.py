@@ -14,10 +14,18 @@ and optimizer, draws the same global batch indices, and takes micro-batches ``ra
 global batch (and with it every loss weight) is the same for any N. The counts behind the loss weights and the
 tokens/s are summed over ranks before the step, the gradients and the loss after the backward, before clipping;
 every rank then applies the same update. Rank 0 alone writes checkpoints (the others wait) and logs.
+
+Fully sharded (``training.data_parallel: fully_shard``, torch): after loading and broadcasting the weights, the backend
+shards the model (``distributed.fully_shard``) with the model's units (its plan's ``FULLY_SHARD_UNITS``: decoder
+layers, vision blocks) and the root; every rank holds 1/N of the weights, gradients and AdamW moments. The sharded
+backward already sums the gradients over the ranks (reduce-scatter), so the step sums only the loss; the clip uses
+the whole gradients' norm. Checkpoints are the same whole tensors: every rank takes part in gathering them, rank 0
+writes; loading fills the model before it is sharded, and the optimizer shards the moments like their parameters.
 """
 import inspect
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -34,18 +42,22 @@ from mmx.train.schedule import LRSchedule
 HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens", "logits_positions")
 
 
-def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_norm, precision="fp32", comm=None):
+def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_norm, precision="fp32", comm=None,
+               sharded=False):
     """One optimizer step on a global batch with the backend's ``steps`` (its train module): (loss, grad norm
     before clipping) as floats.
 
     ``comm`` (the backend's distributed module; None in one process): ``micro_batches`` are this rank's share, and
     the gradients and the loss are summed over the ranks before clipping, so the norm, the clip and the update are
-    the global batch's, identical on every rank. A non-finite loss or gradient norm skips the update and is returned
-    as is (on every rank), so the loop can stop with the last good weights.
+    the global batch's, identical on every rank. ``sharded``: the parameters are shards of a fully sharded model,
+    whose backward already summed the gradients over the ranks (each rank holds its shard of the sum), so only the
+    loss is summed here. A non-finite loss or gradient norm skips the update and is returned as is (on every rank),
+    so the loop can stop with the last good weights.
     """
     loss, grads = steps.accumulate_grads(params, loss_fn, micro_batches, precision)
     if comm is not None:
-        grads = comm.all_reduce_sum(grads)
+        if not sharded:
+            grads = comm.all_reduce_sum(grads)
         loss = float(comm.all_reduce_numpy(np.array([loss], np.float64))[0])
     grads, norm = steps.clip_grad_norm(grads, max_grad_norm)
     if np.isfinite(loss) and np.isfinite(norm):
@@ -115,6 +127,21 @@ def prepare_micro_batch(model, batch, weights):
     return inputs, ops.tensor(targets), ops.tensor(weights)
 
 
+def shard_unit_names(model, patterns):
+    """Dotted names of ``model``'s submodules matching ``patterns`` (a plan's ``FULLY_SHARD_UNITS``, e.g.
+    ``"text_decoder.decoder.layers.{j}."``: ``{i}`` / ``{j}`` stand for any index), in parameter order."""
+    index = re.escape("{i}"), re.escape("{j}")
+    regexes = [re.compile(re.escape(pattern).replace(index[0], "[0-9]+").replace(index[1], "[0-9]+"))
+               for pattern in patterns]
+    names = []
+    for name, _ in nn.named_parameters(model):
+        for regex in regexes:
+            found = regex.match(name)
+            if found and found.group(0).rstrip(".") not in names:
+                names.append(found.group(0).rstrip("."))
+    return names
+
+
 def count_tokens(batch):
     """Real (unpadded) tokens of a batch: the attention mask's sum, or every position without one."""
     mask = batch.get("attention_mask")
@@ -133,10 +160,12 @@ class Trainer:
     other inputs). ``metadata`` (model type, dtype, ...) goes into every checkpoint with the backend tag.
 
     Launched as several processes (torchrun / msrun), it trains data parallel (module docstring); ``stream`` must
-    then be this rank's shard (mmx.data's ``streaming_loader(batch_size, rank, world_size)``).
+    then be this rank's shard (mmx.data's ``streaming_loader(batch_size, rank, world_size)``). ``shard_units``: the
+    model's ``FULLY_SHARD_UNITS`` name patterns (its plan) for ``data_parallel: fully_shard``; without them the whole
+    model is one unit.
     """
 
-    def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None, stream=None):
+    def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None, stream=None, shard_units=()):
         self.backend = _backend.get()
         self.comm = self.backend.distributed
         self.rank, self.world_size = self.comm.init()
@@ -158,7 +187,10 @@ class Trainer:
             self._load_model(training["load"])
         # every rank read the same files; the broadcast also covers weights a model initialised at random
         self.comm.broadcast_parameters([param for _, param in nn.named_parameters(model)])
-        self.named_params = self.steps.trainable_parameters(model)
+        if training["data_parallel"] == "fully_shard":  # the parameters become shards: take them after this
+            self.model = self.comm.fully_shard(model, shard_unit_names(model, shard_units))
+        self.sharded = training["data_parallel"] == "fully_shard" and self.world_size > 1
+        self.named_params = self.steps.trainable_parameters(self.model)
         if not self.named_params:
             raise ValueError("every parameter is frozen (model.*.freeze); nothing would train")
         self.params = [param for _, param in self.named_params]
@@ -225,23 +257,31 @@ class Trainer:
         """Write the current state as checkpoint ``iteration`` under ``training.save``; returns its directory.
 
         Every rank calls this: the streaming positions of all ranks are gathered, rank 0 writes (model and optimizer
-        are identical on every rank), and the others wait until the checkpoint is complete.
+        are identical on every rank; a sharded model's and moments are gathered whole by all ranks, one tensor at a
+        time, and kept by rank 0 only), and the others wait until the checkpoint is complete.
         """
         training = self.training
         data_state = None
         if self.stream is not None:
             states = gather_objects(self.comm, self.stream.state_dict())
             data_state = states if self.world_size > 1 else states[0]
+        model_tensors, optimizer_state = {}, None
+        if self.rank == 0 or self.sharded:
+            for name, value in nn.state_dict(self.model).items():
+                whole = self.comm.full_tensor(value)  # a collective for a shard
+                if self.rank == 0:
+                    model_tensors[name] = ops.to_numpy(whole)
+            if not training["no_save_optim"]:
+                optimizer_state = self.optimizer.state_dict(gather_only=self.rank != 0)
         if self.rank == 0:
-            model_tensors = {name: ops.to_numpy(value) for name, value in nn.state_dict(self.model).items()}
             trainer_state = {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
                              "schedule": self.schedule.state_dict(), "history": self.history,
                              "loss_type": training["loss_type"], "global_batch_size": training["global_batch_size"],
-                             "seed": training["seed"], "world_size": self.world_size, "data_state": data_state}
+                             "seed": training["seed"], "world_size": self.world_size,
+                             "data_parallel": training["data_parallel"], "data_state": data_state}
             ckpt.save_checkpoint(
                 training["save"], self.iteration, model_tensors, dict(self.metadata, backend=self.backend.NAME),
-                trainer_state, None if training["no_save_optim"] else self.optimizer.state_dict(),
-                None if training["no_save_rng"] else self.steps.get_rng_state())
+                trainer_state, optimizer_state, None if training["no_save_rng"] else self.steps.get_rng_state())
         self.comm.barrier()
         self.last_saved = self.iteration
         return str(ckpt.iteration_dir(training["save"], self.iteration))
@@ -276,7 +316,7 @@ class Trainer:
         start = time.perf_counter()
         loss, grad_norm = train_step(self.steps, self.params, self.optimizer, self._loss_fn, prepared, lr,
                                      training["clip_grad"], training["precision"],
-                                     self.comm if self.world_size > 1 else None)
+                                     self.comm if self.world_size > 1 else None, self.sharded)
         seconds = time.perf_counter() - start
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             micro = training["micro_batch_size"]

@@ -55,6 +55,11 @@ PIPELINE = {
     "tied_copy": ("text_decoder.embedding.word_embeddings.weight", "text_decoder.output_layer.weight"),
 }
 
+# Fully sharded data parallel (training.data_parallel: fully_shard): each module matching one of these name patterns
+# ({i} / {j}: any index) is its own unit, gathered whole only while it computes; the root unit holds the rest
+# (patch embedding, projector, embedding, final norm, output layer).
+FULLY_SHARD_UNITS = (VISION_BLOCK, LLM_LAYER)
+
 # Numbers (keys of hf_names.dimensions) the tensor-parallel size must divide, with what they are.
 TP_DIVIDES = {"vision_heads": "vision attention heads", "llm_heads": "LLM attention heads",
               "llm_kv_heads": "LLM key/value heads", "vocab_size": "vocabulary size"}

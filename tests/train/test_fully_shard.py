@@ -1,0 +1,147 @@
+"""Fully sharded data parallel (``training.data_parallel: fully_shard``): on torch, ``mmx finetune`` of the tiny
+Qwen2.5-VL as 2 torchrun processes (gloo, CPU) with FSDP2 units from the model's plan (vision blocks, decoder layers)
+gives the 1-process run's per-step losses, gradient norms (clipping active) and final weights, with gradient
+accumulation (global batch 4 of micro-batches of 1: 2 per rank); its checkpoint holds the same whole tensors as the
+1-process one, and checkpoints move between the modes in both directions on the same curve. MindSpore refuses the mode
+with the alternative; an unknown mode is a config error listing the choices.
+
+One launch runs the 2-process jobs (train_runner.py ``cli`` jobs), the 1-process runs are in this process.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mmx import backend
+from mmx.checkpoint import load_mm
+from mmx.cli import main as mmx_command
+from mmx.models.qwen2_5_vl.plan import FULLY_SHARD_UNITS
+from mmx.train import checkpoint
+from mmx.train.config import ConfigError, load_config
+from mmx.train.loop import Trainer, shard_unit_names
+from tolerances import TRAIN_TOLERANCE
+from train_reference import collate, make_dataset, make_model
+from test_cli import _setup as cli_setup
+from train_runner import BASE
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# clip_grad below every step's norm (asserted), so the sharded norm and the clip both act on the update; the learning
+# rate decays over 3 steps also in the 2-step runs that are resumed
+JOB = ["training.micro_batch_size=1", "training.global_batch_size=4", "training.loss_type=per_token",
+       "training.train_iters=3", "training.lr_decay_iters=3", "training.clip_grad=0.5"]
+SHARD = ["training.data_parallel=fully_shard"]
+
+
+def _finetune(config, *overrides):
+    return ["finetune", "--backend", backend.name(), "--config", config] + JOB + list(overrides)
+
+
+def _run_here(args):
+    result = CliRunner().invoke(mmx_command, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def _records(save):
+    """The metrics.jsonl records of a save directory (a resumed run appends its steps)."""
+    return [json.loads(line) for line in open(os.path.join(save, "logs", "metrics.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Save directories: 1-process runs (this process) and 2-process fully sharded ones (one torchrun launch)."""
+    root = tmp_path_factory.mktemp("fsdp")
+    config = cli_setup(root / "cli")
+    saves = {name: str(root / name) for name in ("single", "single_part", "sharded", "sharded_part")}
+    _run_here(_finetune(config, f"training.save={saves['single']}"))
+    _run_here(_finetune(config, f"training.save={saves['single_part']}", "training.train_iters=2"))
+    env = dict(os.environ, TQDM_DISABLE="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+              os.path.join(HERE, "train_runner.py")]
+    jobs = [_finetune(config, f"training.save={saves['sharded']}", *SHARD),
+            _finetune(config, f"training.save={saves['sharded_part']}", "training.train_iters=2", *SHARD),
+            # a 1-process (replicate) checkpoint continued fully sharded
+            _finetune(config, f"training.save={saves['single_part']}", f"training.load={saves['single_part']}",
+                      *SHARD)]
+    command = launch + [arg for job in jobs for arg in ["cli"] + job + ["then"]][:-1]
+    run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    # a fully sharded checkpoint continued by 1 process
+    _run_here(_finetune(config, f"training.save={saves['sharded_part']}", f"training.load={saves['sharded_part']}"))
+    return saves
+
+
+def _assert_same_curve(records, reference):
+    assert [r["step"] for r in records] == [r["step"] for r in reference] == [1, 2, 3]
+    for got, want in zip(records, reference):
+        assert abs(got["loss"] - want["loss"]) <= TRAIN_TOLERANCE["fully_shard_loss_rel"] * abs(want["loss"]), \
+            (got, want)
+
+
+def _assert_same_weights(save, reference):
+    _, got = load_mm(save)
+    _, want = load_mm(reference)
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        error = np.abs(got[name] - want[name]).max() / max(1.0, np.abs(want[name]).max())
+        assert error <= TRAIN_TOLERANCE["fully_shard_weights"], (name, error)
+
+
+@pytest.mark.backend("torch")
+def test_two_sharded_processes_train_like_one(runs):
+    sharded, single = _records(runs["sharded"]), _records(runs["single"])
+    _assert_same_curve(sharded, single)
+    for got, want in zip(sharded, single):
+        assert want["grad_norm"] > 0.5  # the clip acted on every step
+        tolerance = TRAIN_TOLERANCE["fully_shard_grad_norm_rel"] * want["grad_norm"]
+        assert abs(got["grad_norm"] - want["grad_norm"]) <= tolerance, (got, want)
+        assert got["tokens"] == want["tokens"]
+    _assert_same_weights(runs["sharded"], runs["single"])
+    # the same checkpoint: one iteration tree of whole tensors, whole AdamW moments, written by one process
+    assert sorted(os.listdir(runs["sharded"])) == sorted(os.listdir(runs["single"]))
+    got, want = checkpoint.load_checkpoint(runs["sharded"]), checkpoint.load_checkpoint(runs["single"])
+    assert got["trainer_state"]["world_size"] == 2 and got["trainer_state"]["data_parallel"] == "fully_shard"
+    assert got["optimizer"]["step"] == want["optimizer"]["step"] == 3
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert set(got["optimizer"][key]) == set(want["optimizer"][key])
+        for name, value in want["optimizer"][key].items():
+            assert got["optimizer"][key][name].shape == value.shape, name
+            error = np.abs(got["optimizer"][key][name] - value).max() / max(1e-30, np.abs(value).max())
+            assert error <= TRAIN_TOLERANCE["fully_shard_moments_rel"], (key, name, error)
+
+
+@pytest.mark.backend("torch")
+def test_checkpoints_move_between_replicate_and_fully_shard(runs):
+    # 2 steps in 1 process, the 3rd in 2 fully sharded ones; and the reverse
+    for part in ("single_part", "sharded_part"):
+        _assert_same_curve(_records(runs[part]), _records(runs["single"]))
+        _assert_same_weights(runs[part], runs["single"])
+    resumed = checkpoint.load_checkpoint(runs["single_part"])["trainer_state"]
+    assert resumed["iteration"] == 3 and resumed["world_size"] == 2 and resumed["data_parallel"] == "fully_shard"
+    resumed = checkpoint.load_checkpoint(runs["sharded_part"])["trainer_state"]
+    assert resumed["iteration"] == 3 and resumed["world_size"] == 1 and resumed["data_parallel"] == "replicate"
+
+
+def test_shard_units_come_from_the_plan():
+    """The plan's patterns name every decoder layer (the test model has no vision blocks), nothing else."""
+    model = make_model(num_layers=3)
+    assert shard_unit_names(model, FULLY_SHARD_UNITS) == [f"text_decoder.decoder.layers.{j}" for j in range(3)]
+    assert shard_unit_names(model, ()) == []
+
+
+def test_unknown_data_parallel_mode_is_refused():
+    with pytest.raises(ConfigError, match=r"training.data_parallel 'zero3': use replicate .* or fully_shard"):
+        load_config(base={"training": {"data_parallel": "zero3"}})
+
+
+@pytest.mark.backend("mindspore")
+def test_mindspore_refuses_fully_shard(tmp_path):
+    training = load_config(base={"training": dict(BASE, data_parallel="fully_shard")})["training"]
+    with pytest.raises(NotImplementedError, match=r"fully_shard is implemented on the torch backend only .* "
+                                                  r"optimizer parallel .* Use training.data_parallel: replicate"):
+        Trainer(make_model(), make_dataset(8), collate, training, log_dir=str(tmp_path),
+                shard_units=FULLY_SHARD_UNITS)
