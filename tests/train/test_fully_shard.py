@@ -34,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 JOB = ["training.micro_batch_size=1", "training.global_batch_size=4", "training.loss_type=per_token",
        "training.train_iters=3", "training.lr_decay_iters=3", "training.clip_grad=0.5"]
 SHARD = ["training.data_parallel=fully_shard"]
+FREEZE_VISION = "model.image_encoder.vision_encoder.freeze=true"
 
 
 def _finetune(config, *overrides):
@@ -55,9 +56,11 @@ def runs(tmp_path_factory):
     """Save directories: 1-process runs (this process) and 2-process fully sharded ones (one torchrun launch)."""
     root = tmp_path_factory.mktemp("fsdp")
     config = cli_setup(root / "cli")
-    saves = {name: str(root / name) for name in ("single", "single_part", "sharded", "sharded_part")}
+    saves = {name: str(root / name) for name in ("single", "single_part", "sharded", "sharded_part", "frozen_single",
+                                                  "frozen_sharded")}
     _run_here(_finetune(config, f"training.save={saves['single']}"))
     _run_here(_finetune(config, f"training.save={saves['single_part']}", "training.train_iters=2"))
+    _run_here(_finetune(config, f"training.save={saves['frozen_single']}", FREEZE_VISION))
     env = dict(os.environ, TQDM_DISABLE="1")
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
               os.path.join(HERE, "train_runner.py")]
@@ -65,7 +68,9 @@ def runs(tmp_path_factory):
             _finetune(config, f"training.save={saves['sharded_part']}", "training.train_iters=2", *SHARD),
             # a 1-process (replicate) checkpoint continued fully sharded
             _finetune(config, f"training.save={saves['single_part']}", f"training.load={saves['single_part']}",
-                      *SHARD)]
+                      *SHARD),
+            # frozen vision blocks (whole units) and a root unit holding a frozen patch embedding beside trainables
+            _finetune(config, f"training.save={saves['frozen_sharded']}", FREEZE_VISION, *SHARD)]
     command = launch + [arg for job in jobs for arg in ["cli"] + job + ["then"]][:-1]
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
@@ -124,6 +129,18 @@ def test_checkpoints_move_between_replicate_and_fully_shard(runs):
     assert resumed["iteration"] == 3 and resumed["world_size"] == 2 and resumed["data_parallel"] == "fully_shard"
     resumed = checkpoint.load_checkpoint(runs["sharded_part"])["trainer_state"]
     assert resumed["iteration"] == 3 and resumed["world_size"] == 1 and resumed["data_parallel"] == "replicate"
+
+
+@pytest.mark.backend("torch")
+def test_frozen_vision_encoder_trains_the_same_sharded(runs):
+    _assert_same_curve(_records(runs["frozen_sharded"]), _records(runs["frozen_single"]))
+    _assert_same_weights(runs["frozen_sharded"], runs["frozen_single"])
+    _, got = load_mm(runs["frozen_sharded"])
+    _, initial = load_mm(os.path.join(os.path.dirname(runs["single"]), "cli", "mm"))
+    frozen = [name for name in initial if name.startswith("image_encoder.encoder.")]
+    assert frozen and all(np.array_equal(got[name], initial[name]) for name in frozen)
+    assert not np.array_equal(got["image_encoder.projector.encoder.linear_fc1.weight"],
+                              initial["image_encoder.projector.encoder.linear_fc1.weight"])
 
 
 def test_shard_units_come_from_the_plan():
