@@ -236,6 +236,10 @@ class Trainer:
             self.resume_notes.append(f"trained by {saved_world_size} data-parallel processes so far, now "
                                      f"{self.world_size}: the global batches are the same (micro-batches are dealt to "
                                      f"the ranks), only the order of the gradient sums changes")
+        saved_mode = state.get("data_parallel", "replicate")
+        if saved_mode != training["data_parallel"]:
+            self.resume_notes.append(f"written by a {saved_mode} run, continued {training['data_parallel']}: the "
+                                     f"checkpoint holds whole tensors either way")
         saved_by = loaded["metadata"].get("backend")
         if not training["no_load_optim"]:
             if loaded["optimizer"] is None:

@@ -44,6 +44,7 @@ def _finetune(config, *overrides):
 def _run_here(args):
     result = CliRunner().invoke(mmx_command, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
 
 
 def _records(save):
@@ -75,8 +76,9 @@ def runs(tmp_path_factory):
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     # a fully sharded checkpoint continued by 1 process
-    _run_here(_finetune(config, f"training.save={saves['sharded_part']}", f"training.load={saves['sharded_part']}"))
-    return saves
+    output = _run_here(_finetune(config, f"training.save={saves['sharded_part']}",
+                                 f"training.load={saves['sharded_part']}"))
+    return dict(saves, launch_output=run.stdout + run.stderr, resume_output=output)
 
 
 def _assert_same_curve(records, reference):
@@ -129,6 +131,8 @@ def test_checkpoints_move_between_replicate_and_fully_shard(runs):
     assert resumed["iteration"] == 3 and resumed["world_size"] == 2 and resumed["data_parallel"] == "fully_shard"
     resumed = checkpoint.load_checkpoint(runs["sharded_part"])["trainer_state"]
     assert resumed["iteration"] == 3 and resumed["world_size"] == 1 and resumed["data_parallel"] == "replicate"
+    assert "resume: written by a replicate run, continued fully_shard" in runs["launch_output"]
+    assert "resume: written by a fully_shard run, continued replicate" in runs["resume_output"]
 
 
 @pytest.mark.backend("torch")
