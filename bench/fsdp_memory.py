@@ -54,7 +54,8 @@ def build(root, hidden, layers):
     config = {"model": {"init_from_hf_path": os.path.join(root, "mm")},
               "data": {"dataset": digits["train"], "dataset_dir": digits["dataset_dir"]},
               "training": {"micro_batch_size": 1, "global_batch_size": 4, "lr": 1e-4, "loss_type": "per_token",
-                           "save": None, "log_interval": 1, "progress_bar": False, "peak_tflops": 1.0}}
+                           "save": None, "log_dir": os.path.join(root, "logs"),
+                           "log_interval": 1, "progress_bar": False, "peak_tflops": 1.0}}
     path = os.path.join(root, "finetune.json")
     with open(path, "w") as handle:
         json.dump(config, handle)
