@@ -21,6 +21,7 @@ import numpy as np
 from mindspore import ops
 
 import mmx.backends.mindspore as backend
+from mmx.parallel import launched_world_size
 
 _group = {"rank": 0, "size": 1, "all_reduce": None, "all_gather": None}
 
@@ -31,12 +32,7 @@ def init():
     On Ascend without an explicit index in ``MMX_DEVICE``, each worker takes device ``DEVICE_ID`` (msrun sets it to
     the worker's local rank), so call this before building the model.
     """
-    world_size = int(os.environ.get("MS_WORKER_NUM") or os.environ.get("RANK_SIZE") or 1)
-    if world_size <= 1:
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # every process would train its own copy
-            raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']}: this is a torchrun launch, but the mindspore "
-                               f"backend joins msrun's workers; launch with msrun (examples/launch.sh mindspore) or "
-                               f"use --backend torch")
+    if launched_world_size("mindspore") <= 1:
         return 0, 1
     if _group["all_reduce"] is None:
         from mindspore.communication import get_group_size, get_rank

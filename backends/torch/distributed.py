@@ -23,6 +23,7 @@ from torch.distributed.fsdp import fully_shard as _fsdp_fully_shard
 from torch.distributed.tensor import DTensor
 
 import mmx.backends.torch as backend
+from mmx.parallel import launched_world_size
 
 PROCESS_GROUP_BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 
@@ -33,12 +34,7 @@ def init():
     On an accelerator without an explicit index in ``MMX_DEVICE``, rank ``LOCAL_RANK`` of a node takes device
     ``LOCAL_RANK``, so call this before building the model.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world_size <= 1:
-        if int(os.environ.get("MS_WORKER_NUM", "1") or 1) > 1:  # every process would train its own copy
-            raise RuntimeError(f"MS_WORKER_NUM={os.environ['MS_WORKER_NUM']}: this is an msrun launch, but the torch "
-                               f"backend joins torchrun's process group; launch with torchrun (examples/launch.sh "
-                               f"torch) or use --backend mindspore")
+    if launched_world_size("torch") <= 1:
         return 0, 1
     if not dist.is_initialized():
         requested = os.environ.get("MMX_DEVICE") or "cpu"
