@@ -33,7 +33,7 @@ import numpy as np
 from mmx import backend as _backend
 from mmx import nn, ops
 from mmx.train import checkpoint as ckpt
-from mmx.train.config import check_data_parallel, warmup_iters
+from mmx.train.config import ConfigError, check_data_parallel, warmup_iters
 from mmx.train.loss import loss_counts, shifted_targets, token_weights, weighted_lm_loss
 from mmx.train.metrics import MetricsLogger, measure_matmul_peak
 from mmx.train.schedule import LRSchedule
@@ -83,7 +83,7 @@ class Sampler:
 
     def __init__(self, num_samples, seed):
         if num_samples < 1:
-            raise ValueError("the training dataset is empty")
+            raise ConfigError("the training dataset is empty")
         self.num_samples, self.seed = num_samples, seed
         self._epoch, self._order = None, None
 
@@ -192,7 +192,7 @@ class Trainer:
         self.sharded = training["data_parallel"] == "fully_shard" and self.world_size > 1
         self.named_params = self.steps.trainable_parameters(self.model)
         if not self.named_params:
-            raise ValueError("every parameter is frozen (model.*.freeze); nothing would train")
+            raise ConfigError("every parameter is frozen (model.*.freeze); nothing would train")
         self.params = [param for _, param in self.named_params]
         self.optimizer = self.steps.AdamW(self.named_params, (training["adam_beta1"], training["adam_beta2"]),
                                           training["adam_eps"], training["weight_decay"])
@@ -221,17 +221,17 @@ class Trainer:
         saved_world_size = int(state.get("world_size", 1))
         if self.stream is not None:
             if state.get("data_state") is None:
-                raise ValueError(f"{training['load']}: the checkpoint has no streaming data state (it was trained on "
-                                 f"a map-style dataset); resume with the same data.streaming setting")
+                raise ConfigError(f"{training['load']}: the checkpoint has no streaming data state (it was trained on "
+                                  f"a map-style dataset); resume with the same data.streaming setting")
             if saved_world_size != self.world_size:
-                raise ValueError(f"{training['load']}: the streaming position was saved by {saved_world_size} "
-                                 f"data-parallel processes and this run has {self.world_size}; each process reads "
-                                 f"its own shard of the stream, so resume with {saved_world_size} processes")
+                raise ConfigError(f"{training['load']}: the streaming position was saved by {saved_world_size} "
+                                  f"data-parallel processes and this run has {self.world_size}; each process reads "
+                                  f"its own shard of the stream, so resume with {saved_world_size} processes")
             states = state["data_state"]
             self.stream.load_state_dict(states[self.rank] if saved_world_size > 1 else states)
         elif state.get("data_state") is not None:
-            raise ValueError(f"{training['load']}: the checkpoint was trained on streaming data (its position is a "
-                             f"stream state, not a sample count); resume with the same data.streaming setting")
+            raise ConfigError(f"{training['load']}: the checkpoint was trained on streaming data (its position is a "
+                              f"stream state, not a sample count); resume with the same data.streaming setting")
         elif saved_world_size != self.world_size:
             self.resume_notes.append(f"trained by {saved_world_size} data-parallel processes so far, now "
                                      f"{self.world_size}: the global batches are the same (micro-batches are dealt to "
