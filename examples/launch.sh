@@ -36,3 +36,23 @@ launch() {
         *) echo "launch: unknown backend $backend (torch or mindspore)" >&2; return 2 ;;
     esac
 }
+
+# run_tiny torch|mindspore FAMILY CONFIG [config overrides ...]: in the current directory, build a tiny FAMILY
+# checkpoint and the digits set once (tiny_FAMILY/), convert it, fine-tune with CONFIG in one process, export to HF.
+run_tiny() {
+    local backend=$1 family=$2 config=$3
+    shift 3
+    python - "$family" <<'PY'
+import os, sys
+from mmx.convert.drivers import hf_to_mm
+from mmx.data.digits import make_digits_vqa
+from mmx.tiny import make_tiny_checkpoint
+family = sys.argv[1]
+if not os.path.exists(f"tiny_{family}/mm/latest_checkpointed_iteration.txt"):
+    make_tiny_checkpoint(f"tiny_{family}/hf", family=family)
+    make_digits_vqa(f"tiny_{family}/digits", size=56)
+    hf_to_mm(f"tiny_{family}/hf", f"tiny_{family}/mm")
+PY
+    mmx finetune --backend "$backend" --config "$config" "$@"
+    mmx convert mm_to_hf --mm-dir "tiny_$family/save" --save-hf-dir "tiny_$family/save_hf"
+}
