@@ -16,9 +16,10 @@ def data_group():
 @click.option("--output", "output_path", type=click.Path(dir_okay=False), required=True,
               help="Output .json (array) or .jsonl in the messages format.")
 @click.option("--image-dir", default=None, help="Folder joined to each record's image path (e.g. COCO train2017).")
-@click.option("--target", type=click.Choice(["qwen2_vl", "qwen2_5_vl"]), default="qwen2_5_vl", show_default=True,
-              help="Box convention of the model to train (qwen-vl only; see mmx/data/convert.py).")
-@click.option("--model-dir", default=None, help="HF dir whose image processor sizes images (qwen2_5_vl boxes).")
+@click.option("--target", type=click.Choice(["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]), default="qwen2_5_vl",
+              show_default=True, help="Box convention of the model to train (qwen-vl only): qwen2_vl and qwen3_vl keep "
+              "the 0-1000 relative numbers, qwen2_5_vl writes pixels of the resized image (mmx/data/convert.py).")
+@click.option("--model-dir", default=None, help="HF dir whose image processor sizes images (qwen2_5_vl boxes only).")
 @click.option("--image-min-pixels", type=int, default=None)
 @click.option("--image-max-pixels", type=int, default=None)
 @click.option("--skip-bad-samples", is_flag=True, help="Skip records that cannot be converted (counted).")

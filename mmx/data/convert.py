@@ -17,10 +17,17 @@ file names are joined to ``image_dir`` (e.g. ``./data/COCO2017/train2017``), as 
 * ``qwen2_5_vl``: ``{"bbox_2d": [x1, y1, x2, y2], "label": "text"}`` in absolute pixels of the image *as the
   processor resizes it* (Qwen2.5-VL grounds in absolute coordinates of its input): ``x = round(x_norm / 1000 * W')``
   with ``(H', W')`` from transformers' ``smart_resize`` under the model dir's (or given) min/max pixels. Train with
-  the same ``image_min_pixels`` / ``image_max_pixels``, or the boxes will not match the pixels the model sees.
+  the same ``image_min_pixels`` / ``image_max_pixels``, or the boxes will not match the pixels the model sees;
+* ``qwen3_vl``: ``{"bbox_2d": [x1, y1, x2, y2], "label": "text"}`` with the same [0, 1000) numbers (Qwen3-VL grounds
+  in coordinates relative to the image on a 0-1000 grid, whatever its size: the Qwen3-VL cookbook's
+  "spatial_understanding"), so neither a processor nor the image is read. A ``<ref>text</ref>`` with no box after
+  it becomes the plain ``text`` (the tags are Qwen-VL's tokens, not Qwen3-VL's); the other targets keep it as is.
 
-A box refers to the latest image placed at or before its turn. Relative image paths (after joining ``image_dir``)
-are read, for their sizes, from the input file's folder.
+For ``qwen2_5_vl`` and ``qwen3_vl``, boxes that follow one another make one object each, joined by ``, ``; the
+``label`` is the ``<ref>`` before them, and an object has no ``label`` when there is no ``<ref>``.
+
+A box refers to the latest image placed at or before its turn. For ``qwen2_5_vl``, relative image paths (after joining
+``image_dir``) are read, for their sizes, from the input file's folder.
 """
 import json
 import os
@@ -30,10 +37,12 @@ from mmx.data.errors import DataError
 from mmx.data.formats import IMAGE_PLACEHOLDER, ROLE_ALIASES, iter_records
 
 SOURCES = ("llava", "qwen-vl")
-TARGETS = ("qwen2_vl", "qwen2_5_vl")
+TARGETS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 _IMG_RE = re.compile(r"(?:Picture \d+:\s*)?<img>(.*?)</img>\n?")
 _BOX = r"<box>\((\d+),(\d+)\),\((\d+),(\d+)\)</box>"
-_GROUND_RE = re.compile(rf"(?:<ref>(.*?)</ref>)?((?:{_BOX})+)")
+_REF = r"<ref>((?:(?!</ref>).)*)</ref>"   # one ref's text: never reaches across a </ref> to a later ref's box
+_GROUND_RE = re.compile(rf"(?:{_REF})?((?:{_BOX})+)")
+_REF_RE = re.compile(_REF)
 
 
 class ConvertError(ValueError):
@@ -118,18 +127,19 @@ class BoxWriter:
             if self.target == "qwen2_vl":
                 ref = f"<|object_ref_start|>{label}<|object_ref_end|>" if label is not None else ""
                 return ref + "".join(f"<|box_start|>({a},{b}),({c},{d})<|box_end|>" for a, b, c, d in boxes)
-            if image_path is None:
-                raise ConvertError("a <box> appears before any image; cannot make absolute coordinates")
-            height, width = self.resized_size(image_path)
-            items = []
-            for a, b, c, d in boxes:
-                box = [round(int(a) / 1000 * width), round(int(b) / 1000 * height),
-                       round(int(c) / 1000 * width), round(int(d) / 1000 * height)]
-                item = {"bbox_2d": box} if label is None else {"bbox_2d": box, "label": label}
-                items.append(json.dumps(item, ensure_ascii=False))
-            return ", ".join(items)
+            boxes = [tuple(map(int, box)) for box in boxes]
+            if self.target == "qwen2_5_vl":
+                if image_path is None:
+                    raise ConvertError("a <box> appears before any image; cannot make absolute coordinates")
+                height, width = self.resized_size(image_path)
+                boxes = [(round(a / 1000 * width), round(b / 1000 * height),
+                          round(c / 1000 * width), round(d / 1000 * height)) for a, b, c, d in boxes]
+            return ", ".join(json.dumps({"bbox_2d": list(box)} if label is None else
+                                        {"bbox_2d": list(box), "label": label}, ensure_ascii=False)
+                             for box in boxes)
 
-        return _GROUND_RE.sub(one, text)
+        text = _GROUND_RE.sub(one, text)
+        return _REF_RE.sub(r"\1", text) if self.target == "qwen3_vl" else text
 
 
 def qwen_vl_record(record, path, index, boxes, image_dir=None):

@@ -110,3 +110,57 @@ def test_qwen2_5_vl_target_needs_the_model_dir(tmp_path):
     source = write_json(tmp_path / "qwen_vl.json", QWEN_VL)
     with pytest.raises(ValueError, match="--target qwen2_5_vl .* needs --model-dir"):
         convert_file("qwen-vl", source, str(tmp_path / "o.json"), target="qwen2_5_vl")
+
+
+def test_qwen_vl_boxes_for_qwen3_vl_stay_relative_0_1000(tmp_path):
+    """Qwen3-VL grounds on the 0-1000 grid of the original image: the numbers pass through as JSON objects, with no
+    processor, no --model-dir and no image read (the images named here do not exist)."""
+    records = QWEN_VL + [
+        {"id": "ref_only", "conversations": [
+            {"from": "user", "value": "Picture 1: <img>assets/c.png</img>\n<ref>the dog</ref>在哪里?"},
+            {"from": "assistant", "value": "<ref>the dog</ref><box>(5,10),(300,400)</box>, "
+                                           "<ref>两只猫</ref><box>(10,20),(30,40)</box><box>(50,60),(70,80)</box>"}]},
+        {"id": "no_image", "conversations": [{"from": "user", "value": "框出<ref>左上角</ref>"},
+                                             {"from": "assistant", "value": "<box>(0,0),(99,99)</box>"}]}]
+    source = write_json(tmp_path / "qwen_vl.json", records)
+    out = str(tmp_path / "out.jsonl")
+    result = CliRunner().invoke(main, ["data", "convert", "--from", "qwen-vl", "--target", "qwen3_vl", "--input",
+                                       source, "--output", out])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1]) == {"converted": 5, "skipped": 0, "errors": []}
+    converted = [json.loads(line) for line in open(out)]
+    assert converted[0] == {"id": "identity_0", "messages": [
+        {"role": "user", "content": "你好"}, {"role": "assistant", "content": "我是Qwen-VL,一个支持视觉输入的大模型。"}]}
+    assert converted[1]["images"] == ["assets/demo.png"]
+    assert converted[1]["messages"][3]["content"] == '{"bbox_2d": [588, 499, 725, 789], "label": "格子衬衫"}'
+    # boxes without a <ref>: one object each, no label
+    assert converted[2]["images"] == ["assets/a.png", "assets/b.png"]
+    assert converted[2]["messages"][1]["content"] == ('两只狗{"bbox_2d": [0, 0, 500, 1000]}, '
+                                                      '{"bbox_2d": [500, 0, 999, 999]}')
+    # a <ref> without a box keeps its text; two boxes after one <ref> both carry its label
+    assert converted[3]["messages"][0]["content"] == "<image>the dog在哪里?"
+    assert converted[3]["messages"][1]["content"] == (
+        '{"bbox_2d": [5, 10, 300, 400], "label": "the dog"}, {"bbox_2d": [10, 20, 30, 40], "label": "两只猫"}, '
+        '{"bbox_2d": [50, 60, 70, 80], "label": "两只猫"}')
+    # relative numbers need no image
+    assert "images" not in converted[4]
+    assert [m["content"] for m in converted[4]["messages"]] == ["框出左上角", '{"bbox_2d": [0, 0, 99, 99]}']
+
+
+def test_a_ref_without_box_then_a_grounded_ref():
+    """The label is the <ref> right before the boxes (never text across an earlier </ref>); qwen2_vl keeps a
+    box-less <ref> as is, qwen3_vl keeps its text."""
+    from mmx.data.convert import BoxWriter
+
+    text = "框出<ref>左上角</ref>: <ref>a</ref><box>(1,2),(3,4)</box>"
+    assert BoxWriter("qwen2_vl").rewrite(text, None) == ("框出<ref>左上角</ref>: <|object_ref_start|>a<|object_ref_end|>"
+                                                         "<|box_start|>(1,2),(3,4)<|box_end|>")
+    assert BoxWriter("qwen3_vl").rewrite(text, None) == '框出左上角: {"bbox_2d": [1, 2, 3, 4], "label": "a"}'
+
+
+def test_cli_targets_are_the_converters():
+    from mmx.cli.data_cmd import convert_command
+    from mmx.data.convert import TARGETS
+
+    choice = next(p for p in convert_command.params if p.name == "target").type
+    assert tuple(choice.choices) == TARGETS
