@@ -39,10 +39,11 @@ def expand_table(names, dims):
             continue
         hf = (hf,) if isinstance(hf, str) else tuple(hf)
         built = make_transform(transform, **{key: dims[value] for key, value in arguments.items()})
-        indices = ([("i", i) for i in range(dims["vision_layers"])] if "{i}" in mm else
-                   [("j", j) for j in range(dims["llm_layers"])] if "{j}" in mm else [(None, None)])
-        for key, index in indices:
-            fill = {key: index} if key else {}
+        fills = ([{"i": i} for i in range(dims["vision_layers"])] if "{i}" in mm else
+                 [{"j": j} for j in range(dims["llm_layers"])] if "{j}" in mm else
+                 [{"d": d, "n": n} for n, d in enumerate(dims.get("deepstack_visual_indexes", ()))]
+                 if "{d}" in mm else [{}])
+        for fill in fills:
             rows[mm.format(**fill)] = (tuple(h.format(**fill) for h in hf), built)
     return rows
 
@@ -57,7 +58,10 @@ def style_name(name, style, names):
 
 
 def _detect_style(keys, names, path):
-    """"transformers" (model.visual.*, model.language_model.*) or "legacy" (visual.*, model.layers.*) naming."""
+    """"transformers" (model.visual.*, model.language_model.*) or "legacy" (visual.*, model.layers.*) naming; a
+    family without legacy hub names (Qwen3-VL) is always "transformers"."""
+    if not names.LEGACY_PREFIXES:
+        return "transformers"
     new_prefixes = tuple(new for new, _ in names.LEGACY_PREFIXES)
     old_prefixes = tuple(old for _, old in names.LEGACY_PREFIXES)
     new = any(key.startswith(new_prefixes) for key in keys)

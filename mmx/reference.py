@@ -15,7 +15,7 @@ IMAGE_SIZES = ((60, 90), (56, 56))
 VIDEO_SHAPE = (4, 56, 84)
 VIDEO_FPS = 2.0
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
-                "video_grid_thw", "second_per_grid_ts")
+                "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids")
 
 
 def _images(seed):
@@ -97,9 +97,12 @@ def _torch_inputs(inputs):
     return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in inputs.items()}
 
 
-def _mm_token_type_ids(hf_dir, input_ids):
-    """The processor's modality of each token (0 text, 1 image, 2 video); transformers needs it for 3-D RoPE."""
-    config = _hf_model(hf_dir).config
+def _mm_token_type_ids(hf_dir, inputs):
+    """The processor's modality of each token (0 text, 1 image, 2 video), transformers' input for 3-D RoPE: as the
+    processor returned it (5.23's Qwen processors do), else marked the way the processor marks it."""
+    if "mm_token_type_ids" in inputs:
+        return np.asarray(inputs["mm_token_type_ids"], np.int64)
+    config, input_ids = _hf_model(hf_dir).config, inputs["input_ids"]
     return np.where(input_ids == config.image_token_id, 1, np.where(input_ids == config.video_token_id, 2, 0))
 
 
@@ -109,7 +112,7 @@ def hf_logits(hf_dir, inputs):
 
     model = _hf_model(hf_dir)
     batch = _torch_inputs({k: v for k, v in inputs.items() if k != "labels"})
-    batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, inputs["input_ids"]))
+    batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, inputs))
     with torch.no_grad():
         return model(**batch).logits.float().numpy()
 
@@ -120,7 +123,7 @@ def hf_loss_and_grads(hf_dir, inputs):
 
     model = _hf_model(hf_dir)
     batch = _torch_inputs(inputs)
-    batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, inputs["input_ids"]))
+    batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, inputs))
     model.zero_grad()
     loss = model(**batch).loss
     loss.backward()

@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face checkpoints of Qwen2-VL / Qwen2.5-VL, built locally with no downloads.
+"""Tiny random Hugging Face checkpoints of Qwen2-VL / Qwen2.5-VL / Qwen3-VL, built locally with no downloads.
 
 ``make_tiny_checkpoint(out_dir, family="qwen2_5_vl")`` writes a directory that transformers loads through its real
 ``from_pretrained`` paths (``AutoProcessor``, ``AutoTokenizer``, ``Qwen2_5_VLForConditionalGeneration``)::
@@ -8,9 +8,14 @@
                                   (``model.visual.*``, ``model.language_model.*``, ``lm_head.weight`` unless tied)
     generation_config.json
     tokenizer.json + tokenizer_config.json   byte-level BPE trained with ``tokenizers`` + the Qwen special tokens
-    chat_template.jinja           the Qwen2-VL / Qwen2.5-VL instruct chat template
-    preprocessor_config.json      Qwen2VLImageProcessor with small min/max pixels (images stay a few patches)
-    video_preprocessor_config.json, processor_config.json
+    chat_template.jinja           the family's instruct chat template
+    preprocessor_config.json      Qwen2VLImageProcessor with small min/max pixels (images stay a few patches;
+                                  Qwen3-VL: 16-pixel patches and its 0.5 mean / std, as on the hub)
+    video_preprocessor_config.json, processor_config.json   (Qwen3-VL: Qwen3VLVideoProcessor, Qwen3VLProcessor)
+
+Qwen3-VL's tiny config exercises every branch of its reference (research notes §3.5): 3 vision blocks with deepstack
+mergers after blocks 0 and 1, a 3x3 learned position table (every image grid is resampled), head_dim 32 with 4
+heads of a 64-wide LLM (heads * head_dim != hidden) and interleaved mRoPE sections [6, 5, 5].
 
 Weights come from numpy only (``numpy.random.default_rng(seed)``), so the builder works where torch is not
 installed; the same seed and overrides give byte-identical files. Norm weights are ``1 + 0.1 * randn`` and biases
@@ -26,7 +31,7 @@ import os
 import numpy as np
 from safetensors.numpy import save_file
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 # The Qwen special tokens, in the order they get ids 0..6 in the tiny vocabulary.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -38,6 +43,9 @@ PATCH_SIZE = 14        # the real Qwen-VL patch; the resize factor is patch * me
 MERGE_SIZE = 2
 MIN_PIXELS = 56 * 56   # every image is at least 2x2 merged tokens
 MAX_PIXELS = 56 * 84   # ... and at most 6 merged tokens, so the vision tower stays tiny
+# Qwen3-VL: 16-pixel patches, resize factor 32; images 64x64 .. 64x96 (4..6 merged tokens), videos up to 4 such frames.
+QWEN3_PATCH_SIZE = 16
+QWEN3_MIN_PIXELS, QWEN3_MAX_PIXELS = 64 * 64, 64 * 96
 
 TINY_SIZES = {
     "text": dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -50,6 +58,12 @@ TINY_SIZES = {
     # attention differs from full attention; block 1 is a full-attention block.
     "qwen2_5_vl_vision": dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                               window_size=56, fullatt_block_indexes=[1], tokens_per_second=2, hidden_act="silu"),
+    "qwen3_vl_vision": dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, num_position_embeddings=9,
+                            deepstack_visual_indexes=[0, 1], hidden_act="gelu_pytorch_tanh"),
+    # The Qwen3 LLM: explicit head_dim (4 heads x 32 != hidden 64), sections [6, 5, 5] (the [24, 20, 20] shape).
+    "qwen3_vl_text": dict(head_dim=32, attention_bias=False),
+    "qwen3_vl_mrope_section": [6, 5, 5],
+    "qwen3_vl_rope_theta": 5000000.0,
 }
 
 # The chat template of Qwen2-VL-7B-Instruct / Qwen2.5-VL-7B-Instruct (default system prompt, one
@@ -73,6 +87,19 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# The structure of the Qwen3-VL instruct template (no default system prompt; one
+# <|vision_start|><|image_pad|><|vision_end|> per image, <|vision_start|><|video_pad|><|vision_end|> per video).
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 _CORPUS = [
     "You are a helpful assistant.", "Describe the image.", "What is in the picture?", "A cat sits on a mat.",
     "The video shows a red ball rolling across the floor.", "user", "assistant", "system",
@@ -93,7 +120,7 @@ def make_tiny_checkpoint(out_dir, family="qwen2_5_vl", tied=False, seed=0, **ove
     config = _write_config(out_dir, family, tied, dict(overrides))
     save_file(_random_weights(config, family, np.random.default_rng(seed)),
               os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    _write_tokenizer(out_dir)
+    _write_tokenizer(out_dir, QWEN3_CHAT_TEMPLATE if family == "qwen3_vl" else CHAT_TEMPLATE)
     _write_processor(out_dir, family)
     return out_dir
 
@@ -104,10 +131,12 @@ def make_tiny_checkpoint(out_dir, family="qwen2_5_vl", tied=False, seed=0, **ove
 
 def _write_config(out_dir, family, tied, overrides):
     """Build the config with transformers' own class (it writes the exact 5.x format) and return it as a dict."""
-    text = dict(TINY_SIZES["text"])
+    qwen3 = family == "qwen3_vl"
+    text = dict(TINY_SIZES["text"], **(TINY_SIZES["qwen3_vl_text"] if qwen3 else {}))
     vision = dict(TINY_SIZES[f"{family}_vision"])
-    mrope_section = list(overrides.pop("mrope_section", TINY_SIZES["mrope_section"]))
-    rope_theta = overrides.pop("rope_theta", TINY_SIZES["rope_theta"])
+    prefix = "qwen3_vl_" if qwen3 else ""
+    mrope_section = list(overrides.pop("mrope_section", TINY_SIZES[prefix + "mrope_section"]))
+    rope_theta = overrides.pop("rope_theta", TINY_SIZES[prefix + "rope_theta"])
     for key, value in overrides.items():
         if key.startswith("text_"):
             text[key[len("text_"):]] = value
@@ -116,18 +145,23 @@ def _write_config(out_dir, family, tied, overrides):
         else:
             raise ValueError(f"make_tiny_checkpoint: unknown override {key!r}; use text_<field>=, vision_<field>=, "
                              f"mrope_section= or rope_theta=")
-    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     if sum(mrope_section) != head_dim // 2:
         raise ValueError(f"mrope_section {mrope_section} sums to {sum(mrope_section)} but must sum to head_dim/2 = "
                          f"{head_dim // 2} (hidden_size {text['hidden_size']} / {text['num_attention_heads']} heads)")
     if family == "qwen2_vl":
         vision["hidden_size"] = text["hidden_size"]       # the merger projects straight into the LLM width
         from transformers import Qwen2VLConfig as config_class
-    else:
+    elif family == "qwen2_5_vl":
         vision["out_hidden_size"] = text["hidden_size"]
         from transformers import Qwen2_5_VLConfig as config_class
-    vision.update(patch_size=PATCH_SIZE, spatial_merge_size=MERGE_SIZE, temporal_patch_size=2, in_channels=3)
-    text.update(rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section},
+    else:
+        vision["out_hidden_size"] = text["hidden_size"]
+        from transformers import Qwen3VLConfig as config_class
+    vision.update(patch_size=QWEN3_PATCH_SIZE if qwen3 else PATCH_SIZE, spatial_merge_size=MERGE_SIZE,
+                  temporal_patch_size=2, in_channels=3)
+    rope = {"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section}
+    text.update(rope_parameters=dict(rope, mrope_interleaved=True) if qwen3 else rope,
                 bos_token_id=TOKEN_ID["<|endoftext|>"], eos_token_id=TOKEN_ID["<|im_end|>"],
                 pad_token_id=TOKEN_ID["<|endoftext|>"], tie_word_embeddings=tied)
     hf_config = config_class(
@@ -175,17 +209,24 @@ class _Init:
 
 def _random_weights(config, family, rng):
     init = _Init(rng)
-    _vision_weights(init, config["vision_config"], family)
+    if family == "qwen3_vl":
+        _qwen3_vision_weights(init, config["vision_config"])
+    else:
+        _vision_weights(init, config["vision_config"], family)
     text = config["text_config"]
     hidden, heads, kv_heads = text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"]
-    head_dim = hidden // heads
+    qwen3 = family == "qwen3_vl"
+    head_dim = text["head_dim"] if qwen3 else hidden // heads
     init.raw("model.language_model.embed_tokens.weight", (text["vocab_size"], hidden), 0.25)
     for j in range(text["num_hidden_layers"]):
         layer = f"model.language_model.layers.{j}"
         init.norm(f"{layer}.input_layernorm", hidden, bias=False)
-        init.linear(f"{layer}.self_attn.q_proj", heads * head_dim, hidden, bias=True)
-        init.linear(f"{layer}.self_attn.k_proj", kv_heads * head_dim, hidden, bias=True)
-        init.linear(f"{layer}.self_attn.v_proj", kv_heads * head_dim, hidden, bias=True)
+        init.linear(f"{layer}.self_attn.q_proj", heads * head_dim, hidden, bias=not qwen3)
+        init.linear(f"{layer}.self_attn.k_proj", kv_heads * head_dim, hidden, bias=not qwen3)
+        init.linear(f"{layer}.self_attn.v_proj", kv_heads * head_dim, hidden, bias=not qwen3)
+        if qwen3:
+            init.norm(f"{layer}.self_attn.q_norm", head_dim, bias=False)
+            init.norm(f"{layer}.self_attn.k_norm", head_dim, bias=False)
         init.linear(f"{layer}.self_attn.o_proj", hidden, heads * head_dim, bias=False)
         init.norm(f"{layer}.post_attention_layernorm", hidden, bias=False)
         init.linear(f"{layer}.mlp.gate_proj", text["intermediate_size"], hidden, bias=False)
@@ -224,11 +265,34 @@ def _vision_weights(init, vision, family):
     init.linear("model.visual.merger.mlp.2", out_width, merged, bias=True)
 
 
+def _qwen3_vision_weights(init, vision):
+    width, mlp_width, out_width = vision["hidden_size"], vision["intermediate_size"], vision["out_hidden_size"]
+    merged = width * vision["spatial_merge_size"] ** 2
+    patch = (width, vision["in_channels"], vision["temporal_patch_size"], vision["patch_size"], vision["patch_size"])
+    init.raw("model.visual.patch_embed.proj.weight", patch, (np.prod(patch[1:])) ** -0.5)
+    init.raw("model.visual.patch_embed.proj.bias", (width,), 0.1)
+    init.raw("model.visual.pos_embed.weight", (vision["num_position_embeddings"], width), 0.5)
+    for i in range(vision["depth"]):
+        block = f"model.visual.blocks.{i}"
+        init.norm(f"{block}.norm1", width, bias=True)
+        init.norm(f"{block}.norm2", width, bias=True)
+        init.linear(f"{block}.attn.qkv", 3 * width, width, bias=True)
+        init.linear(f"{block}.attn.proj", width, width, bias=True)
+        init.linear(f"{block}.mlp.linear_fc1", mlp_width, width, bias=True)
+        init.linear(f"{block}.mlp.linear_fc2", width, mlp_width, bias=True)
+    mergers = [("model.visual.merger", width)] + [(f"model.visual.deepstack_merger_list.{n}", merged)
+                                                  for n in range(len(vision["deepstack_visual_indexes"]))]
+    for name, norm_width in mergers:
+        init.norm(f"{name}.norm", norm_width, bias=True)
+        init.linear(f"{name}.linear_fc1", merged, merged, bias=True)
+        init.linear(f"{name}.linear_fc2", out_width, merged, bias=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Tokenizer, chat template, image / video processors
 # ----------------------------------------------------------------------------------------------------------------
 
-def _write_tokenizer(out_dir):
+def _write_tokenizer(out_dir, chat_template):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -249,7 +313,7 @@ def _write_tokenizer(out_dir):
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(tokenizer_config, f, indent=2)
     with open(os.path.join(out_dir, "chat_template.jinja"), "w") as f:
-        f.write(CHAT_TEMPLATE)
+        f.write(chat_template)
 
 
 def _write_processor(out_dir, family):
@@ -262,7 +326,16 @@ def _write_processor(out_dir, family):
     image = dict(shared, image_processor_type="Qwen2VLImageProcessor")
     video = dict(shared, video_processor_type="Qwen2VLVideoProcessor", do_sample_frames=False, min_frames=2,
                  max_frames=8, return_metadata=False, cap_pixels_per_frame=False)
-    processor_class = "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor"
+    processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
+                       "qwen3_vl": "Qwen3VLProcessor"}[family]
+    if family == "qwen3_vl":
+        # The hub's Qwen3-VL preprocessor: 16-pixel patches, mean = std = 0.5; the video budget counts frames.
+        shared.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], patch_size=QWEN3_PATCH_SIZE,
+                      size={"shortest_edge": QWEN3_MIN_PIXELS, "longest_edge": QWEN3_MAX_PIXELS})
+        image = dict(shared, image_processor_type="Qwen2VLImageProcessor")
+        video = dict(shared, video_processor_type="Qwen3VLVideoProcessor", do_sample_frames=False, fps=2,
+                     min_frames=2, max_frames=8, cap_pixels_per_frame=False,
+                     size={"shortest_edge": 2 * QWEN3_MIN_PIXELS, "longest_edge": 4 * QWEN3_MAX_PIXELS})
     for name, content in (("preprocessor_config.json", image), ("video_preprocessor_config.json", video),
                           ("processor_config.json", {"processor_class": processor_class})):
         with open(os.path.join(out_dir, name), "w") as f:

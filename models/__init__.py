@@ -9,6 +9,7 @@ import importlib
 FAMILIES = {
     "qwen2_vl": ("mmx.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
     "qwen2_5_vl": ("mmx.models.qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+    "qwen3_vl": ("mmx.models.qwen3_vl", "Qwen3VLForConditionalGeneration"),
 }
 
 

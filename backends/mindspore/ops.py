@@ -25,6 +25,7 @@ from mindspore import ops as P
 
 import mmx.backends.mindspore as _backend
 from mmx.backends.mindspore import kernels
+from mmx.rope import mrope_frequency_rows
 
 float32 = mindspore.float32
 float16 = mindspore.float16
@@ -371,19 +372,18 @@ def layer_norm(x, weight, bias, eps):
     return _back(out, x.dtype)
 
 
-def rotary_cos_sin(position_ids, inv_freq, mrope_section=None):
+def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False):
     inv_freq = _fp32(inv_freq)
     angles = P.expand_dims(P.cast(position_ids, float32), -1) * inv_freq  # (..., S, D/2)
     if mrope_section is not None:
         if builtins.sum(mrope_section) != inv_freq.shape[0]:
             raise ValueError(f"mrope_section {list(mrope_section)} sums to {builtins.sum(mrope_section)} but "
                              f"inv_freq has {inv_freq.shape[0]} frequencies")
-        # angles (3, B, S, D/2): frequency block i takes its angle from the temporal/height/width row i % 3.
-        chunks, start = [], 0
-        for i, width in enumerate(mrope_section):
-            chunks.append(angles[i % 3, ..., start:start + width])
-            start += width
-        angles = P.cat(tuple(chunks), -1)
+        # angles (3, B, S, D/2): frequency f takes its angle from position row rows[f] (temporal, height, width).
+        # One-hot row masks select exactly (x * 1 + 0 + 0 == x), in 3 ops however the rows interleave.
+        rows = mrope_frequency_rows(mrope_section, mrope_interleaved)
+        masks = (rows[None, :] == np.arange(3)[:, None]).astype(np.float32)            # (3, D/2)
+        angles = P.reduce_sum(angles * Tensor(masks.reshape(3, 1, 1, -1)), 0)
     emb = P.cat((angles, angles), -1)
     return P.cos(emb), P.sin(emb)
 

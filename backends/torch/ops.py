@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import mmx.backends.torch as torch_backend
+from mmx.rope import mrope_frequency_rows
 from mmx.backends.torch import kernels
 
 float32 = torch.float32
@@ -285,7 +286,7 @@ def layer_norm(x, weight, bias, eps):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-def rotary_cos_sin(position_ids, inv_freq, mrope_section=None):
+def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False):
     inv_freq = inv_freq.float()
     freqs = position_ids.float().unsqueeze(-1) * inv_freq                     # (..., S, D/2)
     if mrope_section is not None:
@@ -295,9 +296,9 @@ def rotary_cos_sin(position_ids, inv_freq, mrope_section=None):
         if builtins.sum(mrope_section) != inv_freq.shape[0]:
             raise ValueError(f"rotary_cos_sin: mrope_section {list(mrope_section)} sums to "
                              f"{builtins.sum(mrope_section)} but inv_freq has {inv_freq.shape[0]} frequencies")
-        # Frequency band r (temporal, height, width) takes its angle from position row r.
-        bands = torch.split(freqs, [int(size) for size in mrope_section], dim=-1)
-        freqs = torch.cat([band[row] for row, band in enumerate(bands)], dim=-1)  # (B, S, D/2)
+        # Frequency f takes its angle from position row rows[f] (temporal, height or width).
+        rows = torch.from_numpy(mrope_frequency_rows(mrope_section, mrope_interleaved)).to(freqs.device)
+        freqs = freqs.gather(0, rows.view(1, 1, 1, -1).expand(1, *freqs.shape[1:]))[0]   # (B, S, D/2)
     angles = torch.cat([freqs, freqs], dim=-1)
     return torch.cos(angles), torch.sin(angles)
 

@@ -104,6 +104,8 @@ class Layout:
             raise LayoutError(f"vit_pp_layers {vit} puts vision blocks on stage {late[0]} after LLM layers started "
                               f"on stage {llm_started} (llm_pp_layers {llm}): vision must be finished before LLM "
                               f"layers start, e.g. vit_pp_layers {[dims['vision_layers']] + [0] * (len(vit) - 1)}")
+        if "deepstack_on_vision_stage" in plan.PIPELINE.get("rules", ()):
+            _check_deepstack(vit, llm, len(dims.get("deepstack_visual_indexes", ())))
         for key, what in plan.TP_DIVIDES.items():
             if dims[key] % self.tp_size:
                 raise LayoutError(f"tp_size {self.tp_size} does not divide the {what} ({key} = {dims[key]}): "
@@ -131,6 +133,25 @@ class Layout:
         """Every (tp, pp, ep) rank in directory order."""
         return [(tp, pp, ep) for pp in range(self.pp_size) for tp in range(self.tp_size)
                 for ep in range(self.ep_size)]
+
+
+def _check_deepstack(vit, llm, levels):
+    """Qwen3-VL: LLM layers 0 .. levels-1 add the deepstack features, so they must sit on the stage where the vision
+    tower finishes (stages before it hold vision blocks only, so that stage needs at least ``levels`` LLM layers)."""
+    if not levels:
+        return
+    vision_end = max(stage for stage, vision in enumerate(vit) if vision)
+    if llm[vision_end] >= levels:
+        return
+    fixed, need = list(llm), levels - llm[vision_end]
+    for stage in range(vision_end + 1, len(fixed)):      # later stages hold no vision: each keeps one LLM layer
+        moved = max(min(need, fixed[stage] - 1), 0)
+        fixed[stage], fixed[vision_end], need = fixed[stage] - moved, fixed[vision_end] + moved, need - moved
+    example = f", e.g. llm_pp_layers {fixed}" if need == 0 else ""
+    raise LayoutError(f"llm_pp_layers {llm} puts LLM layers {llm[vision_end]}..{levels - 1} on a later stage than "
+                      f"the vision tower (which finishes on stage {vision_end}, vit_pp_layers {vit}), but layers "
+                      f"0..{levels - 1} receive its {levels} deepstack feature levels: give stage {vision_end} at "
+                      f"least {levels} LLM layers{example}")
 
 
 def stored_name(name, stage, plan, tied):

@@ -298,17 +298,18 @@ def layer_norm(x, weight, bias, eps):
     return _ops().layer_norm(x, weight, bias, eps)
 
 
-def rotary_cos_sin(position_ids, inv_freq, mrope_section=None):
+def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False):
     """cos and sin tables (float32) for rotary embeddings.
 
     1-D: ``position_ids`` (..., S) int → cos/sin (..., S, 2 * len(inv_freq)) where the angle is
     ``position * inv_freq`` repeated twice along the last dim (the rotate-half convention).
     Multimodal (``mrope_section`` = [t, h, w], summing to len(inv_freq)): ``position_ids`` (3, B, S) holds the
-    temporal, height and width position of each token; the first t frequencies use the temporal row, the next h the
-    height row, the last w the width row (HF ``apply_multimodal_rotary_pos_emb``) → cos/sin (B, S, 2 * len(inv_freq)).
-    ``inv_freq`` is a float32 tensor (D/2,).
+    temporal, height and width position of each token, and each frequency takes its angle from one of those rows
+    (``mmx.rope.mrope_frequency_rows``): contiguous bands, the first t frequencies temporal, the next h height, the
+    last w width (HF ``apply_multimodal_rotary_pos_emb``), or with ``mrope_interleaved`` the Qwen3-VL pattern
+    T H W T H W ... → cos/sin (B, S, 2 * len(inv_freq)). ``inv_freq`` is a float32 tensor (D/2,).
     """
-    return _ops().rotary_cos_sin(position_ids, inv_freq, mrope_section)
+    return _ops().rotary_cos_sin(position_ids, inv_freq, mrope_section, mrope_interleaved)
 
 
 def apply_rotary(x, cos, sin):

@@ -22,10 +22,14 @@ class TextConfig:
     rope_theta: float
     mrope_section: tuple     # (t, h, w) frequencies per axis, summing to head_dim / 2
     tie_word_embeddings: bool
+    head_dim: int = None             # Qwen3: an explicit config value (heads * head_dim may differ from hidden)
+    attention_bias: bool = True      # q/k/v biases (Qwen2: yes; Qwen3: no)
+    qk_norm: bool = False            # Qwen3: RMSNorm over head_dim of each query / key head, before RoPE
+    mrope_interleaved: bool = False  # Qwen3-VL: frequencies T H W T H W ... instead of contiguous bands
 
-    @property
-    def head_dim(self):
-        return self.hidden_size // self.num_heads
+    def __post_init__(self):
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class VisionConfig:
     window_size: int = 0                 # Qwen2.5-VL window attention (pixels)
     fullatt_block_indexes: tuple = ()    # Qwen2.5-VL blocks that attend over the whole frame
     tokens_per_second: int = None        # Qwen2.5-VL video temporal positions; None = Qwen2-VL (1 per frame)
+    patch_embed_bias: bool = False       # Qwen3-VL: the patch Conv3d has a bias
+    num_position_embeddings: int = 0     # Qwen3-VL: a learned (side x side) position table, resampled per image
+    deepstack_visual_indexes: tuple = () # Qwen3-VL: blocks whose outputs also feed the LLM's first layers
 
     @property
     def head_dim(self):
@@ -54,14 +61,16 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str               # "qwen2_vl" | "qwen2_5_vl"
+    family: str               # "qwen2_vl" | "qwen2_5_vl" | "qwen3_vl"
     text: TextConfig
     vision: VisionConfig
     image_token_id: int
     video_token_id: int
     vision_start_token_id: int
+    split_video_frames: bool = False     # Qwen3-VL: each temporal patch of a video is its own placeholder run
+                                         # (a text timestamp before each), so positions take one grid row per run
 
-    # rope_index reads these three from the config it is given
+    # rope_index reads these (and split_video_frames) from the config it is given
     @property
     def spatial_merge_size(self):
         return self.vision.spatial_merge_size
@@ -88,34 +97,48 @@ def _field(source, key, where):
     return source[key]
 
 
-def text_config(raw):
-    """TextConfig from a Qwen-VL config dict (nested ``text_config`` or the older flat layout)."""
+def text_config(raw, qwen3=False):
+    """TextConfig from a Qwen-VL config dict (nested ``text_config`` or the older flat layout).
+
+    ``qwen3``: the Qwen3 LLM (explicit ``head_dim``, q/k norms, no attention biases, HF's default sections
+    [24, 20, 20]) with interleaved mRoPE: transformers 5.23's ``Qwen3VLTextRotaryEmbedding`` always interleaves,
+    whatever ``rope_parameters.mrope_interleaved`` says, so mmx does too.
+    """
     text = raw.get("text_config") or raw
     where = "text_config" if "text_config" in raw else "the top level"
     rope = text.get("rope_parameters") or text.get("rope_scaling") or raw.get("rope_scaling") or {}
     theta = rope.get("rope_theta", text.get("rope_theta", raw.get("rope_theta", 1000000.0)))
     heads = _field(text, "num_attention_heads", where)
     hidden = _field(text, "hidden_size", where)
-    mrope = tuple(_field(rope, "mrope_section", f"{where}.rope_parameters"))
-    if sum(mrope) * 2 != hidden // heads:
+    head_dim = (text.get("head_dim") or hidden // heads) if qwen3 else hidden // heads
+    mrope = tuple(rope.get("mrope_section", (24, 20, 20)) if qwen3 else
+                  _field(rope, "mrope_section", f"{where}.rope_parameters"))
+    if sum(mrope) * 2 != head_dim:
         raise ValueError(f"config.json: mrope_section {list(mrope)} sums to {sum(mrope)} but head_dim/2 is "
-                         f"{hidden // heads // 2}; fix rope_parameters.mrope_section")
+                         f"{head_dim // 2}; fix rope_parameters.mrope_section")
     tie = raw.get("tie_word_embeddings", False) or text.get("tie_word_embeddings", False)
+    bias = bool(text.get("attention_bias", False)) if qwen3 else True
+    if qwen3 and bias:
+        raise ValueError(f"config.json: {where}.attention_bias is true; mmx's Qwen3 LLM has no attention biases "
+                         f"(no published Qwen3-VL checkpoint uses them); set it to false")
     return TextConfig(
         vocab_size=_field(text, "vocab_size", where), hidden_size=hidden,
         intermediate_size=_field(text, "intermediate_size", where),
         num_layers=_field(text, "num_hidden_layers", where), num_heads=heads,
         num_kv_heads=text.get("num_key_value_heads") or heads, rms_norm_eps=text.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta), mrope_section=mrope, tie_word_embeddings=bool(tie))
+        rope_theta=float(theta), mrope_section=mrope, tie_word_embeddings=bool(tie), head_dim=head_dim,
+        attention_bias=bias, qk_norm=qwen3, mrope_interleaved=qwen3)
 
 
 def vision_rope_theta(vision):
     return float((vision.get("rope_parameters") or {}).get("rope_theta", 10000.0))
 
 
-def model_config(raw, family, vision):
-    """ModelConfig for ``family`` from the raw dict and that family's VisionConfig."""
-    return ModelConfig(family=family, text=text_config(raw), vision=vision,
+def model_config(raw, family, vision, text=None, split_video_frames=False):
+    """ModelConfig for ``family`` from the raw dict and that family's VisionConfig (and TextConfig, default the
+    Qwen2 LLM's)."""
+    return ModelConfig(family=family, text=text or text_config(raw), vision=vision,
                        image_token_id=_field(raw, "image_token_id", "the top level"),
                        video_token_id=_field(raw, "video_token_id", "the top level"),
-                       vision_start_token_id=raw.get("vision_start_token_id", -1))
+                       vision_start_token_id=raw.get("vision_start_token_id", -1),
+                       split_video_frames=split_video_frames)

@@ -2,8 +2,9 @@
 
 - :func:`rope_index` — the 3-D (temporal, height, width) position ids of the LLM tokens (HF ``get_rope_index`` in
   ``modeling_qwen2_vl.py`` / ``modeling_qwen2_5_vl.py``), per row or per packed sample.
-- :func:`vision_position_ids`, :func:`vision_cu_seqlens`, :func:`vision_window_index` — the vision tower's 2-D rotary
-  positions, per-frame attention segments and Qwen2.5-VL's window reordering (HF ``transformers/vision_utils.py``).
+- :func:`vision_position_ids`, :func:`vision_cu_seqlens`, :func:`vision_window_index`,
+  :func:`vision_interpolation` — the vision tower's 2-D rotary positions, per-frame attention segments, Qwen2.5-VL's
+  window reordering and Qwen3-VL's learned-position resampling (HF ``transformers/vision_utils.py``).
 
 All take and return numpy arrays; nothing here touches a backend tensor.
 """
@@ -52,24 +53,44 @@ def _segment_positions(token_type, grids, spatial_merge_size, time_intervals):
     return np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), np.int64)
 
 
+def token_types(input_ids, config):
+    """(B, S) int64 modality of each token, 0 text / 1 image / 2 video: what transformers 5.23's processors return
+    as ``mm_token_type_ids`` (``ProcessorMixin.create_mm_token_type_ids`` marks exactly the placeholder tokens)."""
+    input_ids = np.asarray(input_ids)
+    return np.where(input_ids == config.image_token_id, IMAGE,
+                    np.where(input_ids == config.video_token_id, VIDEO, TEXT)).astype(np.int64)
+
+
 def rope_index(input_ids, attention_mask, image_grid_thw, video_grid_thw, config, second_per_grid_ts=None,
-               cu_seqlens=None):
+               cu_seqlens=None, mm_token_type_ids=None):
     """3-D rotary position ids of the LLM tokens and, per row, the next free position (for decoding).
 
     input_ids (B, S) int; attention_mask (B, S) or None (1 = real token; padding gets position 0 like HF);
     image_grid_thw (N_img, 3), video_grid_thw (N_vid, 3) in the order the images/videos appear in the batch;
-    ``config``: an object with ``image_token_id``, ``video_token_id``, ``spatial_merge_size`` and
-    ``tokens_per_second`` (``None`` for Qwen2-VL: video frames step by 1); second_per_grid_ts (N_vid,) seconds per
-    temporal grid step (Qwen2.5-VL). ``cu_seqlens`` (N+1,): the rows are packed, each segment is one sample whose
-    positions start at 0.
+    ``config``: an object with ``image_token_id``, ``video_token_id``, ``spatial_merge_size``,
+    ``tokens_per_second`` (``None`` for Qwen2-VL: video frames step by 1) and ``split_video_frames`` (Qwen3-VL:
+    each temporal patch of a video is its own placeholder run, positioned like a one-frame grid); second_per_grid_ts
+    (N_vid,) seconds per temporal grid step (Qwen2.5-VL). ``cu_seqlens`` (N+1,): the rows are packed, each segment
+    is one sample whose positions start at 0. ``mm_token_type_ids`` (B, S): the processor's modality of each token
+    (HF groups runs of it); default :func:`token_types` of the ids, which is what the processors compute.
     → (position_ids (3, B, S) int64, next_position (B, N_segments) int64 = max position + 1 of each sample).
     """
     input_ids = np.asarray(input_ids)
     batch, length = input_ids.shape
     mask = np.ones((batch, length), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
-    token_type = np.where(input_ids == config.image_token_id, IMAGE,
-                          np.where(input_ids == config.video_token_id, VIDEO, TEXT))
-    grids = {IMAGE: iter(_as_grid(image_grid_thw)), VIDEO: iter(_as_grid(video_grid_thw))}
+    if mm_token_type_ids is None:
+        token_type = token_types(input_ids, config)
+    else:
+        token_type = np.asarray(mm_token_type_ids, np.int64)
+        if token_type.shape != input_ids.shape:
+            raise ValueError(f"mm_token_type_ids has shape {token_type.shape} but input_ids {input_ids.shape}: "
+                             f"pass the processor's mm_token_type_ids of the same batch")
+    video_grids = _as_grid(video_grid_thw)
+    if getattr(config, "split_video_frames", False) and len(video_grids):
+        # HF Qwen3-VL get_rope_index: repeat_interleave(video_grid_thw, t) with t set to 1.
+        video_grids = np.repeat(video_grids, video_grids[:, 0], axis=0)
+        video_grids[:, 0] = 1
+    grids = {IMAGE: iter(_as_grid(image_grid_thw)), VIDEO: iter(video_grids)}
     if config.tokens_per_second is None:
         intervals = itertools.repeat(1.0)
     else:
@@ -135,3 +156,34 @@ def vision_window_index(grid_thw, spatial_merge_size, window_size, patch_size):
     cu = np.asarray(cu_window_seqlens, np.int32)
     keep = np.concatenate([[True], cu[1:] != cu[:-1]])   # HF unique_consecutive: drop empty windows
     return np.concatenate(window_index).astype(np.int64), cu[keep]
+
+
+def vision_interpolation(grid_thw, num_grid_per_side, spatial_merge_size):
+    """Qwen3-VL's learned position table resampled to each frame's (h, w) grid, as 4-tap bilinear gathers
+    (align_corners=True, HF ``get_vision_interpolation_indices_and_weights(mode="bilinear")``), patches in
+    merge-block order and repeated per frame → (indices (T_patches, 4) int64 into the flattened side x side table,
+    weights (T_patches, 4) float32). Computed in float32 with the same operations as HF, so the weights are
+    bit-identical."""
+    side, rows, cols = num_grid_per_side, [], []
+    sizes = []
+    for t, h, w in _as_grid(grid_thw).tolist():
+        positions = vision_position_ids(np.array([[t, h, w]]), spatial_merge_size)
+        rows.append(positions[:, 0])
+        cols.append(positions[:, 1])
+        sizes.append(np.repeat([[h, w]], len(positions), axis=0))
+    row, col, size = np.concatenate(rows), np.concatenate(cols), np.concatenate(sizes)
+    row_taps, row_weights = _bilinear_taps(row, size[:, 0], side)
+    col_taps, col_weights = _bilinear_taps(col, size[:, 1], side)
+    indices = (row_taps[:, :, None] * side + col_taps[:, None, :]).reshape(-1, 4)
+    weights = (row_weights[:, :, None] * col_weights[:, None, :]).reshape(-1, 4)
+    return indices.astype(np.int64), weights.astype(np.float32)
+
+
+def _bilinear_taps(index, size, side):
+    """Per-axis taps (floor, floor + 1, clamped) and hat weights, align_corners=True, in float32."""
+    src = index.astype(np.float32) * np.float32(side - 1) / np.maximum(size - 1, 1).astype(np.float32)
+    floor = np.floor(src)
+    offsets = np.arange(2)
+    taps = np.clip(floor.astype(np.int64)[:, None] + offsets, 0, side - 1)
+    distance = np.abs(src[:, None] - floor[:, None] - offsets.astype(np.float32))
+    return taps, np.maximum(np.float32(1) - distance, np.float32(0))

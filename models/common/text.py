@@ -1,16 +1,19 @@
-"""The Qwen2 language model with multimodal RoPE, shared by Qwen2-VL and Qwen2.5-VL.
+"""The Qwen2 / Qwen3 language model with multimodal RoPE, shared by Qwen2-VL, Qwen2.5-VL and Qwen3-VL.
 
-Mirrors ``Qwen2VLTextModel`` / ``Qwen2_5_VLTextModel`` (+ ``lm_head``) in transformers'
-``models/qwen2_vl/modeling_qwen2_vl.py`` and ``models/qwen2_5_vl/modeling_qwen2_5_vl.py``, in the mm layout of
-``docs/checkpoint-layout.md``::
+Mirrors ``Qwen2VLTextModel`` / ``Qwen2_5_VLTextModel`` / ``Qwen3VLTextModel`` (+ ``lm_head``) in transformers'
+``models/qwen2_vl/modeling_qwen2_vl.py``, ``models/qwen2_5_vl/modeling_qwen2_5_vl.py`` and
+``models/qwen3_vl/modeling_qwen3_vl.py``, in the mm layout of ``docs/checkpoint-layout.md``::
 
     TextDecoder (state-dict prefix text_decoder.)
     ├── embedding.word_embeddings            ids (B, S) → (B, S, C)
     ├── decoder.layers["{j}"]  DecoderLayer  (global layer index j)
     │   ├── input_layernorm                  RMSNorm
-    │   ├── self_attention                   fused qkv (per-KV-group interleave) → mRoPE → causal GQA → linear_proj
+    │   ├── self_attention                   fused qkv (per-KV-group interleave; Qwen2 with biases) → Qwen3:
+    │   │                                    q_layernorm / k_layernorm per head → mRoPE → causal GQA → linear_proj
     │   ├── pre_mlp_layernorm                RMSNorm
     │   └── mlp                              linear_fc1 = [gate; up] → silu(gate) * up → linear_fc2
+    ├── (Qwen3-VL deepstack: after layer j < levels, visual features of vision level j are added at the
+    │    image/video positions)
     ├── decoder.final_layernorm              RMSNorm
     └── output_layer                         (absent when tie_word_embeddings: the embedding matrix is reused)
 """
@@ -46,8 +49,13 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.group = self.num_heads // self.num_kv_heads
-        self.linear_qkv = Linear(config.hidden_size, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim)
+        self.linear_qkv = Linear(config.hidden_size, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim,
+                                 bias=config.attention_bias)
         self.linear_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        if config.qk_norm:
+            self.q_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = config.qk_norm
 
     def forward(self, x, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, layer_index=None):
         """x (B, S, C), cos/sin (B, S, D); attention_mask (B, S_past + S) 1 = real token; cu_seqlens (N+1,)
@@ -56,6 +64,8 @@ class SelfAttention(nn.Module):
         qkv = ops.reshape(self.linear_qkv(x), (batch, length, self.num_kv_heads, self.group + 2, self.head_dim))
         q = ops.reshape(qkv[:, :, :, :self.group, :], (batch, length, self.num_heads, self.head_dim))
         k, v = qkv[:, :, :, self.group, :], qkv[:, :, :, self.group + 1, :]
+        if self.qk_norm:
+            q, k = self.q_layernorm(q), self.k_layernorm(k)
         q, k = ops.apply_rotary(q, cos, sin), ops.apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_index, k, v)
@@ -120,16 +130,23 @@ class TextDecoder(nn.Module):
         dim = self.config.head_dim
         inv_freq = 1.0 / (self.config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
         return ops.rotary_cos_sin(ops.tensor(np.asarray(position_ids, np.int64)),
-                                  ops.tensor(inv_freq.astype(np.float32)), list(self.config.mrope_section))
+                                  ops.tensor(inv_freq.astype(np.float32)), list(self.config.mrope_section),
+                                  self.config.mrope_interleaved)
 
     def forward(self, hidden, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, logits_to_keep=0,
-                logits_positions=None):
+                logits_positions=None, deepstack=()):
         """hidden (B, S, C) → this stage's layers → (B, S, C); on the last stage → float32 logits (B, S, V), or of
         the last ``logits_to_keep`` positions only (B, K, V) (generation needs the last one; 0 keeps all), or of
         ``logits_positions`` only (N,) numpy int, flat indices into the B × S positions → (N, V) (training needs
-        the supervised ones: with a 150k vocabulary the output layer is most of a small model's FLOPs)."""
+        the supervised ones: with a 150k vocabulary the output layer is most of a small model's FLOPs).
+
+        ``deepstack`` (Qwen3-VL): per level l a (B, S, C) tensor, the level's visual features at the image/video
+        positions and zeros elsewhere, added after global layer l (HF ``_deepstack_process``; adding zeros leaves
+        the other positions bit-identical)."""
         for j in self.layer_indices:
             hidden = self.decoder.layers[str(j)](hidden, cos, sin, attention_mask, cu_seqlens, cache, j)
+            if j < len(deepstack):
+                hidden = hidden + deepstack[j]
         if not self.last:
             return hidden
         if logits_to_keep:

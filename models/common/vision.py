@@ -1,13 +1,15 @@
-"""Vision-tower pieces shared by Qwen2-VL and Qwen2.5-VL, in the mm layout of ``docs/checkpoint-layout.md``.
+"""Vision-tower pieces shared by Qwen2-VL, Qwen2.5-VL and Qwen3-VL, in the mm layout of
+``docs/checkpoint-layout.md``.
 
-Mirrors ``VisionAttention`` / ``Qwen2_5_VLVisionAttention``, the vision blocks, ``VisionRotaryEmbedding`` and
-``PatchMerger`` of transformers' ``modeling_qwen2_vl.py`` / ``modeling_qwen2_5_vl.py``. Each family's model file
-picks the norm and the MLP and wires the blocks (Qwen2.5-VL adds window attention).
+Mirrors ``VisionAttention`` / ``Qwen2_5_VLVisionAttention`` / ``Qwen3VLVisionAttention``, the vision blocks and MLPs,
+``VisionRotaryEmbedding``, ``PatchMerger`` / ``Qwen3VLVisionPatchMerger`` of transformers' ``modeling_qwen2_vl.py``,
+``modeling_qwen2_5_vl.py`` and ``modeling_qwen3_vl.py``. Each family's model file picks the norm and the MLP and
+wires the blocks (Qwen2.5-VL adds window attention, Qwen3-VL a learned position table and deepstack mergers).
 """
 import numpy as np
 
 from mmx import nn, ops
-from mmx.nn.layers import Linear
+from mmx.nn.layers import Embedding, Linear
 
 
 class VisionAttention(nn.Module):
@@ -30,6 +32,26 @@ class VisionAttention(nn.Module):
         q, k = ops.apply_rotary(q, cos, sin), ops.apply_rotary(k, cos, sin)
         out = ops.attention(q, k, v, causal=False, cu_seqlens=cu_seqlens)
         return self.linear_proj(ops.reshape(out, (tokens, self.num_heads * self.head_dim)))
+
+
+ACTIVATIONS = {"quick_gelu": ops.quick_gelu, "gelu": ops.gelu, "silu": ops.silu,
+               "gelu_pytorch_tanh": lambda x: ops.gelu(x, approximate="tanh")}
+
+
+class VisionMLP(nn.Module):
+    """fc1 → activation (Qwen2-VL quick_gelu, Qwen3-VL gelu_pytorch_tanh) → fc2: x (T, C) → (T, C)."""
+
+    def __init__(self, hidden_size, intermediate_size, hidden_act):
+        super().__init__()
+        if hidden_act not in ACTIVATIONS:
+            raise ValueError(f"config.json: vision_config.hidden_act {hidden_act!r} is not supported; "
+                             f"use one of {', '.join(ACTIVATIONS)}")
+        self.activation = ACTIVATIONS[hidden_act]
+        self.linear_fc1 = Linear(hidden_size, intermediate_size)
+        self.linear_fc2 = Linear(intermediate_size, hidden_size)
+
+    def forward(self, x):
+        return self.linear_fc2(self.activation(self.linear_fc1(x)))
 
 
 class VisionBlock(nn.Module):
@@ -60,16 +82,20 @@ class _ProjectorMLP(nn.Module):
 class PatchMerger(nn.Module):
     """norm → concatenate each merge x merge block of patches → Linear → GELU → Linear.
 
-    x (T, C) with T a multiple of merge**2 (blocks contiguous) → (T / merge**2, out_size).
+    x (T, C) with T a multiple of merge**2 (blocks contiguous) → (T / merge**2, out_size). ``postshuffle_norm``
+    (Qwen3-VL's deepstack mergers): the norm runs over the concatenated merge**2 * C features instead.
     """
 
-    def __init__(self, layernorm, hidden_size, out_size, spatial_merge_size):
+    def __init__(self, layernorm, hidden_size, out_size, spatial_merge_size, postshuffle_norm=False):
         super().__init__()
         self.merged_size = hidden_size * spatial_merge_size ** 2
+        self.postshuffle_norm = postshuffle_norm
         self.layernorm = layernorm
         self.encoder = _ProjectorMLP(self.merged_size, out_size)
 
     def forward(self, x):
+        if self.postshuffle_norm:
+            return self.encoder(self.layernorm(ops.reshape(x, (-1, self.merged_size))))
         return self.encoder(ops.reshape(self.layernorm(x), (-1, self.merged_size)))
 
 
@@ -79,7 +105,8 @@ class PatchEmbedHolder(nn.Module):
     def __init__(self, vision):
         super().__init__()
         self.proj = nn.PatchEmbed(vision.in_channels, vision.hidden_size,
-                                  (vision.temporal_patch_size, vision.patch_size, vision.patch_size))
+                                  (vision.temporal_patch_size, vision.patch_size, vision.patch_size),
+                                  bias=vision.patch_embed_bias)
 
 
 class BlockStack(nn.Module):
@@ -91,7 +118,8 @@ class BlockStack(nn.Module):
 
 
 class VisionTower(nn.Module):
-    """``image_encoder.encoder``: the patch embedding (first stage) and this stage's blocks.
+    """``image_encoder.encoder``: the patch embedding and, when the config has one, the learned position table
+    ``pos_embed`` (first stage), and this stage's blocks.
 
     ``make_block(i)`` builds the family's block ``i`` (its norm, MLP and attention).
     """
@@ -101,6 +129,8 @@ class VisionTower(nn.Module):
         self.block_indices = tuple(block_indices)
         if first:
             self.patch_embed = PatchEmbedHolder(vision)
+            if vision.num_position_embeddings:
+                self.pos_embed = Embedding(vision.num_position_embeddings, vision.hidden_size)
         self.blocks = BlockStack({str(i): make_block(i) for i in self.block_indices})
 
 

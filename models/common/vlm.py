@@ -1,17 +1,19 @@
 """The Qwen-VL conditional-generation model around a family's vision encoder.
 
-Mirrors ``Qwen2VLForConditionalGeneration.forward`` / ``Qwen2_5_VLForConditionalGeneration.forward`` (and their
-``Model.forward``) in transformers::
+Mirrors ``Qwen2VLForConditionalGeneration.forward`` / ``Qwen2_5_VLForConditionalGeneration.forward`` /
+``Qwen3VLForConditionalGeneration.forward`` (and their ``Model.forward``) in transformers::
 
     forward(input_ids (B, S), ...)
     ├── text_decoder.embed(input_ids)                          (B, S, C)
     ├── image_encoder(pixel_values, image_grid_thw)            (N_image_tokens, C) → masked_scatter at <|image_pad|>
     ├── image_encoder(pixel_values_videos, video_grid_thw)     (N_video_tokens, C) → masked_scatter at <|video_pad|>
+    │                                                          (+ Qwen3-VL deepstack levels, scattered the same way)
     ├── 3-D position ids (host, numpy: positions.rope_index, or the cache's next positions when decoding)
     ├── text_decoder.rotary(position_ids)                      cos/sin (B, S, D)
-    └── text_decoder(hidden, cos, sin, mask)                   float32 logits (B, S, V)
+    └── text_decoder(hidden, cos, sin, mask, deepstack)        float32 logits (B, S, V)
 
-A family subclass names its vision encoder class in ``image_encoder_class`` (built as ``cls(vision, stage)``).
+A family subclass names its vision encoder class in ``image_encoder_class`` (built as ``cls(vision, stage)``); the
+encoder returns ``(features, deepstack levels)``, the levels empty for families without deepstack.
 """
 import numpy as np
 
@@ -53,7 +55,7 @@ class QwenVLModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, position_ids=None,
-                cache=None, cu_seqlens=None, logits_to_keep=0, logits_positions=None):
+                cache=None, cu_seqlens=None, logits_to_keep=0, logits_positions=None, mm_token_type_ids=None):
         """Float32 logits (B, S, V), or (B, K, V) of the last ``logits_to_keep`` = K positions (0 keeps all), or
         (N, V) of ``logits_positions`` (N,) numpy int, flat indices into B × S (the trainer passes the supervised
         ones, so no logits are computed where no loss is taken).
@@ -64,7 +66,9 @@ class QwenVLModel(nn.Module):
         position_ids (3, B, S) to override the computed 3-D positions; cache: a KVCache (prefill when empty, then
         decode steps); cu_seqlens (N+1,) int: a packed row (B = 1) of N samples that attend only to themselves and
         whose positions each start at 0. During a cached decode step, placeholder ids the model generated are plain
-        tokens (no pixels belong to them), as in transformers.
+        tokens (no pixels belong to them), as in transformers. mm_token_type_ids (B, S) (transformers 5.23
+        processors; 0 text, 1 image, 2 video): the modality runs the 3-D positions follow (default: the
+        placeholder ids, which is what the processors mark).
         """
         full = Stage.full(self.config.vision.depth, self.config.text.num_layers)
         if self.stage != full:
@@ -76,36 +80,43 @@ class QwenVLModel(nn.Module):
         mask = _host(attention_mask, np.int64)
         hidden = self.text_decoder.embed(ops.tensor(ids))
         decoding = cache is not None and cache.length > 0
-        hidden = self._insert(hidden, ids, pixel_values, image_grid_thw, self.config.image_token_id, "image",
-                              decoding)
-        hidden = self._insert(hidden, ids, pixel_values_videos, video_grid_thw, self.config.video_token_id, "video",
-                              decoding)
+        hidden, deepstack = self._insert(hidden, (), ids, pixel_values, image_grid_thw, self.config.image_token_id,
+                                         "image", decoding)
+        hidden, deepstack = self._insert(hidden, deepstack, ids, pixel_values_videos, video_grid_thw,
+                                         self.config.video_token_id, "video", decoding)
         positions = self._positions(ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts, position_ids,
-                                    cache, cu_seqlens)
+                                    cache, cu_seqlens, mm_token_type_ids)
         cos, sin = self.text_decoder.rotary(positions)
         key_mask = None if mask is None or mask.all() else ops.tensor(mask.astype(bool))
         packed = None if cu_seqlens is None else ops.tensor(np.asarray(_host(cu_seqlens), np.int32))
-        return self.text_decoder(hidden, cos, sin, key_mask, packed, cache, logits_to_keep, logits_positions)
+        return self.text_decoder(hidden, cos, sin, key_mask, packed, cache, logits_to_keep, logits_positions,
+                                 deepstack)
 
-    def _insert(self, hidden, ids, pixels, grid_thw, token_id, kind, decoding=False):
-        """Replace the placeholder embeddings of ``token_id`` by the vision features of ``pixels``."""
+    def _insert(self, hidden, deepstack, ids, pixels, grid_thw, token_id, kind, decoding=False):
+        """Replace the placeholder embeddings of ``token_id`` by the vision features of ``pixels`` and scatter the
+        encoder's deepstack levels to the same positions of ``deepstack`` ((B, S, C) per level; () before the first
+        modality) → (hidden, deepstack)."""
         slots = ids == token_id
         if pixels is None:
             if slots.any() and self.stage.first and not decoding:
                 raise ValueError(f"input_ids hold {int(slots.sum())} {kind} placeholder tokens (id {token_id}) but "
                                  f"no {'pixel_values' if kind == 'image' else 'pixel_values_videos'} were given")
-            return hidden
+            return hidden, deepstack
         if grid_thw is None:
             raise ValueError(f"{kind} pixels given without {kind}_grid_thw: pass the grid the processor returned")
-        features = self.image_encoder(_device(pixels, ops.float32), _host(grid_thw, np.int64))
+        features, levels = self.image_encoder(_device(pixels, ops.float32), _host(grid_thw, np.int64))
         if features.shape[0] != int(slots.sum()):
             raise ValueError(f"{kind.capitalize()} features and {kind} tokens do not match: input_ids hold "
                              f"{int(slots.sum())} {kind} tokens (id {token_id}) but the {kind}s give "
                              f"{features.shape[0]} features; build input_ids with the checkpoint's processor")
-        return ops.masked_scatter(hidden, ops.tensor(slots[..., None]), ops.cast(features, hidden.dtype))
+        positions = ops.tensor(slots[..., None])
+        bases = deepstack or [ops.zeros_like(hidden)] * len(levels)
+        deepstack = [ops.masked_scatter(base, positions, ops.cast(level, hidden.dtype))
+                     for base, level in zip(bases, levels)]
+        return ops.masked_scatter(hidden, positions, ops.cast(features, hidden.dtype)), deepstack
 
     def _positions(self, ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts, position_ids, cache,
-                   cu_seqlens):
+                   cu_seqlens, mm_token_type_ids=None):
         """(3, B, S) numpy positions; records the cache's next positions on prefill."""
         length = ids.shape[1]
         if position_ids is not None:
@@ -119,7 +130,7 @@ class QwenVLModel(nn.Module):
         current_mask = None if mask is None else mask[:, -length:]
         positions, next_position = rope_index(ids, current_mask, _host(image_grid_thw), _host(video_grid_thw),
                                               self.config, _host(second_per_grid_ts, np.float32),
-                                              _host(cu_seqlens))
+                                              _host(cu_seqlens), _host(mm_token_type_ids, np.int64))
         if cache is not None:
             cache.next_position = next_position[:, 0]
         return positions

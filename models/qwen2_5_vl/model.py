@@ -45,7 +45,8 @@ class Qwen2_5VisionEncoder(nn.Module):
                                          vision.out_hidden_size, vision.spatial_merge_size)
 
     def forward(self, pixel_values, grid_thw):
-        """pixel_values (T, 3*kT*kH*kW) float, grid_thw (N, 3) numpy → (T / merge**2, C_llm)."""
+        """pixel_values (T, 3*kT*kH*kW) float, grid_thw (N, 3) numpy → ((T / merge**2, C_llm), no deepstack
+        levels)."""
         vision = self.vision
         unit = vision.spatial_merge_size ** 2
         window_index, window_bounds = vision_window_index(grid_thw, vision.spatial_merge_size, vision.window_size,
@@ -62,7 +63,7 @@ class Qwen2_5VisionEncoder(nn.Module):
             segments = frames if i in vision.fullatt_block_indexes else windows
             hidden = self.encoder.blocks.layers[str(i)](hidden, cos, sin, segments)
         merged = self.projector(hidden)
-        return ops.index_select(merged, 0, ops.tensor(np.argsort(window_index)))
+        return ops.index_select(merged, 0, ops.tensor(np.argsort(window_index))), ()
 
 
 class Qwen2_5_VLForConditionalGeneration(QwenVLModel):

@@ -1,7 +1,8 @@
 """Qwen2-VL: the HF ↔ mm name table, read by mmx.convert in both directions (hf_to_mm and mm_to_hf).
 
 Each row is ``(mm name, HF name or names, transform, transform arguments)``. ``{i}`` stands for a global vision
-block index, ``{j}`` for a global LLM layer index. Transforms are named (``convert/transforms.py``); their
+block index, ``{j}`` for a global LLM layer index, and (Qwen3-VL) ``{d}`` for a vision block with a deepstack
+merger, whose HF name counts those mergers with ``{n}`` (``deepstack_merger_list.{n}``). Transforms are named (``convert/transforms.py``); their
 arguments name entries of :func:`dimensions` (e.g. head counts). HF names are those transformers ≥ 4.52 writes;
 :data:`LEGACY_PREFIXES` maps them to the older hub names (``visual.*``, ``model.layers.*``), which are read too and
 written back when a checkpoint came with them. Pure data (+ the numbers of a config): no framework imports.
@@ -39,13 +40,17 @@ def projector(norm_bias):
             *_linear("image_encoder.projector.encoder.linear_fc2", "model.visual.merger.mlp.2")]
 
 
-def language_model():
+def language_model(qkv_bias=True, qk_norm=False):
+    """The LLM rows: Qwen2 (q/k/v biases) or Qwen3 (no biases; per-head ``q_norm`` / ``k_norm`` →
+    ``q_layernorm`` / ``k_layernorm``, MindSpeed-MM's names)."""
     hf_attn = HF_LLM_LAYER + "self_attn."
     return [
         ("text_decoder.embedding.word_embeddings.weight", "model.language_model.embed_tokens.weight", "rename", {}),
         *_linear(LLM_LAYER + "input_layernorm", HF_LLM_LAYER + "input_layernorm", bias=False),
         *[(LLM_LAYER + f"self_attention.linear_qkv.{kind}", tuple(hf_attn + f"{p}_proj.{kind}" for p in "qkv"),
-           "fuse_qkv", LLM_QKV) for kind in ("weight", "bias")],
+           "fuse_qkv", LLM_QKV) for kind in (("weight", "bias") if qkv_bias else ("weight",))],
+        *(_linear(LLM_LAYER + "self_attention.q_layernorm", hf_attn + "q_norm", bias=False) +
+          _linear(LLM_LAYER + "self_attention.k_layernorm", hf_attn + "k_norm", bias=False) if qk_norm else []),
         *_linear(LLM_LAYER + "self_attention.linear_proj", hf_attn + "o_proj", bias=False),
         *_linear(LLM_LAYER + "pre_mlp_layernorm", HF_LLM_LAYER + "post_attention_layernorm", bias=False),
         (LLM_LAYER + "mlp.linear_fc1.weight", (HF_LLM_LAYER + "mlp.gate_proj.weight", HF_LLM_LAYER +
@@ -77,11 +82,12 @@ LEGACY_PREFIXES = (("model.visual.", "visual."), ("model.language_model.", "mode
 def dimensions(config):
     """The numbers conversion and layout validation need, from a parsed HF config.json (new or legacy form, read
     by the family's config reader): {vision_layers, llm_layers, vision_heads, llm_heads, llm_kv_heads,
-    vocab_size, tied, num_experts}."""
+    vocab_size, tied, num_experts, deepstack_visual_indexes}."""
     from mmx.models import config_from_hf
 
     model = config_from_hf(config)
     return {"vision_layers": model.vision.depth, "llm_layers": model.text.num_layers,
             "vision_heads": model.vision.num_heads, "llm_heads": model.text.num_heads,
             "llm_kv_heads": model.text.num_kv_heads, "vocab_size": model.text.vocab_size,
-            "tied": bool(model.text.tie_word_embeddings), "num_experts": 0}
+            "tied": bool(model.text.tie_word_embeddings), "num_experts": 0,
+            "deepstack_visual_indexes": list(model.vision.deepstack_visual_indexes)}

@@ -12,28 +12,10 @@ Mirrors transformers' ``models/qwen2_vl/modeling_qwen2_vl.py`` (``Qwen2VLForCond
 """
 from mmx import nn, ops
 from mmx.models.common.positions import vision_cu_seqlens, vision_position_ids
-from mmx.models.common.vision import PatchMerger, VisionAttention, VisionBlock, VisionTower, vision_rotary
+from mmx.models.common.vision import (PatchMerger, VisionAttention, VisionBlock, VisionMLP, VisionTower,
+                                      vision_rotary)
 from mmx.models.common.vlm import QwenVLModel
-from mmx.nn.layers import LayerNorm, Linear
-
-ACTIVATIONS = {"quick_gelu": ops.quick_gelu, "gelu": ops.gelu, "silu": ops.silu}
-
-
-class VisionMLP(nn.Module):
-    """fc1 → activation (quick_gelu) → fc2: x (T, C) → (T, C)."""
-
-    def __init__(self, hidden_size, intermediate_size, hidden_act):
-        super().__init__()
-        if hidden_act not in ACTIVATIONS:
-            raise ValueError(f"config.json: vision_config.hidden_act {hidden_act!r} is not supported; "
-                             f"use one of {', '.join(ACTIVATIONS)}")
-        self.activation = ACTIVATIONS[hidden_act]
-        self.linear_fc1 = Linear(hidden_size, intermediate_size)
-        self.linear_fc2 = Linear(intermediate_size, hidden_size)
-
-    def forward(self, x):
-        return self.linear_fc2(self.activation(self.linear_fc1(x)))
-
+from mmx.nn.layers import LayerNorm
 
 class Qwen2VisionEncoder(nn.Module):
     """Patches of all images (or all videos) → merged features (N_tokens, C_llm), in input order."""
@@ -54,13 +36,14 @@ class Qwen2VisionEncoder(nn.Module):
                                          vision.out_hidden_size, vision.spatial_merge_size)
 
     def forward(self, pixel_values, grid_thw):
-        """pixel_values (T, 3*kT*kH*kW) float, grid_thw (N, 3) numpy → (T / merge**2, C_llm)."""
+        """pixel_values (T, 3*kT*kH*kW) float, grid_thw (N, 3) numpy → ((T / merge**2, C_llm), no deepstack
+        levels)."""
         hidden = self.encoder.patch_embed.proj(pixel_values)
         cos, sin = vision_rotary(vision_position_ids(grid_thw, self.vision.spatial_merge_size), self.vision)
         frames = ops.tensor(vision_cu_seqlens(grid_thw))           # full attention within each frame
         for i in self.encoder.block_indices:
             hidden = self.encoder.blocks.layers[str(i)](hidden, cos, sin, frames)
-        return self.projector(hidden)
+        return self.projector(hidden), ()
 
 
 class Qwen2VLForConditionalGeneration(QwenVLModel):

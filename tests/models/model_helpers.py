@@ -9,7 +9,8 @@ from mmx.checkpoint.store import load_mm
 from mmx.convert.drivers import hf_to_mm
 from mmx.tiny import make_tiny_checkpoint
 
-VARIANTS = [("qwen2_vl", False), ("qwen2_vl", True), ("qwen2_5_vl", False), ("qwen2_5_vl", True)]
+VARIANTS = [("qwen2_vl", False), ("qwen2_vl", True), ("qwen2_5_vl", False), ("qwen2_5_vl", True),
+            ("qwen3_vl", False), ("qwen3_vl", True)]
 
 
 class Checkpoint:

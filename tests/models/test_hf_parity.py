@@ -1,4 +1,5 @@
-"""Qwen2-VL / Qwen2.5-VL in mmx against transformers: logits, loss, gradients; and MindSpore against torch.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL in mmx against transformers: logits, loss, gradients; and MindSpore against
+torch.
 
 The batch mixes two image sizes, a video and a text-only prompt, padded (right for untied checkpoints, left for
 tied ones), built by the checkpoint's own processor and chat template (mmx.reference).
@@ -64,9 +65,9 @@ MINDSPORE_GRAD_SAMPLES = ("image_small", "video")
 
 
 @pytest.mark.backend("mindspore")
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_mindspore_grads_match_torch(checkpoint, family, tmp_path):
-    ckpt = checkpoint(family, family == "qwen2_5_vl")
+    ckpt = checkpoint(family, family != "qwen2_vl")
     run_backend("torch", os.path.join(HERE, "grads_runner.py"), ckpt.hf_dir, ckpt.mm_dir, tmp_path / "torch.npz",
                 ",".join(MINDSPORE_GRAD_SAMPLES))
     torch_run = np.load(tmp_path / "torch.npz")
@@ -85,5 +86,5 @@ def test_image_token_count_mismatch_names_both_counts(checkpoint):
     ids = inputs["input_ids"].copy()
     ids[0, np.nonzero(ids[0] == 5)[0][0]] = 10                # one <|image_pad|> fewer than the features
     with pytest.raises(ValueError, match=r"input_ids hold 5 image tokens .* give 6 features"):
-        ckpt.build()(**dict(model_inputs(inputs), input_ids=ids))
+        ckpt.build()(**dict(model_inputs(inputs), input_ids=ids, mm_token_type_ids=None))
     assert json.load(open(os.path.join(ckpt.hf_dir, "config.json")))["image_token_id"] == 5

@@ -11,15 +11,17 @@ from model_helpers import model_inputs
 SAMPLES = ("image_small", "video", "text")
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_packed_equals_unpacked(checkpoint, family):
     ckpt = checkpoint(family, family == "qwen2_vl")
     model = ckpt.build()
     batch = reference.build_inputs(ckpt.hf_dir, SAMPLES)
     lengths = batch["attention_mask"].sum(-1)
-    packed = dict(model_inputs(batch), input_ids=np.concatenate(
-        [row[:n] for row, n in zip(batch["input_ids"], lengths)])[None], attention_mask=None,
-        cu_seqlens=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    def pack(rows):
+        return np.concatenate([row[:n] for row, n in zip(rows, lengths)])[None]
+    packed = dict(model_inputs(batch), input_ids=pack(batch["input_ids"]), attention_mask=None,
+                  mm_token_type_ids=pack(batch["mm_token_type_ids"]),
+                  cu_seqlens=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     with nn.inference_mode():
         padded_logits = ops.to_numpy(model(**model_inputs(batch)))
         packed_logits = ops.to_numpy(model(**packed))[0]
@@ -28,7 +30,7 @@ def test_packed_equals_unpacked(checkpoint, family):
     assert np.abs(packed_logits - unpacked).max() <= MODEL_SAME_BACKEND_ATOL
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_cached_decoding_continues_3d_positions(checkpoint, family):
     """Prefill a left-padded prompt batch with an image and a video, then decode 2 tokens one at a time: each
     step's logits equal the full forward over prompt + decoded tokens."""
@@ -37,7 +39,8 @@ def test_cached_decoding_continues_3d_positions(checkpoint, family):
     prompt = reference.build_inputs(ckpt.hf_dir, ("image_large", "video"), padding_side="left")
     new_tokens = np.array([[40, 41], [50, 51]])
     full = dict(model_inputs(prompt), input_ids=np.concatenate([prompt["input_ids"], new_tokens], 1),
-                attention_mask=np.concatenate([prompt["attention_mask"], np.ones_like(new_tokens)], 1))
+                attention_mask=np.concatenate([prompt["attention_mask"], np.ones_like(new_tokens)], 1),
+                mm_token_type_ids=np.concatenate([prompt["mm_token_type_ids"], np.zeros_like(new_tokens)], 1))
     cache = KVCache()
     with nn.inference_mode():
         expected = ops.to_numpy(model(**full))

@@ -4,10 +4,11 @@ import pytest
 
 from mmx import models, reference
 from mmx.models.common.loss import IGNORE_INDEX, shift_labels
-from mmx.models.common.positions import rope_index, vision_cu_seqlens, vision_position_ids, vision_window_index
+from mmx.models.common.positions import (rope_index, token_types, vision_cu_seqlens, vision_interpolation,
+                                         vision_position_ids, vision_window_index)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_rope_index_matches_transformers(checkpoint, family, padding_side):
     import torch
@@ -17,18 +18,31 @@ def test_rope_index_matches_transformers(checkpoint, family, padding_side):
     hf = reference._hf_model(ckpt.hf_dir).model
     kwargs = {key: torch.from_numpy(inputs[key]) for key in ("attention_mask", "image_grid_thw", "video_grid_thw",
                                                               "second_per_grid_ts") if key in inputs}
-    token_type = torch.from_numpy(reference._mm_token_type_ids(ckpt.hf_dir, inputs["input_ids"]))
+    token_type = torch.from_numpy(inputs["mm_token_type_ids"])       # the processor's own
     want, deltas = hf.get_rope_index(torch.from_numpy(inputs["input_ids"]), mm_token_type_ids=token_type, **kwargs)
     config = models.config_from_hf(ckpt.hf_dir)
-    got, next_position = rope_index(inputs["input_ids"], inputs["attention_mask"], inputs["image_grid_thw"],
-                                    inputs["video_grid_thw"], config, inputs.get("second_per_grid_ts"))
-    np.testing.assert_array_equal(got, want.numpy())
+    # what the data pipeline derives from the ids is exactly what the processor marks
+    np.testing.assert_array_equal(token_types(inputs["input_ids"], config), inputs["mm_token_type_ids"])
+    for given in (None, inputs["mm_token_type_ids"]):
+        got, next_position = rope_index(inputs["input_ids"], inputs["attention_mask"], inputs["image_grid_thw"],
+                                        inputs["video_grid_thw"], config, inputs.get("second_per_grid_ts"),
+                                        mm_token_type_ids=given)
+        np.testing.assert_array_equal(got, want.numpy())
     real = inputs["attention_mask"].sum(-1)
     np.testing.assert_array_equal(next_position[:, 0], deltas.numpy()[:, 0] + real)   # HF: max + 1 - length
     # Qwen2.5-VL: the reference video's 2 temporal patches are 1 s apart, tokens_per_second = 2 positions;
-    # Qwen2-VL: one position per temporal patch.
+    # Qwen2-VL: one position per temporal patch; Qwen3-VL: each temporal patch is its own run (a timestamp between),
+    # at one temporal position, its run's start.
     temporal = got[0][inputs["input_ids"] == config.video_token_id]
-    assert np.unique(temporal).size == 2 and np.ptp(temporal) == (2 if family == "qwen2_5_vl" else 1)
+    assert np.unique(temporal).size == 2
+    if family != "qwen3_vl":
+        assert np.ptp(temporal) == (2 if family == "qwen2_5_vl" else 1)
+    else:
+        row = np.nonzero((inputs["input_ids"] == config.video_token_id).any(-1))[0][0]
+        video = np.nonzero(inputs["input_ids"][row] == config.video_token_id)[0]
+        runs = np.split(video, np.nonzero(np.diff(video) > 1)[0] + 1)
+        assert len(runs) == 2 and all(np.unique(got[0, row, run]).size == 1 for run in runs)
+        assert all(got[0, row, run[0]] == got[0, row, run[0] - 1] + 1 for run in runs)  # starts after the text
 
 
 def test_vision_metadata_matches_transformers():
@@ -44,6 +58,13 @@ def test_vision_metadata_matches_transformers():
     np.testing.assert_array_equal(vision_position_ids(grid, 2),
                                   vision_utils.get_vision_position_ids(torch.from_numpy(grid), 2).numpy())
     np.testing.assert_array_equal(vision_cu_seqlens(grid), [0, 24, 40, 56, 104])
+    # Qwen3-VL's learned-table resampling: bit-identical indices and float32 weights, tables smaller and larger
+    for side in (3, 4, 48):
+        want_taps, want_weights = vision_utils.get_vision_interpolation_indices_and_weights(
+            torch.from_numpy(grid), side, mode="bilinear", align_corners=True, spatial_merge_size=2)
+        taps, weights = vision_interpolation(grid, side, 2)
+        np.testing.assert_array_equal(taps, want_taps.numpy())
+        assert weights.dtype == np.float32 and (weights == want_weights.numpy()).all()
 
 
 def test_shift_labels_ignores_packed_sample_boundaries():

@@ -1,6 +1,7 @@
 """mmx.tiny checkpoints load through transformers' real from_pretrained paths, with nothing missing or extra."""
 import hashlib
 
+import numpy as np
 import pytest
 
 from mmx import models
@@ -20,7 +21,8 @@ def test_transformers_loads_every_weight(checkpoint, family, tied):
     shares = model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
     assert shares == tied
     assert type(model).__name__ == {"qwen2_vl": "Qwen2VLForConditionalGeneration",
-                                    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}[family]
+                                    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                                    "qwen3_vl": "Qwen3VLForConditionalGeneration"}[family]
 
 
 def test_processor_template_and_tokens(checkpoint):
@@ -50,6 +52,33 @@ def test_processor_template_and_tokens(checkpoint):
     _, windows = vision_window_index(inputs["image_grid_thw"], vision.spatial_merge_size, vision.window_size,
                                      vision.patch_size)
     assert len(windows) - 1 > len(inputs["image_grid_thw"])
+
+
+def test_qwen3_vl_fixture_exercises_every_branch(checkpoint):
+    """The tiny Qwen3-VL covers what its parity must prove: resampled position table, 2 deepstack levels, head_dim
+    != hidden / heads, a video of 2 timestamped frame groups (5.23 keeps the outer vision_start / vision_end),
+    16-pixel patches on non-square images of two sizes, and the processor's mm_token_type_ids."""
+    from transformers import AutoProcessor
+
+    from mmx import reference
+
+    hf_dir = checkpoint("qwen3_vl", False).hf_dir
+    processor = AutoProcessor.from_pretrained(hf_dir)
+    assert [type(p).__name__ for p in (processor, processor.image_processor, processor.video_processor)] == [
+        "Qwen3VLProcessor", "Qwen2VLImageProcessor", "Qwen3VLVideoProcessor"]
+    config = models.config_from_hf(hf_dir)
+    assert config.text.head_dim * config.text.num_heads != config.text.hidden_size and config.text.qk_norm
+    assert config.text.mrope_interleaved and config.split_video_frames
+    assert config.vision.depth >= 3 and len(config.vision.deepstack_visual_indexes) == 2
+    inputs = reference.build_inputs(hf_dir)
+    grids = inputs["image_grid_thw"].tolist()
+    assert grids == [[1, 4, 6], [1, 4, 4]] and config.vision.num_position_embeddings == 9     # 3x3 table < grids
+    assert inputs["pixel_values"].shape[1] == 3 * 2 * 16 * 16
+    assert inputs["video_grid_thw"].tolist() == [[2, 4, 6]]
+    text = processor.tokenizer.decode(inputs["input_ids"][2])
+    assert ("<|vision_start|><0.2 seconds><|vision_start|>" + "<|video_pad|>" * 6 + "<|vision_end|><1.2 seconds>"
+            "<|vision_start|>" + "<|video_pad|>" * 6 + "<|vision_end|><|vision_end|>") in text
+    assert set(np.unique(inputs["mm_token_type_ids"])) == {0, 1, 2}
 
 
 def test_same_seed_same_bytes_other_seed_other_weights(tmp_path):

@@ -52,12 +52,17 @@ def layer_norm(x, weight, bias, eps):
     return centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps) * weight + bias
 
 
-def rotary_cos_sin(position_ids, inv_freq, mrope_section=None):
+def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False):
     if mrope_section is None:
         angles = position_ids[..., None].astype(np.float64) * inv_freq
     else:
-        # frequency f belongs to band r (temporal, height, width) and uses position row r
+        # frequency f belongs to band r (temporal, height, width) and uses position row r: contiguous bands, or
+        # HF Qwen3-VL's interleave (T everywhere, then H at 1::3 below 3*h and W at 2::3 below 3*w)
         band_of_freq = np.repeat(np.arange(3), mrope_section)
+        if mrope_interleaved:
+            band_of_freq = np.zeros(sum(mrope_section), int)
+            band_of_freq[1:3 * mrope_section[1]:3] = 1
+            band_of_freq[2:3 * mrope_section[2]:3] = 2
         angles = np.stack([position_ids[band].astype(np.float64) * inv_freq[f]
                            for f, band in enumerate(band_of_freq)], axis=-1)
     angles = np.concatenate([angles, angles], axis=-1)

@@ -41,12 +41,12 @@ def test_layer_norm(dtype):
              [random((2, 3, 16), 1), random((16,), 2, 0.5, 1.5), random((16,), 3)], dtype)
 
 
-def _cos_sin_backend(position_ids, mrope_section=None):
+def _cos_sin_backend(position_ids, mrope_section=None, interleaved=False):
     def fn(inv_freq):
-        return ops.cat(list(ops.rotary_cos_sin(ops.tensor(position_ids), inv_freq, mrope_section)), -1)
+        return ops.cat(list(ops.rotary_cos_sin(ops.tensor(position_ids), inv_freq, mrope_section, interleaved)), -1)
 
     def reference(inv_freq):
-        return np.concatenate(ref.rotary_cos_sin(position_ids, inv_freq, mrope_section), -1)
+        return np.concatenate(ref.rotary_cos_sin(position_ids, inv_freq, mrope_section, interleaved), -1)
     return fn, reference
 
 
@@ -71,6 +71,19 @@ def test_rotary_cos_sin_multimodal_sections():
                                           [1, 1, 2])[0])
     np.testing.assert_allclose(cos[..., 0], np.cos(position_ids[0] * INV_FREQ[0]), atol=1e-6)
     np.testing.assert_allclose(cos[..., 3], np.cos(position_ids[2] * INV_FREQ[3]), atol=1e-6)
+
+
+def test_rotary_cos_sin_interleaved_sections():
+    """Qwen3-VL's interleave with sections [24, 20, 20] scaled to 16 frequencies ([6, 5, 5]): T H W T H W ... T."""
+    rng = np.random.default_rng(1)
+    position_ids = rng.integers(0, 30, size=(3, 2, 5))
+    inv_freq = 1.0 / (5e6 ** (np.arange(0, 32, 2) / 32))
+    fn, reference = _cos_sin_backend(position_ids, [6, 5, 5], interleaved=True)
+    check_op(fn, reference, [inv_freq], "float32", grad=False)
+    cos = ops.to_numpy(ops.rotary_cos_sin(ops.tensor(position_ids), ops.tensor(inv_freq.astype(np.float32)),
+                                          [6, 5, 5], True)[0])
+    for slot, row in ((0, 0), (1, 1), (2, 2), (13, 1), (14, 2), (15, 0)):
+        np.testing.assert_allclose(cos[..., slot], np.cos(position_ids[row] * inv_freq[slot]), atol=1e-6)
 
 
 @pytest.mark.parametrize("layout", ["dense", "varlen"])
