@@ -1,5 +1,5 @@
 """HF → mm (pp=2, tp=2) → reshard (pp=3, tp=1) → reshard (pp=1, tp=2) → HF gives back the same tensors, byte for
-byte, for both Qwen families, tied and untied, fp32 and bf16, new and legacy HF names (issue 4's acceptance)."""
+byte, for every Qwen family, tied and untied, fp32 and bf16, new and legacy HF names (issue 4's acceptance)."""
 import filecmp
 import json
 import os
@@ -11,15 +11,18 @@ from convert_helpers import VISION_DEPTH, assert_same_tensors, hf_tensors
 from mmx.checkpoint.store import META_FILE, load_mm
 from mmx.convert.drivers import hf_to_mm, mm_to_hf, reshard
 
-CASES = [(family, tied, dtype) for family in ("qwen2_vl", "qwen2_5_vl") for tied in (False, True)
+CASES = [(family, tied, dtype) for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl") for tied in (False, True)
          for dtype in ("float32", "bfloat16")]
+# (vit_pp_layers, llm_pp_layers) of the 2- and 3-stage layouts. Qwen3-VL's 2 deepstack levels feed LLM layers 0
+# and 1, which must sit on the stage where vision finishes, so its vision tower spans stages.
+LAYOUTS = {"qwen3_vl": (("2,1", "0,2"), ("[[1,1,1]]", "[[0,0,2]]"))}
 
 
 def _chain(hf_dir, work, family):
     depth = VISION_DEPTH[family]
-    first = hf_to_mm(hf_dir, work / "pp2tp2", tp_size=2, vit_pp_layers=f"{depth},0", llm_pp_layers="1,1")
-    second = reshard(work / "pp2tp2", work / "pp3tp1", tp_size=1, vit_pp_layers=f"[[1,{depth - 1},0]]",
-                     llm_pp_layers="[[0,1,1]]")
+    (vit2, llm2), (vit3, llm3) = LAYOUTS.get(family, ((f"{depth},0", "1,1"), (f"[[1,{depth - 1},0]]", "[[0,1,1]]")))
+    first = hf_to_mm(hf_dir, work / "pp2tp2", tp_size=2, vit_pp_layers=vit2, llm_pp_layers=llm2)
+    second = reshard(work / "pp2tp2", work / "pp3tp1", tp_size=1, vit_pp_layers=vit3, llm_pp_layers=llm3)
     third = reshard(work / "pp3tp1", work / "pp1tp2", tp_size=2)
     mm_to_hf(work / "pp1tp2", work / "hf_out")
     return first, second, third
@@ -85,14 +88,15 @@ def test_sharded_hf_output_has_an_index(tiny_hf, tmp_path):
 
 
 @pytest.mark.backend("torch")   # transformers' models run on torch
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_transformers_loads_the_output(tiny_hf, tmp_path, family):
     import transformers
 
     hf_dir = tiny_hf(family, tied=True, dtype="bfloat16")
     _chain(hf_dir, tmp_path, family)
     cls = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
-           "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration}[family]
+           "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+           "qwen3_vl": transformers.Qwen3VLForConditionalGeneration}[family]
     model, info = cls.from_pretrained(tmp_path / "hf_out", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     source = hf_tensors(hf_dir)

@@ -162,3 +162,52 @@ def test_ep_size_must_divide_the_experts():
         Layout.build(dims, plan, ep_size=4)
     assert Layout.build(dims, plan, ep_size=3, vit_pp_layers="2,0", llm_pp_layers="1,1").rank_dir(1, 1, 2) == \
         "mp_rank_01_001_002"
+
+
+@pytest.fixture(scope="module")
+def truncated_qwen3_vl(tmp_path_factory):
+    """A truncated tiny Qwen3-VL with 4 LLM layers (3 vision blocks with 2 heads; deepstack after blocks 0 and 1,
+    feeding LLM layers 0 and 1)."""
+    root = tmp_path_factory.mktemp("qwen3_vl_truncated")
+    return truncate_weights(make_tiny_checkpoint(root / "full", family="qwen3_vl", text_num_hidden_layers=4),
+                            root / "hf")
+
+
+QWEN3_VL_LAYOUT_ERRORS = [
+    (dict(vit_pp_layers="3,0", llm_pp_layers="1,3"),
+     "llm_pp_layers [1, 3] puts LLM layers 1..1 on a later stage than the vision tower (which finishes on stage 0, "
+     "vit_pp_layers [3, 0]), but layers 0..1 receive its 2 deepstack feature levels: give stage 0 at least 2 LLM "
+     "layers, e.g. llm_pp_layers [2, 2]"),
+    (dict(vit_pp_layers="2,1,0", llm_pp_layers="0,1,3"),
+     "llm_pp_layers [0, 1, 3] puts LLM layers 1..1 on a later stage than the vision tower (which finishes on stage "
+     "1, vit_pp_layers [2, 1, 0]), but layers 0..1 receive its 2 deepstack feature levels: give stage 1 at least 2 "
+     "LLM layers, e.g. llm_pp_layers [0, 2, 2]"),
+    (dict(vit_pp_layers="[[2,1]]", llm_pp_layers="[[2,2]]"),
+     "vit_pp_layers [2, 1] puts vision blocks on stage 1 after LLM layers started on stage 0"),
+    (dict(tp_size=4), "tp_size 4 does not divide the vision attention heads (vision_heads = 2)"),
+]
+
+
+@pytest.mark.parametrize("options,message", QWEN3_VL_LAYOUT_ERRORS)
+def test_qwen3_vl_layouts_are_refused_before_tensor_reads(truncated_qwen3_vl, tmp_path, options, message):
+    with pytest.raises(LayoutError) as caught:
+        hf_to_mm(truncated_qwen3_vl, tmp_path / "mm", **options)
+    assert message in str(caught.value)
+    assert not (tmp_path / "mm").exists()
+    # the CLI prints the same rule and fix as one error line, no traceback
+    args = [item for key, value in options.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+    result = CliRunner().invoke(main, ["convert", "hf_to_mm", "--hf-dir", str(truncated_qwen3_vl), "--mm-dir",
+                                       str(tmp_path / "cli"), "--no-progress", *args])
+    assert result.exit_code == 1 and f"Error: {message}" in result.output and "Traceback" not in result.output
+
+
+def test_qwen3_vl_deepstack_layouts_that_fit_are_accepted(truncated_qwen3_vl):
+    from mmx.checkpoint.families import family
+    from mmx.convert.hf import read_config
+
+    names, plan = family("qwen3_vl")
+    dims = names.dimensions(read_config(truncated_qwen3_vl))
+    assert dims["deepstack_visual_indexes"] == [0, 1]
+    for vit, llm in (("3,0", "2,2"), ("3,0,0", "2,1,1"), ("2,1", "0,4"), ("3", "4")):
+        layout = Layout.build(dims, plan, tp_size=2, vit_pp_layers=vit, llm_pp_layers=llm)
+        assert sum(layout.llm_pp_layers) == 4

@@ -17,17 +17,22 @@ OTHER_SHAPES = {
     # MHA (4/4 heads), mrope [4, 2, 2], 4 vision blocks with full attention in blocks 0 and 3
     "qwen2_5_vl": dict(text_num_key_value_heads=4, mrope_section=[4, 2, 2], vision_depth=4,
                        vision_fullatt_block_indexes=[0, 3], vision_num_heads=4, text_hidden_size=64),
+    # 3 deepstack levels into 3 of 4 LLM layers, GQA 8/2 with head_dim 16 (8 x 16 != 64), a 2x2 position table,
+    # interleaved sections [4, 2, 2]
+    "qwen3_vl": dict(vision_depth=4, vision_deepstack_visual_indexes=[0, 2, 3], vision_num_position_embeddings=4,
+                     text_num_hidden_layers=4, text_num_attention_heads=8, text_head_dim=16, mrope_section=[4, 2, 2]),
 }
 
 
-LAYOUTS = {"qwen2_vl": None, "qwen2_5_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="1,1")}
+LAYOUTS = {"qwen2_vl": None, "qwen2_5_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="1,1"),
+           "qwen3_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="3,1")}
 
 
 @pytest.mark.parametrize("family", sorted(OTHER_SHAPES))
 def test_verify_passes_then_fails_below_the_error(family, tmp_path):
     """Passes at the default atol; rerun (one family, to keep MindSpore's CPU time down) with an atol below the
     measured error, it exits 1 and still ends with the same max_abs_diff line."""
-    ckpt = Checkpoint(tmp_path, family, tied=family == "qwen2_vl", layout=LAYOUTS[family], seed=7,
+    ckpt = Checkpoint(tmp_path, family, tied=family != "qwen2_5_vl", layout=LAYOUTS[family], seed=7,
                       **OTHER_SHAPES[family])
     result = CliRunner().invoke(main, ["verify", "--hf-dir", ckpt.hf_dir, "--mm-dir", ckpt.mm_dir])
     assert result.exit_code == 0, result.output
