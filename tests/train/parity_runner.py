@@ -1,7 +1,7 @@
-"""Training parity on the tiny Qwen2.5-VL: mmx's Trainer on digit samples, the per-step losses.
+"""Training parity on a tiny Qwen2.5-VL / Qwen3-VL: mmx's Trainer on digit samples, the per-step losses.
 
-``python parity_runner.py WORK OUT.npz`` runs it on MMX_BACKEND and saves ``losses`` (the MindSpore-vs-torch test
-runs the torch side this way). The batches are the data pipeline's, drawn in the Trainer's order, so a plain
+``python parity_runner.py WORK OUT.npz FAMILY [key=value ...]`` runs it on MMX_BACKEND with those training
+overrides and saves ``losses`` (the MindSpore-vs-torch and cross-backend resume tests run the other side this way). The batches are the data pipeline's, drawn in the Trainer's order, so a plain
 transformers loop over ``batches(...)`` sees exactly what mmx saw.
 """
 import os
@@ -21,32 +21,32 @@ TRAINING = {"seed": 3, "train_iters": STEPS, "micro_batch_size": 2, "global_batc
             "progress_bar": False, "log_interval": 1000, "peak_tflops": 1.0}
 
 
-def prepare(work):
-    """(tiny Qwen2.5-VL HF dir, finetune config) under ``work`` (built once, byte-identical on every call)."""
+def prepare(work, family="qwen2_5_vl", **overrides):
+    """(tiny HF dir of ``family``, finetune config) under ``work`` (built once, byte-identical on every call)."""
     from mmx.data.digits import make_digits_vqa
     from mmx.tiny import make_tiny_checkpoint
 
     hf_dir = os.path.join(work, "hf")
     if not os.path.exists(os.path.join(hf_dir, "config.json")):
-        make_tiny_checkpoint(hf_dir, family="qwen2_5_vl")
+        make_tiny_checkpoint(hf_dir, family=family)
     digits = make_digits_vqa(os.path.join(work, "digits"), size=56, max_samples=12)
     config = load_config(base={"model": {"init_from_hf_path": hf_dir},
                                "data": {"dataset": digits["train"], "dataset_dir": digits["dataset_dir"]},
-                               "training": dict(TRAINING, log_dir=os.path.join(work, "logs"))})
+                               "training": dict(TRAINING, log_dir=os.path.join(work, "logs"), **overrides)})
     return hf_dir, config
 
 
-def mmx_losses(work):
-    hf_dir, config = prepare(work)
+def mmx_losses(work, family="qwen2_5_vl", **overrides):
+    hf_dir, config = prepare(work, family, **overrides)
     model, metadata, _ = build_model(config["model"])
     pipeline = build_data(config)
     trainer = Trainer(model, pipeline.dataset, pipeline.collate, config["training"], metadata)
     return [record["loss"] for record in trainer.run()]
 
 
-def batches(work):
+def batches(work, family="qwen2_5_vl"):
     """The numpy batches of each step, in the order the Trainer draws them."""
-    _, config = prepare(work)
+    _, config = prepare(work, family)
     pipeline, training = build_data(config), config["training"]
     sampler = Sampler(len(pipeline.dataset), training["seed"])
     size = training["global_batch_size"]
@@ -55,4 +55,7 @@ def batches(work):
 
 
 if __name__ == "__main__":
-    np.savez(sys.argv[2], losses=np.array(mmx_losses(sys.argv[1])))
+    import yaml
+
+    options = {key: yaml.safe_load(value) for key, value in (arg.split("=", 1) for arg in sys.argv[4:])}
+    np.savez(sys.argv[2], losses=np.array(mmx_losses(sys.argv[1], sys.argv[3], **options)))

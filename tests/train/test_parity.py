@@ -1,6 +1,7 @@
-"""Training parity, 20 fp32 steps on the tiny Qwen2.5-VL and real digit images:
+"""Training parity, 20 fp32 steps on the tiny Qwen2.5-VL and Qwen3-VL and real digit images:
 mmx-torch vs a plain transformers + torch.optim.AdamW loop (same weights, batches, lr, clipping): ≤ 1e-4 relative;
-mmx-MindSpore vs mmx-torch (torch in a subprocess): ≤ 1e-3 relative."""
+mmx-MindSpore vs mmx-torch (torch in a subprocess): ≤ 1e-3 relative; Qwen3-VL trained 10 steps on the other backend
+resumes here on the uninterrupted curve."""
 import os
 import subprocess
 import sys
@@ -14,12 +15,15 @@ from tolerances import TRAIN_TOLERANCE
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def transformers_losses(work):
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+
+
+def transformers_losses(work, family):
     """The plain loop: HF model, HF loss (mean over supervised tokens), clip_grad_norm_, torch AdamW."""
     import torch
     from transformers import AutoModelForImageTextToText
 
-    hf_dir, _ = prepare(work)
+    hf_dir, _ = prepare(work, family)
     model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -28,7 +32,7 @@ def transformers_losses(work):
     optimizer = torch.optim.AdamW(groups, lr=TRAINING["lr"])
     config = model.config
     losses = []
-    for batch in batches(work):
+    for batch in batches(work, family):
         inputs = {key: torch.from_numpy(np.ascontiguousarray(batch[key])) for key in
                   ("input_ids", "attention_mask", "labels", "pixel_values", "image_grid_thw") if key in batch}
         ids = batch["input_ids"]
@@ -43,9 +47,10 @@ def transformers_losses(work):
 
 
 @pytest.mark.backend("torch")
-def test_mmx_torch_matches_transformers_adamw_loop(tmp_path):
-    ours = mmx_losses(str(tmp_path))
-    reference = transformers_losses(str(tmp_path))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mmx_torch_matches_transformers_adamw_loop(tmp_path, family):
+    ours = mmx_losses(str(tmp_path), family)
+    reference = transformers_losses(str(tmp_path), family)
     assert len(ours) == len(reference) == STEPS
     assert reference[-1] < reference[0]  # it trains
     relative = [abs(a - b) / abs(b) for a, b in zip(ours, reference)]
@@ -53,12 +58,32 @@ def test_mmx_torch_matches_transformers_adamw_loop(tmp_path):
 
 
 @pytest.mark.backend("mindspore")
-def test_mmx_mindspore_matches_mmx_torch(tmp_path):
-    ours = mmx_losses(str(tmp_path))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mmx_mindspore_matches_mmx_torch(tmp_path, family):
+    ours = mmx_losses(str(tmp_path), family)
     run = subprocess.run([sys.executable, os.path.join(HERE, "parity_runner.py"), str(tmp_path),
-                          str(tmp_path / "torch.npz")], capture_output=True, text=True, timeout=900,
+                          str(tmp_path / "torch.npz"), family], capture_output=True, text=True, timeout=900,
                          env=dict(os.environ, MMX_BACKEND="torch"))
     assert run.returncode == 0, run.stderr[-3000:]
     reference = np.load(str(tmp_path / "torch.npz"))["losses"]
     relative = [abs(a - b) / abs(b) for a, b in zip(ours, reference)]
     assert max(relative) <= TRAIN_TOLERANCE["parity_mindspore_vs_torch_rel"], relative
+
+
+def test_qwen3_vl_checkpoint_of_the_other_backend_resumes_on_the_same_curve(tmp_path):
+    from mmx import backend
+
+    other = {"torch": "mindspore", "mindspore": "torch"}[backend.name()]
+    half = STEPS // 2
+    run = subprocess.run([sys.executable, os.path.join(HERE, "parity_runner.py"), str(tmp_path),
+                          str(tmp_path / "first.npz"), "qwen3_vl", f"train_iters={half}",
+                          f"save={tmp_path / 'other'}"], capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, MMX_BACKEND=other))
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = list(np.load(str(tmp_path / "first.npz"))["losses"])
+    resumed = mmx_losses(str(tmp_path), "qwen3_vl", load=str(tmp_path / "other"), save=str(tmp_path / "here"))
+    uninterrupted = mmx_losses(str(tmp_path), "qwen3_vl")
+    assert len(first) == half and len(first) + len(resumed) == len(uninterrupted) == STEPS
+    relative = [abs(a - b) / abs(b) for a, b in zip(first + resumed, uninterrupted)]
+    assert max(relative) <= TRAIN_TOLERANCE["cross_backend_loss_rel"], relative
+    assert uninterrupted[-1] < uninterrupted[0] / 2           # it learns
