@@ -33,8 +33,10 @@ def load_position_config(model_dir):
     try:
         family = importlib.import_module(f"mmx.models.{model_type}.config")
     except ImportError:
+        from mmx.models import FAMILIES
+
         raise ValueError(f"{model_dir}/config.json: model_type {model_type!r} has no mmx model family, so packed "
-                         f"position ids cannot be computed; packing supports qwen2_vl and qwen2_5_vl") from None
+                         f"position ids cannot be computed; packing supports {', '.join(FAMILIES)}") from None
     return family.from_hf(model_dir)
 
 

@@ -3,8 +3,11 @@
 =========================================  =========================================================
 key                                        parameters (mm names, docs/checkpoint-layout.md)
 =========================================  =========================================================
-image_encoder.vision_encoder.freeze        ``image_encoder.encoder.*`` (patch embed + vision blocks)
-image_encoder.vision_projector.freeze      ``image_encoder.projector.*`` (the patch merger)
+image_encoder.vision_encoder.freeze        ``image_encoder.encoder.*`` (patch embed, position table, vision
+                                           blocks) except Qwen3-VL's deepstack mergers
+image_encoder.vision_projector.freeze      ``image_encoder.projector.*`` (the patch merger) and Qwen3-VL's
+                                           deepstack mergers ``image_encoder.encoder.blocks.layers.{i}.
+                                           deepstack_layer.*`` (mergers too, as MindSpeed-MM counts them)
 text_decoder.freeze                        ``text_decoder.*`` except ``text_decoder.output_layer.*``
 text_decoder.lm_head.freeze                ``text_decoder.output_layer.*``; with tied embeddings (no
                                            output layer) the shared ``text_decoder.embedding.*``
@@ -16,12 +19,18 @@ bit-identical through training (tested).
 from mmx import nn
 
 
+def _deepstack(name):
+    return ".deepstack_layer." in name
+
+
 def _rules(model_config):
     image = model_config.get("image_encoder", {})
     text = model_config.get("text_decoder", {})
     return [
-        (image.get("vision_encoder", {}).get("freeze", False), lambda n: n.startswith("image_encoder.encoder.")),
-        (image.get("vision_projector", {}).get("freeze", False), lambda n: n.startswith("image_encoder.projector.")),
+        (image.get("vision_encoder", {}).get("freeze", False),
+         lambda n: n.startswith("image_encoder.encoder.") and not _deepstack(n)),
+        (image.get("vision_projector", {}).get("freeze", False),
+         lambda n: n.startswith("image_encoder.projector.") or (n.startswith("image_encoder.") and _deepstack(n))),
         (text.get("freeze", False),
          lambda n: n.startswith("text_decoder.") and not n.startswith("text_decoder.output_layer.")),
         (text.get("lm_head", {}).get("freeze", False), lambda n: n.startswith("text_decoder.output_layer.")),

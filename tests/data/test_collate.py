@@ -12,14 +12,37 @@ from tolerances import FORWARD
 ORDER = ["small", "wide", "frames", "text", "mp4"]
 
 
+_encoded, _models = {}, {}
+
+
+def _encode(model_dirs, mixed_dir, family):
+    """(Preprocessor, {sample id: encoded sample}) of the mixed set under ``family``'s processor, built once."""
+    if family not in _encoded:
+        config = data_config(model_dirs[family], str(mixed_dir / "data.json"))
+        pre = Preprocessor(config)
+        dataset = build_dataset(config, pre)
+        samples = {dataset[i]["id"]: dataset[i] for i in range(len(dataset))}
+        assert list(samples) == ORDER
+        _encoded[family] = pre, samples
+    return _encoded[family]
+
+
+def _model(model_dirs, tmp_path_factory, family):
+    """The family's model with the tiny checkpoint's random weights (converted by mmx.convert), built once."""
+    from mmx import models
+    from mmx.checkpoint.store import load_mm
+    from mmx.convert.drivers import hf_to_mm
+
+    if family not in _models:
+        mm_dir = str(tmp_path_factory.mktemp("mm") / "mm")
+        hf_to_mm(model_dirs[family], mm_dir)
+        _models[family] = models.load_mm_state(models.build(model_dirs[family]), load_mm(mm_dir)[1])
+    return _models[family]
+
+
 @pytest.fixture(scope="module")
 def encoded(model_dirs, mixed_dir):
-    config = data_config(model_dirs["qwen2_5_vl"], str(mixed_dir / "data.json"))
-    pre = Preprocessor(config)
-    dataset = build_dataset(config, pre)
-    samples = {dataset[i]["id"]: dataset[i] for i in range(len(dataset))}
-    assert list(samples) == ORDER
-    return pre, samples
+    return _encode(model_dirs, mixed_dir, "qwen2_5_vl")
 
 
 def test_mixed_batch(encoded):
@@ -60,18 +83,6 @@ def test_text_only_batch_gets_a_masked_dummy_image(encoded):
     assert "pixel_values" not in Collator(pre, ensure_vision=False)([samples["text"]])
 
 
-@pytest.fixture(scope="module")
-def model(model_dirs, tmp_path_factory):
-    """The models helper's Qwen2.5-VL with the tiny checkpoint's random weights (converted by mmx.convert)."""
-    from mmx import models
-    from mmx.checkpoint.store import load_mm
-    from mmx.convert.drivers import hf_to_mm
-
-    mm_dir = str(tmp_path_factory.mktemp("mm") / "mm")
-    hf_to_mm(model_dirs["qwen2_5_vl"], mm_dir)
-    return models.load_mm_state(models.build(model_dirs["qwen2_5_vl"]), load_mm(mm_dir)[1])
-
-
 def _logits(model, batch):
     keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
             "video_grid_thw", "second_per_grid_ts", "position_ids", "cu_seqlens")
@@ -85,8 +96,10 @@ def _error(got, want):
     return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
 
 
-def test_packed_logits_equal_unpacked_qwen2_5_vl(model, encoded):
-    pre, samples = encoded
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_packed_logits_equal_unpacked(model_dirs, mixed_dir, tmp_path_factory, family):
+    pre, samples = _encode(model_dirs, mixed_dir, family)
+    model = _model(model_dirs, tmp_path_factory, family)
     names = ["small", "wide", "frames", "text"]
     packed = Collator(pre, packing=True)([samples[n] for n in names])
     lengths = [len(samples[n]["input_ids"]) for n in names]
@@ -105,15 +118,19 @@ def test_packed_logits_equal_unpacked_qwen2_5_vl(model, encoded):
     assert _error(logits[0, start:start + length], alone[0]) <= FORWARD["float32"]
 
 
-def test_dummy_image_changes_no_logit(model, encoded):
-    pre, samples = encoded
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_dummy_image_changes_no_logit(model_dirs, mixed_dir, tmp_path_factory, family):
+    """A text-only row gets a masked dummy image (so every rank's vision tower runs); with Qwen3-VL its deepstack
+    features land on the masked positions only."""
+    pre, samples = _encode(model_dirs, mixed_dir, family)
+    model = _model(model_dirs, tmp_path_factory, family)
     with_dummy = _logits(model, Collator(pre)([samples["text"]]))
     without = _logits(model, Collator(pre, ensure_vision=False)([samples["text"]]))
     length = without.shape[1]
     assert _error(with_dummy[0, :length], without[0]) <= FORWARD["float32"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_packed_positions_are_each_samples_own(model_dirs, mixed_dir, family):
     """Each packed segment's 3-D positions equal the family's rope_index of that sample alone."""
     from mmx.data.collate import load_position_config

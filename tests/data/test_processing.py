@@ -7,7 +7,7 @@ from mmx.data.errors import DataError
 from mmx.data.formats import to_sample
 from mmx.data.processing import IGNORE_INDEX, Preprocessor
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 TWO_TURNS = {"id": "t2", "image": "small.png", "conversations": [
     {"from": "human", "value": "<image>What is in the picture?"}, {"from": "gpt", "value": "two dogs"},
     {"from": "human", "value": "yes?"}, {"from": "gpt", "value": "no"}]}
@@ -38,9 +38,10 @@ def _supervised_runs(pre, encoded):
 def test_labels_supervise_assistant_turns_only(model_dirs, mixed_dir, family):
     pre, encoded = _encode(model_dirs[family], mixed_dir, TWO_TURNS)
     assert _supervised_runs(pre, encoded) == ["two dogs<|im_end|>\n", "no<|im_end|>\n"]
-    # the prompt, including the system prompt the template inserts, is not supervised
+    # the prompt, including the system prompt the Qwen2 templates insert (Qwen3-VL's has none), is not supervised
     text = pre.tokenizer.decode(encoded["input_ids"])
-    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    system = "" if family == "qwen3_vl" else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert text.startswith(system + "<|im_start|>user\n")
     # the ids are exactly what the processor gives for the rendered conversation
     rendered = pre.render([{"role": "user", "content": [{"type": "image"}, {"type": "text",
                                                                            "text": "What is in the picture?"}]},
@@ -123,3 +124,17 @@ def test_corrupt_media_messages(model_dirs, mixed_dir, tmp_path):
         {"from": "human", "value": "<video>?"}, {"from": "gpt", "value": "x"}]}, path, 0)
     with pytest.raises(DataError, match=r"d\.json sample 'vid': video .*bad\.mp4 cannot be decoded"):
         pre.encode(video)
+
+
+def test_qwen3_vl_video_gets_its_timestamps(model_dirs, mixed_dir):
+    """Qwen3-VL's processor writes one timestamp per temporal patch from the loader's fps (frame folder at
+    frame_folder_fps 2: frames at 0, 0.5, 1, 1.5 s → patches centred at 0.25 s and 1.25 s, printed "%.1f")."""
+    record = {"id": "v", "video": "clip", "conversations": [{"from": "human", "value": "<video>Describe."},
+                                                            {"from": "gpt", "value": "A red ball."}]}
+    pre, encoded = _encode(model_dirs["qwen3_vl"], mixed_dir, record, frame_folder_fps=2.0)
+    text = pre.tokenizer.decode(encoded["input_ids"])
+    pads = "<|video_pad|>" * 4
+    assert (f"<|vision_start|><0.2 seconds><|vision_start|>{pads}<|vision_end|><1.2 seconds><|vision_start|>{pads}"
+            f"<|vision_end|><|vision_end|>Describe.") in text
+    assert encoded["video_grid_thw"].tolist() == [[2, 4, 4]]
+    assert _supervised_runs(pre, encoded) == ["A red ball.<|im_end|>\n"]

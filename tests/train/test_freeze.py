@@ -1,0 +1,40 @@
+"""The guides' freeze flags select the same parameter groups in every family; Qwen3-VL's deepstack mergers count as
+projector (merger) parameters, not as vision-encoder ones."""
+import pytest
+
+from mmx import models, nn
+from mmx.tiny import make_tiny_checkpoint
+from mmx.train.freeze import apply_freeze
+
+FLAGS = {
+    "vision_encoder": {"image_encoder": {"vision_encoder": {"freeze": True}}},
+    "vision_projector": {"image_encoder": {"vision_projector": {"freeze": True}}},
+    "text_decoder": {"text_decoder": {"freeze": True}},
+    "lm_head": {"text_decoder": {"lm_head": {"freeze": True}}},
+}
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl_dir(tmp_path_factory):
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("qwen3_vl")), "qwen3_vl")
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGS))
+def test_qwen3_vl_freeze_groups(qwen3_vl_dir, flag):
+    model = models.build(qwen3_vl_dir)
+    names = [name for name, _ in nn.named_parameters(model)]
+    frozen = set(apply_freeze(model, FLAGS[flag]))
+    deepstack = {name for name in names if ".deepstack_layer." in name}
+    assert len(deepstack) == 2 * 6            # 2 mergers x (norm, fc1, fc2) x (weight, bias)
+    want = {
+        "vision_encoder": {n for n in names if n.startswith("image_encoder.encoder.")} - deepstack,
+        "vision_projector": {n for n in names if n.startswith("image_encoder.projector.")} | deepstack,
+        "text_decoder": {n for n in names if n.startswith("text_decoder.")
+                         and not n.startswith("text_decoder.output_layer.")},
+        "lm_head": {"text_decoder.output_layer.weight"},
+    }[flag]
+    assert frozen == want
+    if flag == "vision_encoder":
+        assert {"image_encoder.encoder.pos_embed.weight", "image_encoder.encoder.patch_embed.proj.bias"} <= frozen
+    if flag == "text_decoder":
+        assert "text_decoder.decoder.layers.1.self_attention.q_layernorm.weight" in frozen
