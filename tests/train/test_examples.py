@@ -1,9 +1,13 @@
 """The example configs load (every model / training key known, data keys known to mmx.data) and the launch scripts
 run through examples/launch.sh with the guides' variables (several devices and nodes: one data-parallel process per
-device)."""
+device), and each folder's run_tiny.sh trains its family's tiny model on its backend."""
 import glob
+import json
+import math
 import os
+import re
 import subprocess
+import sys
 
 import pytest
 
@@ -16,10 +20,10 @@ CONFIGS = sorted(glob.glob(os.path.join(EXAMPLES, "*", "*", "*.yaml")))
 
 def test_every_backend_and_family_has_examples():
     for backend in ("torch", "mindspore"):
-        for family in ("qwen2_5_vl", "qwen2_vl"):
+        for family, sizes in (("qwen2_5_vl", 2), ("qwen2_vl", 2), ("qwen3_vl", 4)):
             folder = os.path.join(EXAMPLES, backend, family)
             assert os.path.exists(os.path.join(folder, "tiny.yaml")), folder
-            assert len(glob.glob(os.path.join(folder, "finetune_*.sh"))) == 2, folder
+            assert len(glob.glob(os.path.join(folder, "finetune_*.sh"))) == sizes, folder
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, EXAMPLES) for p in CONFIGS])
@@ -55,3 +59,23 @@ def test_launch_script_runs_the_backends_launcher(path, tmp_path):
                                         f"training.lr=2e-5"), run.stdout
     assert (tmp_path / "logs" / (os.path.basename(path)[:-len(".sh")] + ".log")).exists()
 
+
+RUN_TINY = sorted(glob.glob(os.path.join(EXAMPLES, "*", "*", "run_tiny.sh")))
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.backend(p.split(os.sep)[-3]),
+                                               id=os.path.relpath(p, EXAMPLES)) for p in RUN_TINY])
+def test_run_tiny(path, tmp_path):
+    """Each folder's run_tiny.sh on its own backend, shortened to 2 steps: it builds the folder's family, trains on
+    the digits (the loss falls) and exports an HF checkpoint of that family."""
+    family = os.path.basename(os.path.dirname(path))
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    run = subprocess.run(["bash", path, "training.train_iters=2", "training.save_interval=2", "training.log_interval=1",
+                          "data.max_samples=16"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    losses = [float(v) for v in re.findall(r"^step \d+ \| loss (\S+)", log, re.M)]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses) and losses[1] < losses[0], log[-3000:]
+    with open(tmp_path / f"tiny_{family}" / "save_hf" / "config.json") as f:
+        assert json.load(f)["model_type"] == family
+    assert (tmp_path / f"tiny_{family}" / "save_hf" / "model.safetensors").exists()
