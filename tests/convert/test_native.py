@@ -14,10 +14,16 @@ from mmx.cli import main
 from mmx.convert.drivers import hf_to_mm
 
 
-def test_export_and_import_round_trip(tiny_hf, tmp_path):
+# (vit_pp_layers, llm_pp_layers): Qwen3-VL's 2 deepstack levels need LLM layers 0-1 where vision finishes
+LAYOUTS = {"qwen2_5_vl": ("3,0", "1,1"), "qwen3_vl": ("2,1", "0,2")}
+
+
+@pytest.mark.parametrize("family", sorted(LAYOUTS))
+def test_export_and_import_round_trip(tiny_hf, tmp_path, family):
     fmt = backend.name()
-    hf_to_mm(tiny_hf("qwen2_5_vl", tied=True, dtype="bfloat16"), tmp_path / "mm", tp_size=2, vit_pp_layers="3,0",
-             llm_pp_layers="1,1")
+    vit, llm = LAYOUTS[family]
+    hf_to_mm(tiny_hf(family, tied=True, dtype="bfloat16"), tmp_path / "mm", tp_size=2, vit_pp_layers=vit,
+             llm_pp_layers=llm)
     runner = CliRunner()
     result = runner.invoke(main, ["convert", "export", "--backend", fmt, "--mm-dir", str(tmp_path / "mm"),
                                   "--save-dir", str(tmp_path / "native"), "--format", fmt])
