@@ -97,16 +97,17 @@ class Writes:
         pass
 
 
-def test_chat_keeps_images_from_earlier_turns(pipeline, reference, media):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_chat_keeps_images_from_earlier_turns(pipeline, reference, media, family):
     out = Writes()
     lines = ["Describe the image.", "/unknown", "What is in the picture?", "/exit", "never read"]
-    history = chat.run(pipeline("qwen2_vl"), lines, out, images=[media["a"]], max_new_tokens=MAX_NEW_TOKENS,
+    history = chat.run(pipeline(family), lines, out, images=[media["a"]], max_new_tokens=MAX_NEW_TOKENS,
                        do_sample=False)
     assert len(out.writes) == 2, out.writes
     first, second = (write[:-1] for write in out.writes)      # each reply is written with one newline
     assert [message["role"] for message in history] == ["user", "assistant", "user", "assistant"]
     assert history[0]["content"][0] == {"type": "image", "image": media["a"]}
-    ref = reference("qwen2_vl")
+    ref = reference(family)
     tokenizer = ref.processor.tokenizer
     turn_one = [conversation("image", media)[0]]
     assert first == tokenizer.decode(ref.greedy([turn_one])[0], skip_special_tokens=True)
