@@ -372,7 +372,7 @@ def layer_norm(x, weight, bias, eps):
     return _back(out, x.dtype)
 
 
-def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False):
+def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False, rotary_interleaved=False):
     inv_freq = _fp32(inv_freq)
     angles = P.expand_dims(P.cast(position_ids, float32), -1) * inv_freq  # (..., S, D/2)
     if mrope_section is not None:
@@ -384,16 +384,35 @@ def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved
         rows = mrope_frequency_rows(mrope_section, mrope_interleaved)
         masks = (rows[None, :] == np.arange(3)[:, None]).astype(np.float32)            # (3, D/2)
         angles = P.reduce_sum(angles * Tensor(masks.reshape(3, 1, 1, -1)), 0)
-    emb = P.cat((angles, angles), -1)
+    if rotary_interleaved:   # a0 a0 a1 a1 ...: stack + reshape (mint.repeat_interleave is Ascend-only)
+        emb = P.reshape(P.stack((angles, angles), -1), angles.shape[:-1] + (2 * angles.shape[-1],))
+    else:
+        emb = P.cat((angles, angles), -1)
     return P.cos(emb), P.sin(emb)
 
 
-def apply_rotary(x, cos, sin):
+def _rotate_pairs(x):
+    pairs = P.reshape(x, x.shape[:-1] + (x.shape[-1] // 2, 2))
+    return P.reshape(P.stack((-pairs[..., 1], pairs[..., 0]), -1), x.shape)
+
+
+def apply_rotary(x, cos, sin, rotary_interleaved=False):
     x32 = _fp32(x)
-    half = x.shape[-1] // 2
-    rotated = P.cat((-x32[..., half:], x32[..., :half]), -1)
+    rotary, dim = cos.shape[-1], x.shape[-1]
+    if rotary > dim or rotary % 2:
+        raise ValueError(f"apply_rotary: cos/sin have {rotary} dims but x has head dim {dim}; the rotary dims must "
+                         f"be even and at most the head dim")
+    part = x32[..., :rotary] if rotary < dim else x32      # partial rotary: the first R dims
+    if rotary_interleaved:
+        rotated = _rotate_pairs(part)
+    else:
+        half = rotary // 2
+        rotated = P.cat((-part[..., half:], part[..., :half]), -1)
     cos, sin = P.expand_dims(_fp32(cos), -2), P.expand_dims(_fp32(sin), -2)  # broadcast over heads
-    return _back(x32 * cos + rotated * sin, x.dtype)
+    out = part * cos + rotated * sin
+    if rotary < dim:
+        out = P.cat((out, x32[..., rotary:]), -1)
+    return _back(out, x.dtype)
 
 
 def attention(q, k, v, *, causal=False, cu_seqlens=None, window=None, key_padding_mask=None, scale=None,

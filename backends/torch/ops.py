@@ -286,7 +286,7 @@ def layer_norm(x, weight, bias, eps):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False):
+def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False, rotary_interleaved=False):
     inv_freq = inv_freq.float()
     freqs = position_ids.float().unsqueeze(-1) * inv_freq                     # (..., S, D/2)
     if mrope_section is not None:
@@ -299,7 +299,7 @@ def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved
         # Frequency f takes its angle from position row rows[f] (temporal, height or width).
         rows = torch.from_numpy(mrope_frequency_rows(mrope_section, mrope_interleaved)).to(freqs.device)
         freqs = freqs.gather(0, rows.view(1, 1, 1, -1).expand(1, *freqs.shape[1:]))[0]   # (B, S, D/2)
-    angles = torch.cat([freqs, freqs], dim=-1)
+    angles = freqs.repeat_interleave(2, dim=-1) if rotary_interleaved else torch.cat([freqs, freqs], dim=-1)
     return torch.cos(angles), torch.sin(angles)
 
 
@@ -308,11 +308,25 @@ def _rotate_half(x):
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def apply_rotary(x, cos, sin):
-    # cos/sin (B, S, D) or (T, D) broadcast over the head dimension of x (B, S, H, D) or (T, H, D).
+def _rotate_pairs(x):
+    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
+def apply_rotary(x, cos, sin, rotary_interleaved=False):
+    # cos/sin (B, S, R) or (T, R) broadcast over the head dimension of x (B, S, H, D) or (T, H, D); R < D rotates
+    # the first R dims only (partial rotary).
     cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
     hidden = x.float() if x.dtype != torch.float64 else x
-    return (hidden * cos + _rotate_half(hidden) * sin).to(x.dtype)
+    rotary = cos.shape[-1]
+    if rotary > hidden.shape[-1] or rotary % 2:
+        raise ValueError(f"apply_rotary: cos/sin have {rotary} dims but x has head dim {hidden.shape[-1]}; the "
+                         f"rotary dims must be even and at most the head dim")
+    part = hidden[..., :rotary] if rotary < hidden.shape[-1] else hidden
+    turned = _rotate_pairs(part) if rotary_interleaved else _rotate_half(part)
+    out = part * cos + turned * sin
+    if rotary < hidden.shape[-1]:
+        out = torch.cat([out, hidden[..., rotary:]], dim=-1)
+    return out.to(x.dtype)
 
 
 def attention(q, k, v, *, causal=False, cu_seqlens=None, window=None, key_padding_mask=None, scale=None,

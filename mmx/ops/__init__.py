@@ -298,24 +298,31 @@ def layer_norm(x, weight, bias, eps):
     return _ops().layer_norm(x, weight, bias, eps)
 
 
-def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False):
+def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False, rotary_interleaved=False):
     """cos and sin tables (float32) for rotary embeddings.
 
     1-D: ``position_ids`` (..., S) int → cos/sin (..., S, 2 * len(inv_freq)) where the angle is
-    ``position * inv_freq`` repeated twice along the last dim (the rotate-half convention).
+    ``position * inv_freq`` repeated twice along the last dim: ``cat(angles, angles)`` (the rotate-half convention),
+    or with ``rotary_interleaved`` each angle twice in place, ``a0 a0 a1 a1 ...`` (GPT-J pairs; GLM-4.1V's text
+    ``repeat_interleave(2)``).
     Multimodal (``mrope_section`` = [t, h, w], summing to len(inv_freq)): ``position_ids`` (3, B, S) holds the
     temporal, height and width position of each token, and each frequency takes its angle from one of those rows
     (``mmx.rope.mrope_frequency_rows``): contiguous bands, the first t frequencies temporal, the next h height, the
     last w width (HF ``apply_multimodal_rotary_pos_emb``), or with ``mrope_interleaved`` the Qwen3-VL pattern
     T H W T H W ... → cos/sin (B, S, 2 * len(inv_freq)). ``inv_freq`` is a float32 tensor (D/2,).
     """
-    return _ops().rotary_cos_sin(position_ids, inv_freq, mrope_section, mrope_interleaved)
+    return _ops().rotary_cos_sin(position_ids, inv_freq, mrope_section, mrope_interleaved, rotary_interleaved)
 
 
-def apply_rotary(x, cos, sin):
+def apply_rotary(x, cos, sin, rotary_interleaved=False):
     """``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x2, x1)``: x (B, S, H, D) with cos/sin
-    (B, S, D), or x (T, H, D) with cos/sin (T, D). Computed in float32, returned in ``x``'s dtype."""
-    return _ops().apply_rotary(x, cos, sin)
+    (B, S, R), or x (T, H, D) with cos/sin (T, R). Computed in float32, returned in ``x``'s dtype.
+
+    ``R < D`` (partial rotary, GLM's ``partial_rotary_factor``): only the first R dims of each head rotate, the
+    other D - R pass through unchanged. ``rotary_interleaved``: GPT-J / RoFormer pairs (x0, x1), (x2, x3), ...
+    rotate together, ``rotate(x) = (-x1, x0, -x3, x2, ...)`` (HF ``rotate_half_llm``), with cos/sin from
+    ``rotary_cos_sin(..., rotary_interleaved=True)``."""
+    return _ops().apply_rotary(x, cos, sin, rotary_interleaved)
 
 
 def attention(q, k, v, *, causal=False, cu_seqlens=None, window=None, key_padding_mask=None, scale=None,

@@ -52,7 +52,7 @@ def layer_norm(x, weight, bias, eps):
     return centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps) * weight + bias
 
 
-def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False):
+def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved=False, rotary_interleaved=False):
     if mrope_section is None:
         angles = position_ids[..., None].astype(np.float64) * inv_freq
     else:
@@ -65,14 +65,20 @@ def rotary_cos_sin(position_ids, inv_freq, mrope_section=None, mrope_interleaved
             band_of_freq[2:3 * mrope_section[2]:3] = 2
         angles = np.stack([position_ids[band].astype(np.float64) * inv_freq[f]
                            for f, band in enumerate(band_of_freq)], axis=-1)
-    angles = np.concatenate([angles, angles], axis=-1)
+    # GPT-J pairs (GLM-4.1V): each angle twice in place; else the rotate-half layout, the angles twice in a row
+    angles = np.repeat(angles, 2, axis=-1) if rotary_interleaved else np.concatenate([angles, angles], axis=-1)
     return np.cos(angles), np.sin(angles)
 
 
-def apply_rotary(x, cos, sin):
-    half = x.shape[-1] // 2
-    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[..., None, :] + rotated * sin[..., None, :]
+def apply_rotary(x, cos, sin, rotary_interleaved=False):
+    """The first R = cos.shape[-1] dims rotate (rotate-half or GPT-J pairs), the rest pass through (HF GLM)."""
+    rotary = cos.shape[-1]
+    part, rest = x[..., :rotary], x[..., rotary:]
+    if rotary_interleaved:
+        rotated = np.stack([-part[..., 1::2], part[..., 0::2]], axis=-1).reshape(part.shape)
+    else:
+        rotated = np.concatenate([-part[..., rotary // 2:], part[..., :rotary // 2]], axis=-1)
+    return np.concatenate([part * cos[..., None, :] + rotated * sin[..., None, :], rest], axis=-1)
 
 
 def _attention_probs(q, k, causal, window, key_padding_mask, scale):

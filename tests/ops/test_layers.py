@@ -98,6 +98,40 @@ def test_apply_rotary(layout, dtype):
              [random(x_shape, 1)], dtype)
 
 
+def test_rotary_cos_sin_gptj_pairs():
+    """GLM-4.1V: contiguous sections, each frequency's angle twice in place (HF ``repeat_interleave(2)``)."""
+    rng = np.random.default_rng(2)
+    position_ids = rng.integers(0, 30, size=(3, 2, 5))
+    gptj = (lambda f: ops.cat(list(ops.rotary_cos_sin(ops.tensor(position_ids), f, [1, 1, 2],
+                                                      rotary_interleaved=True)), -1),
+            lambda f: np.concatenate(ref.rotary_cos_sin(position_ids, f, [1, 1, 2], rotary_interleaved=True), -1))
+    check_op(*gptj, [INV_FREQ], "float32", grad=False)
+    cos = ops.to_numpy(ops.rotary_cos_sin(ops.tensor(position_ids), ops.tensor(INV_FREQ.astype(np.float32)),
+                                          [1, 1, 2], rotary_interleaved=True)[0])
+    for slot, (row, freq) in enumerate([(0, 0), (0, 0), (1, 1), (1, 1), (2, 2), (2, 2), (2, 3), (2, 3)]):
+        np.testing.assert_allclose(cos[..., slot], np.cos(position_ids[row] * INV_FREQ[freq]), atol=1e-6)
+
+
+@pytest.mark.parametrize("pairs", ["half", "gptj"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_apply_rotary_partial(pairs, dtype):
+    """Partial rotary (GLM's partial_rotary_factor 0.5): cos/sin of 8 dims on heads of 16, so dims 8..15 pass
+    through; with GPT-J pairs (x0, x1), (x2, x3), ... rotate (HF rotate_half_llm)."""
+    interleaved = pairs == "gptj"
+    position_ids = np.arange(10).reshape(2, 5)
+    cos, sin = ref.rotary_cos_sin(position_ids, INV_FREQ, rotary_interleaved=interleaved)
+    cos_tensor, sin_tensor = (ops.tensor(t.astype(np.float32)) for t in (cos, sin))
+    check_op(lambda x: ops.apply_rotary(x, cos_tensor, sin_tensor, rotary_interleaved=interleaved),
+             lambda x: ref.apply_rotary(x, cos.astype(np.float32), sin.astype(np.float32), interleaved),
+             [random((2, 5, 3, 16), 1)], dtype)
+    x = random((2, 5, 3, 16), 2).astype(np.float32)
+    out = ops.to_numpy(ops.apply_rotary(ops.tensor(x), cos_tensor, sin_tensor, rotary_interleaved=interleaved))
+    assert (out[..., 8:] == x[..., 8:]).all()                      # the pass-through half is untouched
+    if interleaved:   # pair (0, 1) at angle p * f0: a plain 2-D rotation
+        angle = position_ids[..., None] * INV_FREQ[0]
+        np.testing.assert_allclose(out[..., 1], x[..., 0] * np.sin(angle) + x[..., 1] * np.cos(angle), atol=1e-5)
+
+
 LABELS = np.array([3, -100, 0, 9, 3, -100])
 
 
