@@ -17,15 +17,15 @@ from mmx.checkpoint.store import MMSource, progress_bar, write_layout
 
 
 def hf_to_mm(hf_dir, mm_dir, dtype="keep", tp_size=1, ep_size=1, vit_pp_layers=None, llm_pp_layers=None,
-             progress=False):
+             progress=False, expert_layout=None):
     """Convert the HF checkpoint in ``hf_dir`` into an mm checkpoint (``release``) in ``mm_dir``; returns the
     iteration directory. The layout lists accept '5,12,12,11' or the guides' '[[5,12,12,11]]'."""
     config = read_config(hf_dir)
     names, plan = family(config.get("model_type"), str(Path(hf_dir) / "config.json"))
     dims = names.dimensions(config)
     layout = Layout.build(dims, plan, tp_size, ep_size, vit_pp_layers, llm_pp_layers)
-    source = HFSource(hf_dir, names, dims, dtype)
-    metadata = {"model_type": config["model_type"], "hf_names": source.style, "model": dims, "backend": None}
+    source = HFSource(hf_dir, names, dims, dtype, expert_layout)
+    metadata = {"model_type": config["model_type"], "hf_names": source.style, "model": source.dims, "backend": None}
     final = write_layout(source, mm_dir, "release", layout, plan, metadata, progress)
     copy_support_files(hf_dir, mm_dir)
     return final
@@ -70,7 +70,7 @@ def read_hf_as_mm(hf_dir, dtype="keep"):
     names, plan = family(config.get("model_type"), str(Path(hf_dir) / "config.json"))
     dims = names.dimensions(config)
     source = HFSource(hf_dir, names, dims, dtype)
-    metadata = {"model_type": config["model_type"], "hf_names": source.style, "model": dims, "backend": None,
+    metadata = {"model_type": config["model_type"], "hf_names": source.style, "model": source.dims, "backend": None,
                 "parallel": Layout.build(dims, plan).to_dict()}
     # read() returns row blocks in a buffer it reuses for the next tensor: concatenate copies them out
     return metadata, {name: np.concatenate(source.read(name), axis=0) for name in source.entries}

@@ -39,8 +39,11 @@ def expand_table(names, dims):
             continue
         hf = (hf,) if isinstance(hf, str) else tuple(hf)
         built = make_transform(transform, **{key: dims[value] for key, value in arguments.items()})
+        moe = dims.get("moe_layers", ())
         fills = ([{"i": i} for i in range(dims["vision_layers"])] if "{i}" in mm else
                  [{"j": j} for j in range(dims["llm_layers"])] if "{j}" in mm else
+                 [{"m": m} for m in moe] if "{m}" in mm else
+                 [{"k": k} for k in range(dims["llm_layers"]) if k not in moe] if "{k}" in mm else
                  [{"d": d, "n": n} for n, d in enumerate(dims.get("deepstack_visual_indexes", ()))]
                  if "{d}" in mm else [{}])
         for fill in fills:
@@ -106,13 +109,20 @@ class HFSource:
     "fp32" (floating tensors are cast while streaming).
     """
 
-    def __init__(self, hf_dir, names, dims, dtype="keep"):
+    def __init__(self, hf_dir, names, dims, dtype="keep", expert_layout=None):
         if dtype not in CAST:
             raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(CAST)}")
         self.hf_dir, self.names, self.cast = Path(hf_dir), names, CAST[dtype]
         self._arena = Arena()
         self._where = open_weights(hf_dir)
         self.style = _detect_style(self._where, names, hf_dir)
+        if hasattr(names, "inspect"):   # numbers only the tensor shapes tell (MoE: the stacked-expert orientation)
+            try:
+                dims = names.inspect(dims, {name: opened.entries[name][1] for name, opened in self._where.items()},
+                                     hf_dir, expert_layout)
+            except ValueError as err:
+                raise HFCheckpointError(str(err)) from None
+        self.dims = dims
         self.rows = expand_table(names, dims)
         wanted = {style_name(h, self.style, names) for hf, _ in self.rows.values() for h in hf}
         missing = sorted(wanted - set(self._where))

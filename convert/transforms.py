@@ -16,9 +16,16 @@ name               HF tensors → mm tensor                 notes
                                                           docs/checkpoint-layout.md), weights and biases
 ``interleave_qkv`` ``qkv`` ([q; k; v]) → ``linear_qkv``   vision attention: ``fuse_qkv`` with Hkv = Hq
 ``fuse_gate_up``   ``gate, up`` → ``linear_fc1``          cat on dim 0 (first half gate, second half up)
+``stacked_experts`` ``experts (E, a, b)`` → ``(E, in, out)`` MoE: rename for hub files, a transpose of the last
+                                                          two dims for transformers-saved ones (``layout``)
 =================  =====================================  ==============================================
+
+``stacked_experts`` with ``layout="transformers"`` is the one transform that moves bytes within rows: it
+materialises one layer's stacked tensor (one tensor at a time, as the converter streams) and transposes it.
 """
-from mmx.checkpoint.rows import num_rows, take
+import numpy as np
+
+from mmx.checkpoint.rows import as_array, num_rows, take
 
 
 class Rename:
@@ -147,11 +154,41 @@ class FuseGateUp:
         return [(shape[0] // 2,) + tuple(shape[1:])] * 2
 
 
-TRANSFORMS = {"rename": Rename, "fuse_qkv": FuseQKV, "interleave_qkv": InterleaveQKV, "fuse_gate_up": FuseGateUp}
+class StackedExperts:
+    """One layer's stacked experts ↔ the mm (E, in, out) tensor: hub files hold that orientation (``layout="hub"``,
+    a rename); transformers' ``save_pretrained`` writes (E, out, in) (``layout="transformers"``, transposed)."""
+
+    def __init__(self, layout):
+        if layout not in ("hub", "transformers"):
+            raise ValueError(f"stacked_experts layout {layout!r}: expected 'hub' or 'transformers'")
+        self.transposed = layout == "transformers"
+
+    def _swap(self, blocks):
+        return [np.ascontiguousarray(np.swapaxes(as_array(blocks), 1, 2))] if self.transposed else blocks
+
+    def to_mm(self, tensors):
+        (blocks,) = tensors
+        return self._swap(blocks)
+
+    def to_hf(self, blocks):
+        return [self._swap(blocks)]
+
+    def mm_shape(self, shapes):
+        (shape,) = shapes
+        if len(shape) != 3:
+            raise ValueError(f"stacked experts must be 3-D (experts, in, out), got shape {list(shape)}")
+        return (shape[0], shape[2], shape[1]) if self.transposed else tuple(shape)
+
+    def hf_shapes(self, shape):
+        return [(shape[0], shape[2], shape[1]) if self.transposed else tuple(shape)]
+
+
+TRANSFORMS = {"rename": Rename, "fuse_qkv": FuseQKV, "interleave_qkv": InterleaveQKV, "fuse_gate_up": FuseGateUp,
+              "stacked_experts": StackedExperts}
 
 
 def make(name, **arguments):
-    """The transform ``name`` (a key of TRANSFORMS) built with its numeric arguments (head counts)."""
+    """The transform ``name`` (a key of TRANSFORMS) built with its arguments (head counts, expert layout)."""
     try:
         cls = TRANSFORMS[name]
     except KeyError:

@@ -31,7 +31,8 @@ import os
 import numpy as np
 from safetensors.numpy import save_file
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+QWEN3 = ("qwen3_vl", "qwen3_vl_moe")
 
 # The Qwen special tokens, in the order they get ids 0..6 in the tiny vocabulary.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -62,6 +63,10 @@ TINY_SIZES = {
                             deepstack_visual_indexes=[0, 1], hidden_act="gelu_pytorch_tanh"),
     # The Qwen3 LLM: explicit head_dim (4 heads x 32 != hidden 64), sections [6, 5, 5] (the [24, 20, 20] shape).
     "qwen3_vl_text": dict(head_dim=32, attention_bias=False),
+    # Qwen3-VL-MoE: Qwen3-VL's vision and attention; 4 experts, top-2, layer 0 dense (mlp_only_layers), 2 * 24 != 64
+    # so each stacked-expert orientation is told apart by its shape.
+    "qwen3_vl_moe_text": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, decoder_sparse_step=1,
+                              mlp_only_layers=[0]),
     "qwen3_vl_mrope_section": [6, 5, 5],
     "qwen3_vl_rope_theta": 5000000.0,
 }
@@ -108,19 +113,23 @@ _CORPUS = [
 ]
 
 
-def make_tiny_checkpoint(out_dir, family="qwen2_5_vl", tied=False, seed=0, **overrides):
+def make_tiny_checkpoint(out_dir, family="qwen2_5_vl", tied=False, seed=0, expert_layout="hub", **overrides):
     """Write a tiny random HF checkpoint of ``family`` into ``out_dir`` (created) and return ``out_dir``.
 
     ``tied``: ``tie_word_embeddings`` (no ``lm_head.weight`` in the file). ``seed``: numpy seed of the weights.
+    ``expert_layout`` (MoE): stacked experts as the hub files hold them, (E, in, out) ("hub"), or as transformers'
+    ``save_pretrained`` writes them, (E, out, in) ("transformers"); transformers loads both.
     ``overrides``: ``text_<field>=`` / ``vision_<field>=`` / ``mrope_section=`` / ``rope_theta=`` (see module doc).
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}: make_tiny_checkpoint supports {', '.join(FAMILIES)}")
+    if expert_layout not in ("hub", "transformers"):
+        raise ValueError(f"expert_layout {expert_layout!r}: use 'hub' or 'transformers'")
     os.makedirs(out_dir, exist_ok=True)
     config = _write_config(out_dir, family, tied, dict(overrides))
-    save_file(_random_weights(config, family, np.random.default_rng(seed)),
+    save_file(_random_weights(config, family, np.random.default_rng(seed), expert_layout),
               os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    _write_tokenizer(out_dir, QWEN3_CHAT_TEMPLATE if family == "qwen3_vl" else CHAT_TEMPLATE)
+    _write_tokenizer(out_dir, QWEN3_CHAT_TEMPLATE if family in QWEN3 else CHAT_TEMPLATE)
     _write_processor(out_dir, family)
     return out_dir
 
@@ -131,9 +140,10 @@ def make_tiny_checkpoint(out_dir, family="qwen2_5_vl", tied=False, seed=0, **ove
 
 def _write_config(out_dir, family, tied, overrides):
     """Build the config with transformers' own class (it writes the exact 5.x format) and return it as a dict."""
-    qwen3 = family == "qwen3_vl"
-    text = dict(TINY_SIZES["text"], **(TINY_SIZES["qwen3_vl_text"] if qwen3 else {}))
-    vision = dict(TINY_SIZES[f"{family}_vision"])
+    qwen3 = family in QWEN3
+    text = dict(TINY_SIZES["text"], **(TINY_SIZES["qwen3_vl_text"] if qwen3 else {}),
+                **TINY_SIZES.get(f"{family}_text", {}) if family != "qwen3_vl" else {})
+    vision = dict(TINY_SIZES["qwen3_vl_vision" if qwen3 else f"{family}_vision"])
     prefix = "qwen3_vl_" if qwen3 else ""
     mrope_section = list(overrides.pop("mrope_section", TINY_SIZES[prefix + "mrope_section"]))
     rope_theta = overrides.pop("rope_theta", TINY_SIZES[prefix + "rope_theta"])
@@ -155,9 +165,12 @@ def _write_config(out_dir, family, tied, overrides):
     elif family == "qwen2_5_vl":
         vision["out_hidden_size"] = text["hidden_size"]
         from transformers import Qwen2_5_VLConfig as config_class
-    else:
+    elif family == "qwen3_vl":
         vision["out_hidden_size"] = text["hidden_size"]
         from transformers import Qwen3VLConfig as config_class
+    else:
+        vision["out_hidden_size"] = text["hidden_size"]
+        from transformers import Qwen3VLMoeConfig as config_class
     vision.update(patch_size=QWEN3_PATCH_SIZE if qwen3 else PATCH_SIZE, spatial_merge_size=MERGE_SIZE,
                   temporal_patch_size=2, in_channels=3)
     rope = {"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section}
@@ -207,16 +220,19 @@ class _Init:
         self.tensors[name] = self._normal(shape, std)
 
 
-def _random_weights(config, family, rng):
+def _random_weights(config, family, rng, expert_layout="hub"):
     init = _Init(rng)
-    if family == "qwen3_vl":
+    if family in QWEN3:
         _qwen3_vision_weights(init, config["vision_config"])
     else:
         _vision_weights(init, config["vision_config"], family)
     text = config["text_config"]
     hidden, heads, kv_heads = text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"]
-    qwen3 = family == "qwen3_vl"
+    qwen3 = family in QWEN3
     head_dim = text["head_dim"] if qwen3 else hidden // heads
+    experts = text.get("num_local_experts", text.get("num_experts", 0))   # 5.23 writes num_local_experts
+    moe_layers = [j for j in range(text["num_hidden_layers"]) if j not in (text.get("mlp_only_layers") or [])
+                  and experts > 0 and (j + 1) % text.get("decoder_sparse_step", 1) == 0]
     init.raw("model.language_model.embed_tokens.weight", (text["vocab_size"], hidden), 0.25)
     for j in range(text["num_hidden_layers"]):
         layer = f"model.language_model.layers.{j}"
@@ -229,6 +245,9 @@ def _random_weights(config, family, rng):
             init.norm(f"{layer}.self_attn.k_norm", head_dim, bias=False)
         init.linear(f"{layer}.self_attn.o_proj", hidden, heads * head_dim, bias=False)
         init.norm(f"{layer}.post_attention_layernorm", hidden, bias=False)
+        if j in moe_layers:
+            _moe_weights(init, f"{layer}.mlp", experts, text, expert_layout)
+            continue
         init.linear(f"{layer}.mlp.gate_proj", text["intermediate_size"], hidden, bias=False)
         init.linear(f"{layer}.mlp.up_proj", text["intermediate_size"], hidden, bias=False)
         init.linear(f"{layer}.mlp.down_proj", hidden, text["intermediate_size"], bias=False)
@@ -263,6 +282,16 @@ def _vision_weights(init, vision, family):
     init.norm("model.visual.merger.ln_q", width, bias=qwen2_vl)
     init.linear("model.visual.merger.mlp.0", merged, merged, bias=True)
     init.linear("model.visual.merger.mlp.2", out_width, merged, bias=True)
+
+
+def _moe_weights(init, prefix, experts, text, expert_layout):
+    """Router (E, C) ~ N(0, 1) / sqrt(C) (tokens spread over the experts) and stacked experts, (E, in, out) per
+    projection in the hub orientation, (E, out, in) in transformers'."""
+    hidden, width = text["hidden_size"], text["moe_intermediate_size"]
+    init.linear(f"{prefix}.gate", experts, hidden, bias=False)
+    for name, (fan_in, fan_out) in (("gate_up_proj", (hidden, 2 * width)), ("down_proj", (width, hidden))):
+        shape = (experts, fan_in, fan_out) if expert_layout == "hub" else (experts, fan_out, fan_in)
+        init.raw(f"{prefix}.experts.{name}", shape, fan_in ** -0.5)
 
 
 def _qwen3_vision_weights(init, vision):
@@ -327,8 +356,8 @@ def _write_processor(out_dir, family):
     video = dict(shared, video_processor_type="Qwen2VLVideoProcessor", do_sample_frames=False, min_frames=2,
                  max_frames=8, return_metadata=False, cap_pixels_per_frame=False)
     processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
-                       "qwen3_vl": "Qwen3VLProcessor"}[family]
-    if family == "qwen3_vl":
+                       "qwen3_vl": "Qwen3VLProcessor", "qwen3_vl_moe": "Qwen3VLProcessor"}[family]
+    if family in QWEN3:
         # The hub's Qwen3-VL preprocessor: 16-pixel patches, mean = std = 0.5; the video budget counts frames.
         shared.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], patch_size=QWEN3_PATCH_SIZE,
                       size={"shortest_edge": QWEN3_MIN_PIXELS, "longest_edge": QWEN3_MAX_PIXELS})

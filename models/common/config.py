@@ -26,6 +26,12 @@ class TextConfig:
     attention_bias: bool = True      # q/k/v biases (Qwen2: yes; Qwen3: no)
     qk_norm: bool = False            # Qwen3: RMSNorm over head_dim of each query / key head, before RoPE
     mrope_interleaved: bool = False  # Qwen3-VL: frequencies T H W T H W ... instead of contiguous bands
+    num_experts: int = 0             # MoE (Qwen3-VL-MoE): routed experts per MoE layer
+    num_experts_per_tok: int = 0     # ... top-k experts per token
+    moe_intermediate_size: int = 0   # ... each expert's SwiGLU width
+    moe_layers: tuple = ()           # ... global indices of the MoE layers (the others keep the dense MLP)
+    router_aux_loss_coef: float = 0.0  # the checkpoint's load-balancing loss weight when it asks for the loss
+                                       # (HF output_router_logits), else 0
 
     def __post_init__(self):
         if self.head_dim is None:

@@ -11,7 +11,8 @@ Mirrors ``Qwen2VLTextModel`` / ``Qwen2_5_VLTextModel`` / ``Qwen3VLTextModel`` (+
     │   ├── self_attention                   fused qkv (per-KV-group interleave; Qwen2 with biases) → Qwen3:
     │   │                                    q_layernorm / k_layernorm per head → mRoPE → causal GQA → linear_proj
     │   ├── pre_mlp_layernorm                RMSNorm
-    │   └── mlp                              linear_fc1 = [gate; up] → silu(gate) * up → linear_fc2
+    │   └── mlp                              linear_fc1 = [gate; up] → silu(gate) * up → linear_fc2, or in the
+    │                                        MoE layers of Qwen3-VL-MoE a SparseMoeBlock (models/common/moe.py)
     ├── (Qwen3-VL deepstack: after layer j < levels, visual features of vision level j are added at the
     │    image/video positions)
     ├── decoder.final_layernorm              RMSNorm
@@ -20,6 +21,7 @@ Mirrors ``Qwen2VLTextModel`` / ``Qwen2_5_VLTextModel`` / ``Qwen3VLTextModel`` (+
 import numpy as np
 
 from mmx import nn, ops
+from mmx.models.common.moe import SparseMoeBlock
 from mmx.nn.layers import Embedding, Linear, RMSNorm
 
 
@@ -77,19 +79,31 @@ class SelfAttention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm transformer layer: x + attn(norm(x)), then + mlp(norm(.)). x (B, S, C) → (B, S, C)."""
+    """Pre-norm transformer layer: x + attn(norm(x)), then + mlp(norm(.)). x (B, S, C) → (B, S, C).
 
-    def __init__(self, config):
+    Global layer ``layer_index`` in ``config.moe_layers`` gets the sparse MoE block instead of the dense MLP; its
+    router logits (B*S, E) are appended to ``router_logits`` when a list is given (the load-balancing loss).
+    """
+
+    def __init__(self, config, layer_index=None):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attention = SelfAttention(config)
         self.pre_mlp_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, bias=False)
+        self.moe = layer_index in config.moe_layers
+        self.mlp = (SparseMoeBlock(config) if self.moe else
+                    GatedMLP(config.hidden_size, config.intermediate_size, bias=False))
 
-    def forward(self, x, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, layer_index=None):
+    def forward(self, x, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, layer_index=None,
+                router_logits=None):
         x = x + self.self_attention(self.input_layernorm(x), cos, sin, attention_mask, cu_seqlens, cache,
                                     layer_index)
-        return x + self.mlp(self.pre_mlp_layernorm(x))
+        if not self.moe:
+            return x + self.mlp(self.pre_mlp_layernorm(x))
+        out, logits = self.mlp(self.pre_mlp_layernorm(x))
+        if router_logits is not None:
+            router_logits.append(logits)
+        return x + out
 
 
 class _Embedding(nn.Module):
@@ -101,7 +115,7 @@ class _Embedding(nn.Module):
 class _Decoder(nn.Module):
     def __init__(self, config, layer_indices, last):
         super().__init__()
-        self.layers = nn.ModuleDict({str(j): DecoderLayer(config) for j in layer_indices})
+        self.layers = nn.ModuleDict({str(j): DecoderLayer(config, j) for j in layer_indices})
         if last:
             self.final_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -134,7 +148,7 @@ class TextDecoder(nn.Module):
                                   self.config.mrope_interleaved)
 
     def forward(self, hidden, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, logits_to_keep=0,
-                logits_positions=None, deepstack=()):
+                logits_positions=None, deepstack=(), router_logits=None):
         """hidden (B, S, C) → this stage's layers → (B, S, C); on the last stage → float32 logits (B, S, V), or of
         the last ``logits_to_keep`` positions only (B, K, V) (generation needs the last one; 0 keeps all), or of
         ``logits_positions`` only (N,) numpy int, flat indices into the B × S positions → (N, V) (training needs
@@ -142,9 +156,11 @@ class TextDecoder(nn.Module):
 
         ``deepstack`` (Qwen3-VL): per level l a (B, S, C) tensor, the level's visual features at the image/video
         positions and zeros elsewhere, added after global layer l (HF ``_deepstack_process``; adding zeros leaves
-        the other positions bit-identical)."""
+        the other positions bit-identical). ``router_logits``: a list that collects each MoE layer's router logits.
+        """
         for j in self.layer_indices:
-            hidden = self.decoder.layers[str(j)](hidden, cos, sin, attention_mask, cu_seqlens, cache, j)
+            hidden = self.decoder.layers[str(j)](hidden, cos, sin, attention_mask, cu_seqlens, cache, j,
+                                                 router_logits)
             if j < len(deepstack):
                 hidden = hidden + deepstack[j]
         if not self.last:

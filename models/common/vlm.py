@@ -19,6 +19,7 @@ import numpy as np
 
 from mmx import nn, ops
 from mmx.parallel import Stage
+from mmx.models.common.moe import load_balancing_loss
 from mmx.models.common.positions import rope_index
 from mmx.models.common.text import TextDecoder
 
@@ -55,7 +56,8 @@ class QwenVLModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, position_ids=None,
-                cache=None, cu_seqlens=None, logits_to_keep=0, logits_positions=None, mm_token_type_ids=None):
+                cache=None, cu_seqlens=None, logits_to_keep=0, logits_positions=None, mm_token_type_ids=None,
+                return_aux_loss=False):
         """Float32 logits (B, S, V), or (B, K, V) of the last ``logits_to_keep`` = K positions (0 keeps all), or
         (N, V) of ``logits_positions`` (N,) numpy int, flat indices into B × S (the trainer passes the supervised
         ones, so no logits are computed where no loss is taken).
@@ -68,7 +70,9 @@ class QwenVLModel(nn.Module):
         whose positions each start at 0. During a cached decode step, placeholder ids the model generated are plain
         tokens (no pixels belong to them), as in transformers. mm_token_type_ids (B, S) (transformers 5.23
         processors; 0 text, 1 image, 2 video): the modality runs the 3-D positions follow (default: the
-        placeholder ids, which is what the processors mark).
+        placeholder ids, which is what the processors mark). ``return_aux_loss`` (MoE models): return
+        ``(logits, load-balancing loss)``, the loss transformers 5.23 adds (times ``router_aux_loss_coef``) when the
+        config asks for router logits, computed over the real tokens of ``attention_mask``.
         """
         full = Stage.full(self.config.vision.depth, self.config.text.num_layers)
         if self.stage != full:
@@ -89,8 +93,13 @@ class QwenVLModel(nn.Module):
         cos, sin = self.text_decoder.rotary(positions)
         key_mask = None if mask is None or mask.all() else ops.tensor(mask.astype(bool))
         packed = None if cu_seqlens is None else ops.tensor(np.asarray(_host(cu_seqlens), np.int32))
-        return self.text_decoder(hidden, cos, sin, key_mask, packed, cache, logits_to_keep, logits_positions,
-                                 deepstack)
+        router_logits = [] if return_aux_loss else None
+        logits = self.text_decoder(hidden, cos, sin, key_mask, packed, cache, logits_to_keep, logits_positions,
+                                   deepstack, router_logits)
+        if not return_aux_loss:
+            return logits
+        text = self.config.text
+        return logits, load_balancing_loss(router_logits, text.num_experts, text.num_experts_per_tok, mask)
 
     def _insert(self, hidden, deepstack, ids, pixels, grid_thw, token_id, kind, decoding=False):
         """Replace the placeholder embeddings of ``token_id`` by the vision features of ``pixels`` and scatter the

@@ -2,7 +2,8 @@
 
 Each row is ``(mm name, HF name or names, transform, transform arguments)``. ``{i}`` stands for a global vision
 block index, ``{j}`` for a global LLM layer index, and (Qwen3-VL) ``{d}`` for a vision block with a deepstack
-merger, whose HF name counts those mergers with ``{n}`` (``deepstack_merger_list.{n}``). Transforms are named (``convert/transforms.py``); their
+merger, whose HF name counts those mergers with ``{n}`` (``deepstack_merger_list.{n}``); in MoE models ``{m}`` is a
+MoE layer and ``{k}`` a layer with the dense MLP. Transforms are named (``convert/transforms.py``); their
 arguments name entries of :func:`dimensions` (e.g. head counts). HF names are those transformers ≥ 4.52 writes;
 :data:`LEGACY_PREFIXES` maps them to the older hub names (``visual.*``, ``model.layers.*``), which are read too and
 written back when a checkpoint came with them. Pure data (+ the numbers of a config): no framework imports.
@@ -40,10 +41,12 @@ def projector(norm_bias):
             *_linear("image_encoder.projector.encoder.linear_fc2", "model.visual.merger.mlp.2")]
 
 
-def language_model(qkv_bias=True, qk_norm=False):
+def language_model(qkv_bias=True, qk_norm=False, dense_mlp="{j}"):
     """The LLM rows: Qwen2 (q/k/v biases) or Qwen3 (no biases; per-head ``q_norm`` / ``k_norm`` →
-    ``q_layernorm`` / ``k_layernorm``, MindSpeed-MM's names)."""
+    ``q_layernorm`` / ``k_layernorm``, MindSpeed-MM's names). ``dense_mlp``: the placeholder of the layers with a
+    dense MLP (``{k}`` in a MoE model: the layers not in ``moe_layers``)."""
     hf_attn = HF_LLM_LAYER + "self_attn."
+    mlp, hf_mlp = (LLM_LAYER.replace("{j}", dense_mlp) + "mlp.", HF_LLM_LAYER.replace("{j}", dense_mlp) + "mlp.")
     return [
         ("text_decoder.embedding.word_embeddings.weight", "model.language_model.embed_tokens.weight", "rename", {}),
         *_linear(LLM_LAYER + "input_layernorm", HF_LLM_LAYER + "input_layernorm", bias=False),
@@ -53,9 +56,8 @@ def language_model(qkv_bias=True, qk_norm=False):
           _linear(LLM_LAYER + "self_attention.k_layernorm", hf_attn + "k_norm", bias=False) if qk_norm else []),
         *_linear(LLM_LAYER + "self_attention.linear_proj", hf_attn + "o_proj", bias=False),
         *_linear(LLM_LAYER + "pre_mlp_layernorm", HF_LLM_LAYER + "post_attention_layernorm", bias=False),
-        (LLM_LAYER + "mlp.linear_fc1.weight", (HF_LLM_LAYER + "mlp.gate_proj.weight", HF_LLM_LAYER +
-                                               "mlp.up_proj.weight"), "fuse_gate_up", {}),
-        *_linear(LLM_LAYER + "mlp.linear_fc2", HF_LLM_LAYER + "mlp.down_proj", bias=False),
+        (mlp + "linear_fc1.weight", (hf_mlp + "gate_proj.weight", hf_mlp + "up_proj.weight"), "fuse_gate_up", {}),
+        *_linear(mlp + "linear_fc2", hf_mlp + "down_proj", bias=False),
         *_linear("text_decoder.decoder.final_layernorm", "model.language_model.norm", bias=False),
     ]
 
@@ -89,5 +91,5 @@ def dimensions(config):
     return {"vision_layers": model.vision.depth, "llm_layers": model.text.num_layers,
             "vision_heads": model.vision.num_heads, "llm_heads": model.text.num_heads,
             "llm_kv_heads": model.text.num_kv_heads, "vocab_size": model.text.vocab_size,
-            "tied": bool(model.text.tie_word_embeddings), "num_experts": 0,
+            "tied": bool(model.text.tie_word_embeddings), "num_experts": model.text.num_experts,
             "deepstack_visual_indexes": list(model.vision.deepstack_visual_indexes)}

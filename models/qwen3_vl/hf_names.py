@@ -20,7 +20,7 @@ def merger(mm, hf):
             *_linear(mm + "encoder.linear_fc2", hf + "linear_fc2")]
 
 
-TABLE = (
+VISION = (
     *_linear("image_encoder.encoder.patch_embed.proj", "model.visual.patch_embed.proj"),
     ("image_encoder.encoder.pos_embed.weight", "model.visual.pos_embed.weight", "rename", {}),
     *_linear(VISION_BLOCK + "input_layernorm", HF_VISION_BLOCK + "norm1"),
@@ -30,8 +30,8 @@ TABLE = (
     *_linear(VISION_BLOCK + "mlp.linear_fc2", HF_VISION_BLOCK + "mlp.linear_fc2"),
     *merger("image_encoder.projector.", "model.visual.merger."),
     *merger(DEEPSTACK, HF_DEEPSTACK),
-    *language_model(qkv_bias=False, qk_norm=True),
-    OUTPUT_LAYER,
 )
+
+TABLE = (*VISION, *language_model(qkv_bias=False, qk_norm=True), OUTPUT_LAYER)
 
 LEGACY_PREFIXES = ()

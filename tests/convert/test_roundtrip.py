@@ -11,11 +11,12 @@ from convert_helpers import VISION_DEPTH, assert_same_tensors, hf_tensors
 from mmx.checkpoint.store import META_FILE, load_mm
 from mmx.convert.drivers import hf_to_mm, mm_to_hf, reshard
 
-CASES = [(family, tied, dtype) for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl") for tied in (False, True)
-         for dtype in ("float32", "bfloat16")]
+CASES = [(family, tied, dtype) for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+         for tied in (False, True) for dtype in ("float32", "bfloat16")]
 # (vit_pp_layers, llm_pp_layers) of the 2- and 3-stage layouts. Qwen3-VL's 2 deepstack levels feed LLM layers 0
 # and 1, which must sit on the stage where vision finishes, so its vision tower spans stages.
-LAYOUTS = {"qwen3_vl": (("2,1", "0,2"), ("[[1,1,1]]", "[[0,0,2]]"))}
+LAYOUTS = {"qwen3_vl": (("2,1", "0,2"), ("[[1,1,1]]", "[[0,0,2]]")),
+           "qwen3_vl_moe": (("2,1", "0,2"), ("[[1,1,1]]", "[[0,0,2]]"))}
 
 
 def _chain(hf_dir, work, family):
@@ -88,7 +89,7 @@ def test_sharded_hf_output_has_an_index(tiny_hf, tmp_path):
 
 
 @pytest.mark.backend("torch")   # transformers' models run on torch
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
 def test_transformers_loads_the_output(tiny_hf, tmp_path, family):
     import transformers
 
@@ -96,7 +97,8 @@ def test_transformers_loads_the_output(tiny_hf, tmp_path, family):
     _chain(hf_dir, tmp_path, family)
     cls = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
            "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
-           "qwen3_vl": transformers.Qwen3VLForConditionalGeneration}[family]
+           "qwen3_vl": transformers.Qwen3VLForConditionalGeneration,
+           "qwen3_vl_moe": transformers.Qwen3VLMoeForConditionalGeneration}[family]
     model, info = cls.from_pretrained(tmp_path / "hf_out", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     source = hf_tensors(hf_dir)
@@ -131,3 +133,39 @@ def test_in_memory_hf_read_matches_hf_to_mm(tiny_hf, tmp_path):
     assert_same_tensors(got, want)
     assert {key: metadata[key] for key in ("model_type", "hf_names", "model", "parallel")} == \
         {key: written[key] for key in ("model_type", "hf_names", "model", "parallel")}
+
+
+def test_moe_experts_in_transformers_orientation_round_trip(tmp_path):
+    """A Qwen3-VL-MoE saved by transformers (experts (E, out, in)) converts to the mm (E, in, out) layout and back
+    to the very bytes it came in, its orientation recorded in the metadata."""
+    from mmx.tiny import make_tiny_checkpoint
+
+    hub = make_tiny_checkpoint(str(tmp_path / "hub"), "qwen3_vl_moe")
+    saved = make_tiny_checkpoint(str(tmp_path / "saved"), "qwen3_vl_moe", expert_layout="transformers")
+    name = "model.language_model.layers.1.mlp.experts.gate_up_proj"
+    assert hf_tensors(hub)[name].shape == (4, 64, 48) and hf_tensors(saved)[name].shape == (4, 48, 64)
+    (tmp_path / "work").mkdir()
+    _, _, third = _chain(saved, tmp_path / "work", "qwen3_vl_moe")
+    assert_same_tensors(hf_tensors(tmp_path / "work" / "hf_out"), hf_tensors(saved))
+    metadata = json.loads((third / META_FILE).read_text())
+    assert metadata["model"]["expert_layout_gate_up"] == metadata["model"]["expert_layout_down"] == "transformers"
+    _, mm = load_mm(tmp_path / "work" / "pp1tp2")
+    fc1 = mm["text_decoder.decoder.layers.1.mlp.experts.linear_fc1.weight"]
+    assert fc1.shape == (4, 64, 48) and (fc1 == hf_tensors(saved)[name].transpose(0, 2, 1)).all()
+
+
+def test_moe_expert_orientation_the_shapes_cannot_tell_needs_the_option(tmp_path):
+    """hidden 64 = 2 x moe_intermediate 32: gate_up (E, 64, 64) fits both orientations; refused before any tensor is
+    read, with the option that decides it; with it, the round trip is byte-identical."""
+    from convert_helpers import truncate_weights
+    from mmx.convert.hf import HFCheckpointError
+    from mmx.tiny import make_tiny_checkpoint
+
+    hf_dir = make_tiny_checkpoint(str(tmp_path / "hf"), "qwen3_vl_moe", text_moe_intermediate_size=32)
+    with pytest.raises(HFCheckpointError, match=r"gate_up_proj tensors have shape \[4, 64, 64\], which fits both "
+                                                r".*pass --expert-layout hub .* or --expert-layout transformers"):
+        hf_to_mm(truncate_weights(hf_dir, tmp_path / "truncated"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    hf_to_mm(hf_dir, tmp_path / "mm", expert_layout="hub")
+    mm_to_hf(tmp_path / "mm", tmp_path / "back")
+    assert_same_tensors(hf_tensors(tmp_path / "back"), hf_tensors(hf_dir))

@@ -1,6 +1,7 @@
 """Tiny checkpoints, media and loaded pipelines shared by the inference tests, built once per session.
 
-Three variants cover the families and both output-layer forms: Qwen2.5-VL untied, Qwen2-VL and Qwen3-VL tied.
+The variants cover the families and both output-layer forms: Qwen2.5-VL and Qwen3-VL-MoE untied, Qwen2-VL and
+Qwen3-VL tied.
 """
 import pytest
 
@@ -8,7 +9,7 @@ from mmx.tiny import make_tiny_checkpoint
 
 from infer_helpers import Reference, write_media
 
-VARIANTS = {"qwen2_5_vl": False, "qwen2_vl": True, "qwen3_vl": True}     # family → tie_word_embeddings
+VARIANTS = {"qwen2_5_vl": False, "qwen2_vl": True, "qwen3_vl": True, "qwen3_vl_moe": False}  # family → tied
 
 _pipelines, _references, _checkpoints = {}, {}, {}
 

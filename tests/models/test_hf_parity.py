@@ -65,7 +65,7 @@ MINDSPORE_GRAD_SAMPLES = ("image_small", "video")
 
 
 @pytest.mark.backend("mindspore")
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
 def test_mindspore_grads_match_torch(checkpoint, family, tmp_path):
     ckpt = checkpoint(family, family != "qwen2_vl")
     run_backend("torch", os.path.join(HERE, "grads_runner.py"), ckpt.hf_dir, ckpt.mm_dir, tmp_path / "torch.npz",

@@ -22,7 +22,8 @@ def test_transformers_loads_every_weight(checkpoint, family, tied):
     assert shares == tied
     assert type(model).__name__ == {"qwen2_vl": "Qwen2VLForConditionalGeneration",
                                     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-                                    "qwen3_vl": "Qwen3VLForConditionalGeneration"}[family]
+                                    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+                                    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}[family]
 
 
 def test_processor_template_and_tokens(checkpoint):

@@ -21,11 +21,15 @@ OTHER_SHAPES = {
     # interleaved sections [4, 2, 2]
     "qwen3_vl": dict(vision_depth=4, vision_deepstack_visual_indexes=[0, 2, 3], vision_num_position_embeddings=4,
                      text_num_hidden_layers=4, text_num_attention_heads=8, text_head_dim=16, mrope_section=[4, 2, 2]),
+    # 8 experts top-3, dense layers 0 and 2 of 4, experts in transformers' orientation (E, out, in)
+    "qwen3_vl_moe": dict(text_num_experts=8, text_num_experts_per_tok=3, text_num_hidden_layers=4,
+                         text_mlp_only_layers=[0, 2], expert_layout="transformers"),
 }
 
 
 LAYOUTS = {"qwen2_vl": None, "qwen2_5_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="1,1"),
-           "qwen3_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="3,1")}
+           "qwen3_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="3,1"),
+           "qwen3_vl_moe": dict(tp_size=2, vit_pp_layers="3,0", llm_pp_layers="2,2")}
 
 
 @pytest.mark.parametrize("family", sorted(OTHER_SHAPES))

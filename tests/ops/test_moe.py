@@ -96,3 +96,31 @@ def test_unknown_moe_kernel_is_an_error():
     with pytest.raises(ValueError, match="unknown moe kernel 'no_such'"):
         ops.moe_experts(*tensors[:2], ops.tensor(INDICES), *tensors[2:], impl="no_such")
     assert "loop" in KERNELS
+
+
+IDLE_INDICES = np.array([[2, 0], [0, 2], [2, 1], [0, 2], [1, 0], [2, 0]])           # expert 3 of 4 gets no token
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", KERNELS)
+def test_experts_kernel_with_an_idle_expert_matches_numpy_and_loop(impl, dtype):
+    """An expert no token picks (zero rows in both grouped GEMMs) still gets a zero gradient, forward and backward
+    equal the numpy reference and the loop."""
+    indices = ops.tensor(IDLE_INDICES)
+    inputs = [random((6, 8), 1), random((6, 2), 2, 0.1, 0.9), random((4, 8, 12), 3) * 0.5,
+              random((4, 6, 8), 4) * 0.5]
+
+    def experts(x, w, gate_up, down, kernel=impl):
+        return ops.moe_experts(x, w, indices, gate_up, down, impl=kernel)
+    check_op(experts, lambda x, w, gu, d: ref.moe_experts(x, w, IDLE_INDICES, gu, d), inputs, dtype)
+    tensors = [to_backend(rounded(a, dtype), dtype) for a in inputs]
+    cotangent = ops.tensor(random((6, 8), 5).astype(np.float32))
+    results = {}
+    for kernel in (impl, "loop"):
+        _, grads = backend.get().autograd.value_and_grad(
+            lambda *xs, k=kernel: ops.sum(ops.cast(experts(*xs, kernel=k), ops.float32) * cotangent), tensors)
+        results[kernel] = [as_float64(g) for g in grads]
+    for name, index in (("gate_up", 2), ("down", 3)):
+        assert np.abs(results[impl][index][3]).max() == 0, f"{impl}: idle expert's {name} gradient is not zero"
+    worst = max(error(g, w) for g, w in zip(results[impl], results["loop"]))
+    assert worst <= tolerances.KERNEL_VS_EAGER[dtype], f"{impl} vs loop: {worst:.3g} in {dtype}"
