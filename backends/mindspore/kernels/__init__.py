@@ -11,7 +11,7 @@ matmul per expert on CPU), ``loop`` (the reference: every expert densely over al
 from mmx.kernels import AttentionCall, KernelTable, register  # noqa: F401  (the shared registry; kernels use them)
 
 ATTENTION = KernelTable("attention", ("flash_attention_score", "math", "eager"))
-MOE = KernelTable("moe", ("grouped", "loop"))
+MOE = KernelTable("moe", ("ascend_grouped", "grouped", "loop"))
 
 
 def available_attention_kernels():

@@ -5,7 +5,9 @@ Every kernel computes ``sum_k weights[t, k] * down_e(silu(gate_e(x_t)) * up_e(x_
 ``grouped`` permutes the token copies so each expert's rows are contiguous and runs the two expert GEMMs as grouped
 matmuls (:func:`grouped_mm`, also the ``ops.grouped_matmul`` op): on Ascend the fused ``gmm`` kernel, on CPU one
 2-D matmul per non-empty expert over its slice of rows (the group sizes are read on the host, as HF's expert loop
-does). ``loop`` is the reference: every expert runs densely on all tokens and counts with the token's weight for it.
+does). ``ascend_grouped`` (Ascend only; not run in this repository's CI, which has no Ascend device) permutes and
+unpermutes with MindSpore's fused ``moe_token_permute`` / ``moe_token_unpermute``. ``loop`` is the reference: every
+expert runs densely on all tokens and counts with the token's weight for it.
 """
 import builtins
 
@@ -54,6 +56,18 @@ def grouped(x, weights, indices, gate_up, down):
     permuted, order, tokens_per_expert = ops.moe_permute(x, indices, gate_up.shape[0])
     hidden = _swiglu(grouped_mm(permuted, gate_up, tokens_per_expert))
     return ops.moe_unpermute(grouped_mm(hidden, down, tokens_per_expert), order, weights)
+
+
+@register(MOE, "ascend_grouped", available=ms_backend.on_ascend)
+def ascend_grouped(x, weights, indices, gate_up, down):
+    """The fused Ascend path (MindSpeed-MM's on MindSpore): ops.moe_token_permute → gmm → SwiGLU → gmm →
+    ops.moe_token_unpermute with the routing weights (its sorted indices are the inverse permutation)."""
+    from mmx.backends.mindspore import ops
+    permuted, sorted_indices = P.moe_token_permute(x, P.cast(indices, mindspore.int32))
+    tokens_per_expert = P.bincount(P.cast(P.reshape(indices, (-1,)), mindspore.int32), minlength=gate_up.shape[0])
+    hidden = _swiglu(grouped_mm(permuted, gate_up, tokens_per_expert))
+    out = grouped_mm(hidden, down, tokens_per_expert)
+    return ops._back(P.moe_token_unpermute(ops._fp32(out), sorted_indices, ops._fp32(weights)), x.dtype)
 
 
 @register(MOE, "loop", available=lambda: True)

@@ -3,7 +3,9 @@
 Every kernel computes ``sum_k weights[t, k] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` with ``e = indices[t, k]``:
 permute the token copies so each expert's rows are contiguous, run the two expert GEMMs, unpermute with the combine.
 
-``grouped_mm`` (also the ``ops.grouped_matmul`` op) uses ``torch.nn.functional.grouped_mm``. In torch 2.14 it runs on
+``npu_grouped`` (torch_npu, dispatched only for tensors on ``npu``; not run in this repository's CI, which has no
+Ascend device) is the fused path MindSpeed-MM uses. ``grouped_mm`` (also the ``ops.grouped_matmul`` op) uses
+``torch.nn.functional.grouped_mm``. In torch 2.14 it runs on
 CPU in float32, bfloat16 and float16 (not float64), and needs every row stride to be a multiple of 16 bytes (feature
 sizes multiple of 4 in fp32, of 8 in bf16/fp16), so unaligned feature sizes are zero-padded and the padding sliced
 off. On CUDA it needs bfloat16 and compute capability >= 8.0 (9.0 for the fast path); elsewhere grouped_mm falls back
@@ -104,4 +106,12 @@ def _npu_mm(x, weight, tokens_per_expert):
 
 @register(MOE, "npu_grouped", available=_npu_available, supports=_npu_supports)
 def npu_grouped(x, weights, indices, gate_up, down):
-    return _experts(x, weights, indices, gate_up, down, _npu_mm)
+    """MindSpeed-MM's fused NPU path: npu_moe_token_permute → npu_grouped_matmul → SwiGLU → npu_grouped_matmul →
+    npu_moe_token_unpermute with the routing weights (its sorted indices are the inverse permutation)."""
+    torch_npu = importlib.import_module("torch_npu")
+    permuted, sorted_indices = torch_npu.npu_moe_token_permute(x, indices.to(torch.int32))
+    tokens_per_expert = torch.bincount(indices.reshape(-1), minlength=gate_up.shape[0])
+    hidden = _swiglu(_npu_mm(permuted, gate_up, tokens_per_expert))
+    out = _npu_mm(hidden, down, tokens_per_expert)
+    combined = torch_npu.npu_moe_token_unpermute(out.to(weights.dtype), sorted_indices, weights)
+    return combined.to(x.dtype)
