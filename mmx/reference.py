@@ -106,31 +106,79 @@ def _mm_token_type_ids(hf_dir, inputs):
     return np.where(input_ids == config.image_token_id, 1, np.where(input_ids == config.video_token_id, 2, 0))
 
 
+def _row_groups(hf_dir, inputs):
+    """The batch as the row groups transformers can run: one group, except for GLM (transformers' glm4v puts video
+    frames under the image token and checks every image token against the image features,
+    ``Glm4vModel.get_placeholder_mask``, so images and videos cannot share a batch there): rows without video,
+    then rows with video, each group a sub-batch with the full batch's padding and its own pixels → [(rows, sub)]."""
+    types = _mm_token_type_ids(hf_dir, inputs)
+    glm = "pixel_values" in inputs and "pixel_values_videos" in inputs and \
+        not (inputs["input_ids"] == _hf_model(hf_dir).config.video_token_id).any()
+    if not glm:
+        return [(np.arange(len(types)), inputs)]
+    image_rows, video_rows = (types == 1).any(-1), (types == 2).any(-1)
+    if (image_rows & video_rows).any():
+        raise ValueError("transformers' GLM-4.1V cannot run a row holding both an image and a video (its video "
+                         "frames use the image token); put them in separate rows")
+    # images per row: runs of image tokens; videos per row: <|begin_of_video|> tokens
+    starts = (types == 1) & (np.pad(types, ((0, 0), (1, 0)))[:, :-1] != 1)
+    video_start = _hf_model(hf_dir).config.video_start_token_id
+    counts = {"image_grid_thw": starts.sum(-1), "video_grid_thw": (inputs["input_ids"] == video_start).sum(-1)}
+    groups = []
+    for rows in (np.nonzero(~video_rows)[0], np.nonzero(video_rows)[0]):
+        sub = {key: inputs[key][rows] for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels")
+               if key in inputs}
+        for pixels_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+            grid = inputs[grid_key]
+            owner = np.repeat(np.arange(len(types)), counts[grid_key])             # row of each image / video
+            bounds = np.concatenate([[0], np.cumsum(grid.prod(-1))])
+            keep = np.nonzero(np.isin(owner, rows))[0]
+            if len(keep):
+                sub[grid_key] = grid[keep]
+                sub[pixels_key] = np.concatenate([inputs[pixels_key][bounds[i]:bounds[i + 1]] for i in keep])
+        groups.append((rows, sub))
+    return groups
+
+
 def hf_logits(hf_dir, inputs):
     """Float32 logits (B, S, V) of transformers' model in ``hf_dir`` on ``inputs`` (build_inputs' dict)."""
     import torch
 
     model = _hf_model(hf_dir)
-    batch = _torch_inputs({k: v for k, v in inputs.items() if k != "labels"})
-    batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, inputs))
-    with torch.no_grad():
-        return model(**batch).logits.float().numpy()
+    logits = None
+    for rows, sub in _row_groups(hf_dir, inputs):
+        batch = _torch_inputs({k: v for k, v in sub.items() if k != "labels"})
+        batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, sub))
+        with torch.no_grad():
+            out = model(**batch).logits.float().numpy()
+        if logits is None:
+            logits = np.zeros((len(inputs["input_ids"]),) + out.shape[1:], np.float32)
+        logits[rows] = out
+    return logits
 
 
 def hf_loss_and_grads(hf_dir, inputs):
-    """(loss, {HF parameter name: gradient}) of transformers' next-token loss on ``inputs`` (with ``labels``)."""
+    """(loss, {HF parameter name: gradient}) of transformers' next-token loss on ``inputs`` (with ``labels``): the
+    mean over every supervised next token of the batch (row groups, see :func:`_row_groups`, weighted by their
+    supervised tokens)."""
     import torch
 
     model = _hf_model(hf_dir)
-    batch = _torch_inputs(inputs)
-    batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, inputs))
+    groups = _row_groups(hf_dir, inputs)
+    total = int((inputs["labels"][:, 1:] != -100).sum())
     model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
+    loss_value = 0.0
+    for _, sub in groups:
+        batch = _torch_inputs(sub)
+        batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, sub))
+        share = int((sub["labels"][:, 1:] != -100).sum()) / total
+        loss = model(**batch).loss * share if len(groups) > 1 else model(**batch).loss
+        loss.backward()
+        loss_value += float(loss.detach())
     grads = {name: param.grad.float().numpy().copy() for name, param in model.named_parameters()
              if param.grad is not None}
     model.zero_grad()
-    return float(loss.detach()), grads
+    return loss_value, grads
 
 
 def hf_answers(hf_dir, image_paths, question, max_new_tokens=4):

@@ -31,7 +31,7 @@ import os
 import numpy as np
 from safetensors.numpy import save_file
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v")
 QWEN3 = ("qwen3_vl", "qwen3_vl_moe")
 
 # The Qwen special tokens, in the order they get ids 0..6 in the tiny vocabulary.
@@ -126,6 +126,8 @@ def make_tiny_checkpoint(out_dir, family="qwen2_5_vl", tied=False, seed=0, exper
     if expert_layout not in ("hub", "transformers"):
         raise ValueError(f"expert_layout {expert_layout!r}: use 'hub' or 'transformers'")
     os.makedirs(out_dir, exist_ok=True)
+    if family == "glm4v":
+        return _make_glm4v(out_dir, tied, seed, dict(overrides))
     config = _write_config(out_dir, family, tied, dict(overrides))
     save_file(_random_weights(config, family, np.random.default_rng(seed), expert_layout),
               os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
@@ -321,24 +323,31 @@ def _qwen3_vision_weights(init, vision):
 # Tokenizer, chat template, image / video processors
 # ----------------------------------------------------------------------------------------------------------------
 
-def _write_tokenizer(out_dir, chat_template):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _write_tokenizer(out_dir, chat_template, special_tokens=SPECIAL_TOKENS, tokenizer_config=None, plain_tokens=()):
+    """A byte-level BPE trained on the corpus with ``special_tokens`` first (ids 0, 1, ...) and ``plain_tokens``
+    added as non-special single tokens after the merges; ``tokenizer_config``: the family's keys (default Qwen2's).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, special_tokens=list(special_tokens), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(_CORPUS, trainer)
+    tokenizer.add_tokens([AddedToken(token, normalized=False, special=False) for token in plain_tokens])
     tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-    added = {str(TOKEN_ID[token]): {"content": token, "lstrip": False, "rstrip": False, "normalized": False,
-                                    "single_word": False, "special": True} for token in SPECIAL_TOKENS}
-    tokenizer_config = {
-        "tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": added, "bos_token": None,
+    added = {str(index): {"content": token, "lstrip": False, "rstrip": False, "normalized": False,
+                          "single_word": False, "special": True} for index, token in enumerate(special_tokens)}
+    added.update({str(tokenizer.token_to_id(token)): {"content": token, "lstrip": False, "rstrip": False,
+                                                      "normalized": False, "single_word": False, "special": False}
+                  for token in plain_tokens})
+    tokenizer_config = dict(tokenizer_config or {
+        "tokenizer_class": "Qwen2Tokenizer", "bos_token": None,
         "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None, "model_max_length": 4096,
         "errors": "replace", "split_special_tokens": False, "clean_up_tokenization_spaces": False,
         "additional_special_tokens": list(SPECIAL_TOKENS[1:]),
-    }
+    }, added_tokens_decoder=added)
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(tokenizer_config, f, indent=2)
     with open(os.path.join(out_dir, "chat_template.jinja"), "w") as f:
@@ -369,3 +378,160 @@ def _write_processor(out_dir, family):
                           ("processor_config.json", {"processor_class": processor_class})):
         with open(os.path.join(out_dir, name), "w") as f:
             json.dump(content, f, indent=2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GLM-4.1V (glm4v)
+# ----------------------------------------------------------------------------------------------------------------
+
+# GLM-4's special tokens, ids 0.. in the tiny vocabulary (the hub ids are 151329 <|endoftext|> ... 151344 <|video|>).
+GLM_SPECIAL_TOKENS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+                      "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>",
+                      "<|begin_of_video|>", "<|end_of_video|>", "<|image|>", "<|video|>")
+GLM_TOKEN_ID = {token: index for index, token in enumerate(GLM_SPECIAL_TOKENS)}
+# GLM-4.1V-Thinking's answer markup: plain (non-special) single tokens, so decoding keeps them.
+GLM_THINKING_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+# The hub chat template of GLM-4.1V-9B-Thinking, verbatim (a public transcription; the wheel ships none):
+# [gMASK]<sop>, then per turn "\n<|role|>\n" + content; each image / video one <|begin_of_image|><|image|>
+# <|end_of_image|> / <|begin_of_video|><|video|><|end_of_video|> that the processor expands. An assistant turn has no
+# end token of its own: the next <|user|> (a stop id in generation_config) ends it.
+GLM_CHAT_TEMPLATE = (
+    "[gMASK]<sop>\n{%- for msg in messages %}\n    {%- if msg.role == 'system' %}\n<|system|>\n{{ msg.content }}\n"
+    "    {%- elif msg.role == 'user' %}\n<|user|>{{ '\\n' }}\n\n        {%- if msg.content is string %}\n"
+    "{{ msg.content }}\n        {%- else %}\n            {%- for item in msg.content %}\n"
+    "                {%- if item.type == 'video' or 'video' in item %}\n<|begin_of_video|><|video|><|end_of_video|>\n"
+    "                {%- elif item.type == 'image' or 'image' in item %}\n"
+    "<|begin_of_image|><|image|><|end_of_image|>\n                {%- elif item.type == 'text' %}\n{{ item.text }}\n"
+    "                {%- endif %}\n            {%- endfor %}\n        {%- endif %}\n"
+    "    {%- elif msg.role == 'assistant' %}\n        {%- if msg.metadata %}\n<|assistant|>{{ msg.metadata }}\n"
+    "{{ msg.content }}\n        {%- else %}\n<|assistant|>\n{{ msg.content }}\n        {%- endif %}\n"
+    "    {%- endif %}\n{%- endfor %}\n{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+# Images 56x56 .. 56x84 (4..6 merged tokens): the budget counts the 2 frames an image is duplicated into (G5).
+GLM_MIN_PIXELS, GLM_MAX_PIXELS = 2 * 56 * 56, 2 * 56 * 84
+GLM_TINY_SIZES = {
+    # head_dim 16, of which partial_rotary_factor 0.5 rotate: 4 frequencies in contiguous sections [1, 1, 2] (the
+    # [8, 12, 12] shape); GQA 4 / 2.
+    "text": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=4096),
+    "mrope_section": [1, 1, 2],
+    "rope_theta": 10000.0,
+    # A 3x3 learned position table (image_size 42 / patch 14), smaller than every image grid; the vision MLP is
+    # out_hidden_size (64) wide, the merger's SwiGLU intermediate_size (48).
+    "vision": dict(depth=2, hidden_size=32, num_heads=2, image_size=42, patch_size=14, intermediate_size=48,
+                   rms_norm_eps=1e-5, attention_bias=False, hidden_act="silu"),
+}
+
+
+def _make_glm4v(out_dir, tied, seed, overrides):
+    config = _write_glm4v_config(out_dir, tied, overrides)
+    save_file(_glm4v_weights(config, np.random.default_rng(seed)), os.path.join(out_dir, "model.safetensors"),
+              metadata={"format": "pt"})
+    _write_tokenizer(out_dir, GLM_CHAT_TEMPLATE, GLM_SPECIAL_TOKENS, {
+        "tokenizer_class": "TokenizersBackend", "bos_token": None, "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>", "unk_token": None, "model_max_length": 4096, "split_special_tokens": False,
+        "clean_up_tokenization_spaces": False, "do_lower_case": False, "padding_side": "left",
+        "additional_special_tokens": list(GLM_SPECIAL_TOKENS[1:]),
+    }, GLM_THINKING_TOKENS)
+    shared = {
+        "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "merge_size": MERGE_SIZE, "patch_size": PATCH_SIZE, "temporal_patch_size": 2, "resample": 3,
+        "rescale_factor": 1 / 255,
+    }
+    image = dict(shared, image_processor_type="Glm4vImageProcessor",
+                 size={"shortest_edge": GLM_MIN_PIXELS, "longest_edge": GLM_MAX_PIXELS})
+    # the video budget counts the real frames: up to 4 frames of 56x84
+    video = dict(shared, video_processor_type="Glm4vVideoProcessor", do_sample_frames=True, fps=2, max_duration=300,
+                 size={"shortest_edge": GLM_MIN_PIXELS, "longest_edge": 2 * GLM_MAX_PIXELS})
+    for name, content in (("preprocessor_config.json", image), ("video_preprocessor_config.json", video),
+                          ("processor_config.json", {"processor_class": "Glm4vProcessor"})):
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump(content, f, indent=2)
+    return out_dir
+
+
+def _write_glm4v_config(out_dir, tied, overrides):
+    from transformers import Glm4vConfig
+
+    text, vision = dict(GLM_TINY_SIZES["text"]), dict(GLM_TINY_SIZES["vision"])
+    mrope_section = list(overrides.pop("mrope_section", GLM_TINY_SIZES["mrope_section"]))
+    rope_theta = overrides.pop("rope_theta", GLM_TINY_SIZES["rope_theta"])
+    partial = overrides.pop("partial_rotary_factor", 0.5)
+    for key, value in overrides.items():
+        if key.startswith("text_"):
+            text[key[len("text_"):]] = value
+        elif key.startswith("vision_"):
+            vision[key[len("vision_"):]] = value
+        else:
+            raise ValueError(f"make_tiny_checkpoint: unknown override {key!r}; use text_<field>=, vision_<field>=, "
+                             f"mrope_section=, rope_theta= or partial_rotary_factor=")
+    rotary = int(text["hidden_size"] // text["num_attention_heads"] * partial)
+    if sum(mrope_section) * 2 != rotary:
+        raise ValueError(f"mrope_section {mrope_section} sums to {sum(mrope_section)} but must sum to the rotated "
+                         f"dims / 2 = {rotary // 2} (head_dim x partial_rotary_factor {partial} / 2)")
+    vision.update(out_hidden_size=text["hidden_size"], spatial_merge_size=MERGE_SIZE, temporal_patch_size=2,
+                  in_channels=3)
+    eos = [GLM_TOKEN_ID[t] for t in ("<|endoftext|>", "<|user|>", "<|observation|>")]
+    text.update(rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section,
+                                 "partial_rotary_factor": partial},
+                pad_token_id=GLM_TOKEN_ID["<|endoftext|>"])
+    hf_config = Glm4vConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=tied,
+        **{f"{name}_token_id": GLM_TOKEN_ID[f"<|{token}|>"] for name, token in (
+            ("image", "image"), ("video", "video"), ("image_start", "begin_of_image"), ("image_end", "end_of_image"),
+            ("video_start", "begin_of_video"), ("video_end", "end_of_video"))})
+    hf_config.dtype = "float32"
+    hf_config.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump({"pad_token_id": GLM_TOKEN_ID["<|endoftext|>"], "eos_token_id": eos, "do_sample": False}, f,
+                  indent=2)
+    with open(os.path.join(out_dir, "config.json")) as f:
+        return json.load(f)
+
+
+def _glm4v_weights(config, rng):
+    """Random GLM-4.1V tensors under transformers' names (no conversion mapping: the hub layout is the same)."""
+    init = _Init(rng)
+    vision, text = config["vision_config"], config["text_config"]
+    width, out_width, context = vision["hidden_size"], vision["out_hidden_size"], vision["intermediate_size"]
+    merge, side = vision["spatial_merge_size"], vision["image_size"] // vision["patch_size"]
+    patch = (width, vision["in_channels"], vision["temporal_patch_size"], vision["patch_size"], vision["patch_size"])
+    init.raw("model.visual.patch_embed.proj.weight", patch, (np.prod(patch[1:])) ** -0.5)
+    init.raw("model.visual.patch_embed.proj.bias", (width,), 0.1)
+    init.norm("model.visual.post_conv_layernorm", width, bias=False)
+    init.raw("model.visual.embeddings.position_embedding.weight", (side * side, width), 0.5)
+    for i in range(vision["depth"]):
+        block = f"model.visual.blocks.{i}"
+        init.norm(f"{block}.norm1", width, bias=False)
+        init.norm(f"{block}.norm2", width, bias=False)
+        init.linear(f"{block}.attn.qkv", 3 * width, width, bias=False)
+        init.linear(f"{block}.attn.proj", width, width, bias=False)
+        init.linear(f"{block}.mlp.gate_proj", out_width, width, bias=False)      # width out_hidden_size (G3)
+        init.linear(f"{block}.mlp.up_proj", out_width, width, bias=False)
+        init.linear(f"{block}.mlp.down_proj", width, out_width, bias=False)
+    init.norm("model.visual.post_layernorm", width, bias=False)
+    init.raw("model.visual.downsample.weight", (out_width, width, merge, merge), (width * merge * merge) ** -0.5)
+    init.raw("model.visual.downsample.bias", (out_width,), 0.1)
+    init.linear("model.visual.merger.proj", out_width, out_width, bias=False)
+    init.norm("model.visual.merger.post_projection_norm", out_width, bias=True)
+    init.linear("model.visual.merger.gate_proj", context, out_width, bias=False)
+    init.linear("model.visual.merger.up_proj", context, out_width, bias=False)
+    init.linear("model.visual.merger.down_proj", out_width, context, bias=False)
+    hidden, heads, kv_heads = text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"]
+    head_dim, inner = hidden // heads, text["intermediate_size"]
+    init.raw("model.language_model.embed_tokens.weight", (text["vocab_size"], hidden), 0.25)
+    for j in range(text["num_hidden_layers"]):
+        layer = f"model.language_model.layers.{j}"
+        for norm in ("input_layernorm", "post_self_attn_layernorm", "post_attention_layernorm", "post_mlp_layernorm"):
+            init.norm(f"{layer}.{norm}", hidden, bias=False)
+        init.linear(f"{layer}.self_attn.q_proj", heads * head_dim, hidden, bias=True)
+        init.linear(f"{layer}.self_attn.k_proj", kv_heads * head_dim, hidden, bias=True)
+        init.linear(f"{layer}.self_attn.v_proj", kv_heads * head_dim, hidden, bias=True)
+        init.linear(f"{layer}.self_attn.o_proj", hidden, heads * head_dim, bias=False)
+        init.linear(f"{layer}.mlp.gate_up_proj", 2 * inner, hidden, bias=False)
+        init.linear(f"{layer}.mlp.down_proj", hidden, inner, bias=False)
+    init.norm("model.language_model.norm", hidden, bias=False)
+    if not config.get("tie_word_embeddings", False):
+        init.linear("lm_head", text["vocab_size"], hidden, bias=False)
+    return init.tensors

@@ -10,6 +10,7 @@ FAMILIES = {
     "qwen2_vl": ("mmx.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
     "qwen2_5_vl": ("mmx.models.qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
     "qwen3_vl": ("mmx.models.qwen3_vl", "Qwen3VLForConditionalGeneration"),
+    "glm4v": ("mmx.models.glm4v", "Glm4vForConditionalGeneration"),
     "qwen3_vl_moe": ("mmx.models.qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration"),
 }
 

@@ -106,6 +106,12 @@ class Layout:
                               f"layers start, e.g. vit_pp_layers {[dims['vision_layers']] + [0] * (len(vit) - 1)}")
         if "deepstack_on_vision_stage" in plan.PIPELINE.get("rules", ()):
             _check_deepstack(vit, llm, len(dims.get("deepstack_visual_indexes", ())))
+        if "vision_on_first_stage" in plan.PIPELINE.get("rules", ()) and any(vit[1:]):
+            raise LayoutError(f"vit_pp_layers {vit} puts vision blocks on stage "
+                              f"{next(s for s, v in enumerate(vit) if v and s)}, but this model's vision tower "
+                              f"ends in norm → downsample → projector on the first stage (rule "
+                              f"vision_on_first_stage): put all {dims['vision_layers']} vision blocks on stage 0, "
+                              f"e.g. vit_pp_layers {[dims['vision_layers']] + [0] * (len(vit) - 1)}")
         for key, what in plan.TP_DIVIDES.items():
             if dims[key] % self.tp_size:
                 raise LayoutError(f"tp_size {self.tp_size} does not divide the {what} ({key} = {dims[key]}): "

@@ -4,7 +4,9 @@ Rules (``plan.TENSOR_PARALLEL``: mm name with ``{i}``/``{j}`` placeholders → r
 ``replicate`` every rank holds the whole tensor (merge takes rank 0's copy);
 ``column`` / ``vocab`` / ``qkv``: equal chunks of dim 0 (``qkv`` is the per-KV-group interleaved linear_qkv, so
 chunks are whole KV groups); ``row``: equal chunks of dim 1; ``gate_up``: the gate and up halves are each chunked
-on dim 0 and rank r holds ``cat(gate_r, up_r)``. Splits and merges only slice and concatenate: byte-exact.
+on dim 0 and rank r holds ``cat(gate_r, up_r)``; ``qkv_blocks``: the same over thirds, for a fused qkv kept in
+HF's [q; k; v] row order (GLM-4.1V's vision ``qkv``): rank r holds ``cat(q_r, k_r, v_r)``, whole heads each.
+Splits and merges only slice and concatenate: byte-exact.
 Tensors travel as row blocks (rows.py), so dim-0 rules never copy; ``row`` merges concatenate along dim 1.
 """
 import re
@@ -14,7 +16,9 @@ import numpy as np
 
 from mmx.checkpoint.rows import as_array, chunks, num_rows, take
 
-RULES = ("replicate", "column", "vocab", "qkv", "row", "gate_up")
+RULES = ("replicate", "column", "vocab", "qkv", "row", "gate_up", "qkv_blocks")
+# Rules that split each of several equal row blocks on its own: the number of blocks.
+_BLOCKS = {"gate_up": 2, "qkv_blocks": 3}
 
 
 @lru_cache(maxsize=None)
@@ -46,7 +50,7 @@ def piece_shape(shape, rule, tp_size, name="tensor"):
     if rule == "replicate" or tp_size == 1:
         return shape
     dim = _split_dim(rule)
-    parts = 2 * tp_size if rule == "gate_up" else tp_size
+    parts = _BLOCKS.get(rule, 1) * tp_size
     if len(shape) <= dim or shape[dim] % parts:
         size = shape[dim] if len(shape) > dim else None
         raise ValueError(f"tp_size {tp_size} cannot split {name} (shape {list(shape)}, rule {rule!r}): dimension "
@@ -69,10 +73,11 @@ def split(blocks, rule, tp_size):
     if rule == "row":
         width = blocks[0].shape[1] // tp_size
         return [[block[:, rank * width:(rank + 1) * width] for block in blocks] for rank in range(tp_size)]
-    if rule == "gate_up":
-        half = num_rows(blocks) // 2
-        gates, ups = chunks(take(blocks, 0, half), tp_size), chunks(take(blocks, half, 2 * half), tp_size)
-        return [gate + up for gate, up in zip(gates, ups)]
+    if rule in _BLOCKS:
+        count = _BLOCKS[rule]
+        size = num_rows(blocks) // count
+        parts = [chunks(take(blocks, b * size, (b + 1) * size), tp_size) for b in range(count)]
+        return [[block for part in rank_parts for block in part] for rank_parts in zip(*parts)]
     return chunks(blocks, tp_size)
 
 
@@ -88,8 +93,9 @@ def merge(pieces, rule, arena=None):
         if arena is not None:
             out = arena.take(sum(a.nbytes for a in arrays)).view(arrays[0].dtype).reshape(shape)
         return [np.concatenate(arrays, axis=1, out=out)]
-    if rule == "gate_up":
-        halves = [num_rows(piece) // 2 for piece in pieces]
-        return ([block for piece, half in zip(pieces, halves) for block in take(piece, 0, half)] +
-                [block for piece, half in zip(pieces, halves) for block in take(piece, half, 2 * half)])
+    if rule in _BLOCKS:
+        count = _BLOCKS[rule]
+        sizes = [num_rows(piece) // count for piece in pieces]
+        return [block for b in range(count) for piece, size in zip(pieces, sizes)
+                for block in take(piece, b * size, (b + 1) * size)]
     return [block for piece in pieces for block in piece]

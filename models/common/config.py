@@ -26,6 +26,9 @@ class TextConfig:
     attention_bias: bool = True      # q/k/v biases (Qwen2: yes; Qwen3: no)
     qk_norm: bool = False            # Qwen3: RMSNorm over head_dim of each query / key head, before RoPE
     mrope_interleaved: bool = False  # Qwen3-VL: frequencies T H W T H W ... instead of contiguous bands
+    rotary_dim: int = None           # GLM: the first head_dim * partial_rotary_factor dims rotate (None: all)
+    rotary_interleaved: bool = False  # GLM-4.1V: GPT-J pairs (x0, x1), (x2, x3), ... instead of rotate-half
+    sandwich_norms: bool = False     # GLM-4: RMSNorms after attention and after the MLP, before each residual add
     num_experts: int = 0             # MoE (Qwen3-VL-MoE): routed experts per MoE layer
     num_experts_per_tok: int = 0     # ... top-k experts per token
     moe_intermediate_size: int = 0   # ... each expert's SwiGLU width
@@ -36,6 +39,8 @@ class TextConfig:
     def __post_init__(self):
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.rotary_dim is None:
+            object.__setattr__(self, "rotary_dim", self.head_dim)
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class VisionConfig:
     patch_embed_bias: bool = False       # Qwen3-VL: the patch Conv3d has a bias
     num_position_embeddings: int = 0     # Qwen3-VL: a learned (side x side) position table, resampled per image
     deepstack_visual_indexes: tuple = () # Qwen3-VL: blocks whose outputs also feed the LLM's first layers
+    rms_norm_eps: float = 1e-6           # GLM-4.1V: its vision RMSNorms' eps (config.json; Qwen's are fixed)
 
     @property
     def head_dim(self):
@@ -67,7 +73,7 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str               # "qwen2_vl" | "qwen2_5_vl" | "qwen3_vl"
+    family: str               # "qwen2_vl" | "qwen2_5_vl" | "qwen3_vl" | "glm4v" | ...
     text: TextConfig
     vision: VisionConfig
     image_token_id: int
@@ -75,6 +81,8 @@ class ModelConfig:
     vision_start_token_id: int
     split_video_frames: bool = False     # Qwen3-VL: each temporal patch of a video is its own placeholder run
                                          # (a text timestamp before each), so positions take one grid row per run
+    video_span_token_ids: tuple = ()     # GLM: (<|begin_of_video|>, <|end_of_video|>) ids; video frames are image
+                                         # tokens between them (HF Glm4vProcessor.create_mm_token_type_ids)
 
     # rope_index reads these (and split_video_frames) from the config it is given
     @property

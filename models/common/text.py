@@ -1,8 +1,10 @@
-"""The Qwen2 / Qwen3 language model with multimodal RoPE, shared by Qwen2-VL, Qwen2.5-VL and Qwen3-VL.
+"""The Qwen2 / Qwen3 / GLM-4 language model with multimodal RoPE, shared by Qwen2-VL, Qwen2.5-VL, Qwen3-VL and
+GLM-4.1V.
 
-Mirrors ``Qwen2VLTextModel`` / ``Qwen2_5_VLTextModel`` / ``Qwen3VLTextModel`` (+ ``lm_head``) in transformers'
-``models/qwen2_vl/modeling_qwen2_vl.py``, ``models/qwen2_5_vl/modeling_qwen2_5_vl.py`` and
-``models/qwen3_vl/modeling_qwen3_vl.py``, in the mm layout of ``docs/checkpoint-layout.md``::
+Mirrors ``Qwen2VLTextModel`` / ``Qwen2_5_VLTextModel`` / ``Qwen3VLTextModel`` / ``Glm4vTextModel`` (+ ``lm_head``)
+in transformers' ``models/qwen2_vl/modeling_qwen2_vl.py``, ``models/qwen2_5_vl/modeling_qwen2_5_vl.py``,
+``models/qwen3_vl/modeling_qwen3_vl.py`` and ``models/glm4v/modeling_glm4v.py``, in the mm layout of
+``docs/checkpoint-layout.md``::
 
     TextDecoder (state-dict prefix text_decoder.)
     ├── embedding.word_embeddings            ids (B, S) → (B, S, C)
@@ -10,9 +12,12 @@ Mirrors ``Qwen2VLTextModel`` / ``Qwen2_5_VLTextModel`` / ``Qwen3VLTextModel`` (+
     │   ├── input_layernorm                  RMSNorm
     │   ├── self_attention                   fused qkv (per-KV-group interleave; Qwen2 with biases) → Qwen3:
     │   │                                    q_layernorm / k_layernorm per head → mRoPE → causal GQA → linear_proj
+    │   │                                    (GLM: mRoPE on the first rotary_dim dims, GPT-J pairs)
+    │   ├── (GLM: post_self_attn_layernorm   RMSNorm of the attention output, before the residual add)
     │   ├── pre_mlp_layernorm                RMSNorm
-    │   └── mlp                              linear_fc1 = [gate; up] → silu(gate) * up → linear_fc2, or in the
-    │                                        MoE layers of Qwen3-VL-MoE a SparseMoeBlock (models/common/moe.py)
+    │   ├── mlp                              linear_fc1 = [gate; up] → silu(gate) * up → linear_fc2, or in the
+    │   │                                    MoE layers of Qwen3-VL-MoE a SparseMoeBlock (models/common/moe.py)
+    │   └── (GLM: post_mlp_layernorm         RMSNorm of the MLP output, before the residual add)
     ├── (Qwen3-VL deepstack: after layer j < levels, visual features of vision level j are added at the
     │    image/video positions)
     ├── decoder.final_layernorm              RMSNorm
@@ -58,17 +63,19 @@ class SelfAttention(nn.Module):
             self.q_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.qk_norm = config.qk_norm
+        self.rotary_interleaved = config.rotary_interleaved
 
     def forward(self, x, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, layer_index=None):
-        """x (B, S, C), cos/sin (B, S, D); attention_mask (B, S_past + S) 1 = real token; cu_seqlens (N+1,)
-        int32 for a packed row (B = 1); cache: a KVCache that stores this layer's keys/values → (B, S, C)."""
+        """x (B, S, C), cos/sin (B, S, rotary_dim); attention_mask (B, S_past + S) 1 = real token; cu_seqlens
+        (N+1,) int32 for a packed row (B = 1); cache: a KVCache that stores this layer's keys/values → (B, S, C)."""
         batch, length = x.shape[0], x.shape[1]
         qkv = ops.reshape(self.linear_qkv(x), (batch, length, self.num_kv_heads, self.group + 2, self.head_dim))
         q = ops.reshape(qkv[:, :, :, :self.group, :], (batch, length, self.num_heads, self.head_dim))
         k, v = qkv[:, :, :, self.group, :], qkv[:, :, :, self.group + 1, :]
         if self.qk_norm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
-        q, k = ops.apply_rotary(q, cos, sin), ops.apply_rotary(k, cos, sin)
+        q = ops.apply_rotary(q, cos, sin, rotary_interleaved=self.rotary_interleaved)
+        k = ops.apply_rotary(k, cos, sin, rotary_interleaved=self.rotary_interleaved)
         if cache is not None:
             k, v = cache.update(layer_index, k, v)
         if cu_seqlens is not None:
@@ -93,17 +100,23 @@ class DecoderLayer(nn.Module):
         self.moe = layer_index in config.moe_layers
         self.mlp = (SparseMoeBlock(config) if self.moe else
                     GatedMLP(config.hidden_size, config.intermediate_size, bias=False))
+        self.sandwich_norms = config.sandwich_norms
+        if self.sandwich_norms:
+            self.post_self_attn_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.post_mlp_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, layer_index=None,
                 router_logits=None):
-        x = x + self.self_attention(self.input_layernorm(x), cos, sin, attention_mask, cu_seqlens, cache,
-                                    layer_index)
+        attention = self.self_attention(self.input_layernorm(x), cos, sin, attention_mask, cu_seqlens, cache,
+                                        layer_index)
+        x = x + (self.post_self_attn_layernorm(attention) if self.sandwich_norms else attention)
         if not self.moe:
-            return x + self.mlp(self.pre_mlp_layernorm(x))
-        out, logits = self.mlp(self.pre_mlp_layernorm(x))
-        if router_logits is not None:
-            router_logits.append(logits)
-        return x + out
+            out = self.mlp(self.pre_mlp_layernorm(x))
+        else:
+            out, logits = self.mlp(self.pre_mlp_layernorm(x))
+            if router_logits is not None:
+                router_logits.append(logits)
+        return x + (self.post_mlp_layernorm(out) if self.sandwich_norms else out)
 
 
 class _Embedding(nn.Module):
@@ -140,12 +153,13 @@ class TextDecoder(nn.Module):
         return self.embedding.word_embeddings(input_ids)
 
     def rotary(self, position_ids):
-        """position_ids (3, B, S) numpy int → cos, sin (B, S, head_dim) float32 (multimodal RoPE)."""
-        dim = self.config.head_dim
+        """position_ids (3, B, S) numpy int → cos, sin (B, S, rotary_dim) float32 (multimodal RoPE; GLM rotates
+        the first rotary_dim of each head's dims, in GPT-J pairs)."""
+        dim = self.config.rotary_dim
         inv_freq = 1.0 / (self.config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
         return ops.rotary_cos_sin(ops.tensor(np.asarray(position_ids, np.int64)),
                                   ops.tensor(inv_freq.astype(np.float32)), list(self.config.mrope_section),
-                                  self.config.mrope_interleaved)
+                                  self.config.mrope_interleaved, self.config.rotary_interleaved)
 
     def forward(self, hidden, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, logits_to_keep=0,
                 logits_positions=None, deepstack=(), router_logits=None):

@@ -110,11 +110,14 @@ class PatchEmbedHolder(nn.Module):
 
 
 class BlockStack(nn.Module):
-    """``blocks.layers["{i}"]``: the vision blocks this stage holds, keyed by global index."""
+    """``blocks.layers["{i}"]``: the vision blocks this stage holds, keyed by global index; GLM-4.1V's norm after
+    the last block is ``blocks.final_layernorm`` (MindSpeed-MM's name), when given."""
 
-    def __init__(self, blocks):
+    def __init__(self, blocks, final_layernorm=None):
         super().__init__()
         self.layers = nn.ModuleDict(blocks)
+        if final_layernorm is not None:
+            self.final_layernorm = final_layernorm
 
 
 class VisionTower(nn.Module):
@@ -132,6 +135,14 @@ class VisionTower(nn.Module):
             if vision.num_position_embeddings:
                 self.pos_embed = Embedding(vision.num_position_embeddings, vision.hidden_size)
         self.blocks = BlockStack({str(i): make_block(i) for i in self.block_indices})
+
+
+def resampled_position_table(table, indices, weights, dtype):
+    """A learned position table resampled per patch: ``sum_k table[indices[:, k]] * weights[:, k]`` in float32
+    (as HF computes it), cast to ``dtype``. table: an Embedding (side * side, C); indices / weights (T, taps) numpy
+    (positions.vision_interpolation / vision_bicubic_interpolation) → (T, C)."""
+    taps = ops.cast(table(ops.tensor(indices)), ops.float32) * ops.unsqueeze(ops.tensor(weights), -1)
+    return ops.cast(ops.sum(taps, dim=1), dtype)
 
 
 def vision_rotary(position_ids, vision):

@@ -1,12 +1,14 @@
-"""The Qwen-VL conditional-generation model around a family's vision encoder.
+"""The Qwen-VL conditional-generation model around a family's vision encoder (GLM-4.1V uses it too).
 
 Mirrors ``Qwen2VLForConditionalGeneration.forward`` / ``Qwen2_5_VLForConditionalGeneration.forward`` /
-``Qwen3VLForConditionalGeneration.forward`` (and their ``Model.forward``) in transformers::
+``Qwen3VLForConditionalGeneration.forward`` / ``Glm4vForConditionalGeneration.forward`` (and their
+``Model.forward``) in transformers::
 
     forward(input_ids (B, S), ...)
     ├── text_decoder.embed(input_ids)                          (B, S, C)
     ├── image_encoder(pixel_values, image_grid_thw)            (N_image_tokens, C) → masked_scatter at <|image_pad|>
     ├── image_encoder(pixel_values_videos, video_grid_thw)     (N_video_tokens, C) → masked_scatter at <|video_pad|>
+    │                                                          (GLM: at the <|image|> tokens inside video spans)
     │                                                          (+ Qwen3-VL deepstack levels, scattered the same way)
     ├── 3-D position ids (host, numpy: positions.rope_index, or the cache's next positions when decoding)
     ├── text_decoder.rotary(position_ids)                      cos/sin (B, S, D)
@@ -20,7 +22,7 @@ import numpy as np
 from mmx import nn, ops
 from mmx.parallel import Stage
 from mmx.models.common.moe import load_balancing_loss
-from mmx.models.common.positions import rope_index
+from mmx.models.common.positions import IMAGE, VIDEO, rope_index, token_types
 from mmx.models.common.text import TextDecoder
 
 
@@ -84,10 +86,14 @@ class QwenVLModel(nn.Module):
         mask = _host(attention_mask, np.int64)
         hidden = self.text_decoder.embed(ops.tensor(ids))
         decoding = cache is not None and cache.length > 0
-        hidden, deepstack = self._insert(hidden, (), ids, pixel_values, image_grid_thw, self.config.image_token_id,
-                                         "image", decoding)
-        hidden, deepstack = self._insert(hidden, deepstack, ids, pixel_values_videos, video_grid_thw,
-                                         self.config.video_token_id, "video", decoding)
+        # Placeholders by modality, from the ids as transformers finds them (GLM: video frames are image tokens
+        # inside <|begin_of_video|> ... <|end_of_video|>).
+        types = token_types(ids, self.config)
+        video_id = self.config.image_token_id if self.config.video_span_token_ids else self.config.video_token_id
+        hidden, deepstack = self._insert(hidden, (), types == IMAGE, pixel_values, image_grid_thw,
+                                         self.config.image_token_id, "image", decoding)
+        hidden, deepstack = self._insert(hidden, deepstack, types == VIDEO, pixel_values_videos, video_grid_thw,
+                                         video_id, "video", decoding)
         positions = self._positions(ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts, position_ids,
                                     cache, cu_seqlens, mm_token_type_ids)
         cos, sin = self.text_decoder.rotary(positions)
@@ -101,11 +107,10 @@ class QwenVLModel(nn.Module):
         text = self.config.text
         return logits, load_balancing_loss(router_logits, text.num_experts, text.num_experts_per_tok, mask)
 
-    def _insert(self, hidden, deepstack, ids, pixels, grid_thw, token_id, kind, decoding=False):
-        """Replace the placeholder embeddings of ``token_id`` by the vision features of ``pixels`` and scatter the
-        encoder's deepstack levels to the same positions of ``deepstack`` ((B, S, C) per level; () before the first
-        modality) → (hidden, deepstack)."""
-        slots = ids == token_id
+    def _insert(self, hidden, deepstack, slots, pixels, grid_thw, token_id, kind, decoding=False):
+        """Replace the placeholder embeddings at ``slots`` ((B, S) bool numpy: the ``token_id`` tokens of this
+        modality) by the vision features of ``pixels`` and scatter the encoder's deepstack levels to the same
+        positions of ``deepstack`` ((B, S, C) per level; () before the first modality) → (hidden, deepstack)."""
         if pixels is None:
             if slots.any() and self.stage.first and not decoding:
                 raise ValueError(f"input_ids hold {int(slots.sum())} {kind} placeholder tokens (id {token_id}) but "

@@ -19,7 +19,7 @@ Mirrors transformers' ``models/qwen3_vl/modeling_qwen3_vl.py`` (``Qwen3VLForCond
 from mmx import nn, ops
 from mmx.models.common.positions import vision_cu_seqlens, vision_interpolation, vision_position_ids
 from mmx.models.common.vision import (PatchMerger, VisionAttention, VisionBlock, VisionMLP, VisionTower,
-                                      vision_rotary)
+                                      resampled_position_table, vision_rotary)
 from mmx.models.common.vlm import QwenVLModel
 from mmx.nn.layers import LayerNorm
 
@@ -65,9 +65,7 @@ class Qwen3VisionEncoder(nn.Module):
         hidden = self.encoder.patch_embed.proj(pixel_values)
         indices, weights = vision_interpolation(grid_thw, int(vision.num_position_embeddings ** 0.5),
                                                 vision.spatial_merge_size)
-        # HF: the table rows times float32 weights, summed in float32, then cast to the activation dtype.
-        taps = self.encoder.pos_embed(ops.tensor(indices)) * ops.unsqueeze(ops.tensor(weights), -1)
-        hidden = hidden + ops.cast(ops.sum(taps, dim=1), hidden.dtype)
+        hidden = hidden + resampled_position_table(self.encoder.pos_embed, indices, weights, hidden.dtype)
         cos, sin = vision_rotary(vision_position_ids(grid_thw, vision.spatial_merge_size), vision)
         frames = ops.tensor(vision_cu_seqlens(grid_thw))           # full attention within each frame
         levels = []

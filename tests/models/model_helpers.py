@@ -10,7 +10,8 @@ from mmx.convert.drivers import hf_to_mm
 from mmx.tiny import make_tiny_checkpoint
 
 VARIANTS = [("qwen2_vl", False), ("qwen2_vl", True), ("qwen2_5_vl", False), ("qwen2_5_vl", True),
-            ("qwen3_vl", False), ("qwen3_vl", True), ("qwen3_vl_moe", False), ("qwen3_vl_moe", True)]
+            ("qwen3_vl", False), ("qwen3_vl", True), ("qwen3_vl_moe", False), ("qwen3_vl_moe", True),
+            ("glm4v", False), ("glm4v", True)]
 
 
 class Checkpoint:

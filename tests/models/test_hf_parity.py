@@ -1,8 +1,9 @@
-"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL in mmx against transformers: logits, loss, gradients; and MindSpore against
-torch.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE / GLM-4.1V in mmx against transformers: logits, loss, gradients;
+and MindSpore against torch.
 
 The batch mixes two image sizes, a video and a text-only prompt, padded (right for untied checkpoints, left for
-tied ones), built by the checkpoint's own processor and chat template (mmx.reference).
+tied ones), built by the checkpoint's own processor and chat template (mmx.reference; transformers' GLM-4.1V runs
+the image rows and the video row as two groups, its video frames using the image token).
 """
 import json
 import os
@@ -65,7 +66,7 @@ MINDSPORE_GRAD_SAMPLES = ("image_small", "video")
 
 
 @pytest.mark.backend("mindspore")
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"])
 def test_mindspore_grads_match_torch(checkpoint, family, tmp_path):
     ckpt = checkpoint(family, family != "qwen2_vl")
     run_backend("torch", os.path.join(HERE, "grads_runner.py"), ckpt.hf_dir, ckpt.mm_dir, tmp_path / "torch.npz",

@@ -11,7 +11,7 @@ from model_helpers import model_inputs
 SAMPLES = ("image_small", "video", "text")
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v"])
 def test_packed_equals_unpacked(checkpoint, family):
     ckpt = checkpoint(family, family == "qwen2_vl")
     model = ckpt.build()
@@ -30,7 +30,7 @@ def test_packed_equals_unpacked(checkpoint, family):
     assert np.abs(packed_logits - unpacked).max() <= MODEL_SAME_BACKEND_ATOL
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v"])
 def test_cached_decoding_continues_3d_positions(checkpoint, family):
     """Prefill a left-padded prompt batch with an image and a video, then decode 2 tokens one at a time: each
     step's logits equal the full forward over prompt + decoded tokens."""

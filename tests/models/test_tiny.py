@@ -23,7 +23,8 @@ def test_transformers_loads_every_weight(checkpoint, family, tied):
     assert type(model).__name__ == {"qwen2_vl": "Qwen2VLForConditionalGeneration",
                                     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
                                     "qwen3_vl": "Qwen3VLForConditionalGeneration",
-                                    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}[family]
+                                    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+                                    "glm4v": "Glm4vForConditionalGeneration"}[family]
 
 
 def test_processor_template_and_tokens(checkpoint):
@@ -79,6 +80,41 @@ def test_qwen3_vl_fixture_exercises_every_branch(checkpoint):
     text = processor.tokenizer.decode(inputs["input_ids"][2])
     assert ("<|vision_start|><0.2 seconds><|vision_start|>" + "<|video_pad|>" * 6 + "<|vision_end|><1.2 seconds>"
             "<|vision_start|>" + "<|video_pad|>" * 6 + "<|vision_end|><|vision_end|>") in text
+    assert set(np.unique(inputs["mm_token_type_ids"])) == {0, 1, 2}
+
+
+def test_glm4v_fixture_exercises_every_branch(checkpoint):
+    """The tiny GLM-4.1V covers what its parity must prove: GLM's processor classes and hub chat template, a 3x3
+    position table smaller than both non-square image grids (bicubic resampling), the 2-frame pixel budget, a video of
+    2 frame groups as <|image|> runs with integer-second timestamps after each, partial GPT-J rotary with contiguous
+    sections, sandwich norms, and the vision MLP as wide as out_hidden_size."""
+    from transformers import AutoProcessor
+
+    from mmx import reference
+    from mmx.models.common.positions import token_types
+    from mmx.tiny import GLM_TOKEN_ID
+
+    hf_dir = checkpoint("glm4v", False).hf_dir
+    processor = AutoProcessor.from_pretrained(hf_dir)
+    assert [type(p).__name__ for p in (processor, processor.image_processor, processor.video_processor)] == [
+        "Glm4vProcessor", "Glm4vImageProcessor", "Glm4vVideoProcessor"]
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                       {"type": "text", "text": "Hi"}]}],
+                                         add_generation_prompt=True)
+    assert text == "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>Hi<|assistant|>\n"
+    config = models.config_from_hf(hf_dir)
+    assert config.text.rotary_dim * 2 == config.text.head_dim and config.text.rotary_interleaved
+    assert config.text.sandwich_norms and config.text.attention_bias and not config.text.mrope_interleaved
+    assert config.vision.num_position_embeddings == 9 and config.vision.out_hidden_size != config.vision.hidden_size
+    inputs = reference.build_inputs(hf_dir)
+    assert inputs["image_grid_thw"].tolist() == [[1, 4, 6], [1, 4, 4]]          # 60x90 and 56x56 under 2x56x84 px
+    assert inputs["video_grid_thw"].tolist() == [[2, 4, 6]]
+    frame = "<|begin_of_image|>" + "<|image|>" * 6 + "<|end_of_image|>"
+    video_row = processor.tokenizer.decode(inputs["input_ids"][2])
+    assert f"<|begin_of_video|>{frame}0{frame}1<|end_of_video|>" in video_row
+    assert not (inputs["input_ids"] == config.video_token_id).any()             # frames use the image token
+    assert config.image_token_id == GLM_TOKEN_ID["<|image|>"]
+    np.testing.assert_array_equal(token_types(inputs["input_ids"], config), inputs["mm_token_type_ids"])
     assert set(np.unique(inputs["mm_token_type_ids"])) == {0, 1, 2}
 
 

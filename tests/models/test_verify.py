@@ -24,12 +24,17 @@ OTHER_SHAPES = {
     # 8 experts top-3, dense layers 0 and 2 of 4, experts in transformers' orientation (E, out, in)
     "qwen3_vl_moe": dict(text_num_experts=8, text_num_experts_per_tok=3, text_num_hidden_layers=4,
                          text_mlp_only_layers=[0, 2], expert_layout="transformers"),
+    # hidden 96 with head_dim 24 of which 3/4 rotate (sections [3, 3, 3]), 3 LLM layers, 3 vision blocks of 4 heads,
+    # a 4x4 position table (the small image's own grid: bicubic at the cell centres) and merger width 80
+    "glm4v": dict(text_hidden_size=96, text_num_hidden_layers=3, partial_rotary_factor=0.75, mrope_section=[3, 3, 3],
+                  vision_depth=3, vision_num_heads=4, vision_image_size=56, vision_intermediate_size=80),
 }
 
 
 LAYOUTS = {"qwen2_vl": None, "qwen2_5_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="1,1"),
            "qwen3_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="3,1"),
-           "qwen3_vl_moe": dict(tp_size=2, vit_pp_layers="3,0", llm_pp_layers="2,2")}
+           "qwen3_vl_moe": dict(tp_size=2, vit_pp_layers="3,0", llm_pp_layers="2,2"),
+           "glm4v": dict(tp_size=2, vit_pp_layers="3,0", llm_pp_layers="1,2")}
 
 
 @pytest.mark.parametrize("family", sorted(OTHER_SHAPES))
