@@ -15,7 +15,7 @@ from mmx.convert.drivers import hf_to_mm
 
 
 # (vit_pp_layers, llm_pp_layers): Qwen3-VL's 2 deepstack levels need LLM layers 0-1 where vision finishes
-LAYOUTS = {"qwen2_5_vl": ("3,0", "1,1"), "qwen3_vl": ("2,1", "0,2")}
+LAYOUTS = {"qwen2_5_vl": ("3,0", "1,1"), "qwen3_vl": ("2,1", "0,2"), "glm4v": ("2,0", "1,1")}
 
 
 @pytest.mark.parametrize("family", sorted(LAYOUTS))

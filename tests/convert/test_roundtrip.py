@@ -11,12 +11,14 @@ from convert_helpers import VISION_DEPTH, assert_same_tensors, hf_tensors
 from mmx.checkpoint.store import META_FILE, load_mm
 from mmx.convert.drivers import hf_to_mm, mm_to_hf, reshard
 
-CASES = [(family, tied, dtype) for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+CASES = [(family, tied, dtype) for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v")
          for tied in (False, True) for dtype in ("float32", "bfloat16")]
 # (vit_pp_layers, llm_pp_layers) of the 2- and 3-stage layouts. Qwen3-VL's 2 deepstack levels feed LLM layers 0
 # and 1, which must sit on the stage where vision finishes, so its vision tower spans stages.
 LAYOUTS = {"qwen3_vl": (("2,1", "0,2"), ("[[1,1,1]]", "[[0,0,2]]")),
-           "qwen3_vl_moe": (("2,1", "0,2"), ("[[1,1,1]]", "[[0,0,2]]"))}
+           "qwen3_vl_moe": (("2,1", "0,2"), ("[[1,1,1]]", "[[0,0,2]]")),
+           # GLM-4.1V: every vision block on stage 0 (vision_on_first_stage), the LLM layers spread
+           "glm4v": (("2,0", "1,1"), ("[[2,0,0]]", "[[0,1,1]]"))}
 
 
 def _chain(hf_dir, work, family):
@@ -89,7 +91,7 @@ def test_sharded_hf_output_has_an_index(tiny_hf, tmp_path):
 
 
 @pytest.mark.backend("torch")   # transformers' models run on torch
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"])
 def test_transformers_loads_the_output(tiny_hf, tmp_path, family):
     import transformers
 
@@ -98,7 +100,8 @@ def test_transformers_loads_the_output(tiny_hf, tmp_path, family):
     cls = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
            "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
            "qwen3_vl": transformers.Qwen3VLForConditionalGeneration,
-           "qwen3_vl_moe": transformers.Qwen3VLMoeForConditionalGeneration}[family]
+           "qwen3_vl_moe": transformers.Qwen3VLMoeForConditionalGeneration,
+           "glm4v": transformers.Glm4vForConditionalGeneration}[family]
     model, info = cls.from_pretrained(tmp_path / "hf_out", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     source = hf_tensors(hf_dir)

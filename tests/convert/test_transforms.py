@@ -53,6 +53,17 @@ def test_gate_up_and_tensor_parallel_rules():
     assert [order(piece) for piece in split(qkv, "qkv", 2)] == [[0, 1, 10, 20], [2, 3, 11, 21]]
 
 
+def test_qkv_blocks_rule_keeps_whole_heads_of_each_third():
+    """GLM-4.1V's vision qkv keeps HF's [q; k; v] rows (MindSpeed-MM renames it): rank r holds [q_r; k_r; v_r]."""
+    stacked = [rows([0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23])]          # 4 heads of dim 1 per third
+    pieces = split(stacked, "qkv_blocks", 2)
+    assert [order(piece) for piece in pieces] == [[0, 1, 10, 11, 20, 21], [2, 3, 12, 13, 22, 23]]
+    assert order(merge(pieces, "qkv_blocks")) == order(stacked)
+    assert piece_shape((12, 4), "qkv_blocks", 2) == (6, 4)
+    with pytest.raises(ValueError, match=r"dimension 0 of size 12 is not divisible by 24"):
+        piece_shape((12, 4), "qkv_blocks", 8)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
 def test_row_split_and_merge_are_byte_exact(dtype):
     weight = np.arange(24, dtype=np.float32).reshape(4, 6).astype(dtype)

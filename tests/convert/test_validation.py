@@ -211,3 +211,56 @@ def test_qwen3_vl_deepstack_layouts_that_fit_are_accepted(truncated_qwen3_vl):
     for vit, llm in (("3,0", "2,2"), ("3,0,0", "2,1,1"), ("2,1", "0,4"), ("3", "4")):
         layout = Layout.build(dims, plan, tp_size=2, vit_pp_layers=vit, llm_pp_layers=llm)
         assert sum(layout.llm_pp_layers) == 4
+
+
+@pytest.fixture(scope="module")
+def truncated_glm4v(tmp_path_factory):
+    """A truncated tiny GLM-4.1V with 4 LLM layers (2 vision blocks with 2 heads)."""
+    root = tmp_path_factory.mktemp("glm4v_truncated")
+    return truncate_weights(make_tiny_checkpoint(root / "full", family="glm4v", text_num_hidden_layers=4),
+                            root / "hf")
+
+
+GLM4V_LAYOUT_ERRORS = [
+    (dict(vit_pp_layers="1,1", llm_pp_layers="0,4"),
+     "vit_pp_layers [1, 1] puts vision blocks on stage 1, but this model's vision tower ends in norm → downsample → "
+     "projector on the first stage (rule vision_on_first_stage): put all 2 vision blocks on stage 0, e.g. "
+     "vit_pp_layers [2, 0]"),
+    (dict(tp_size=4), "tp_size 4 does not divide the vision attention heads (vision_heads = 2)"),
+]
+
+
+@pytest.mark.parametrize("options,message", GLM4V_LAYOUT_ERRORS)
+def test_glm4v_layouts_are_refused_before_tensor_reads(truncated_glm4v, tmp_path, options, message):
+    with pytest.raises(LayoutError) as caught:
+        hf_to_mm(truncated_glm4v, tmp_path / "mm", **options)
+    assert message in str(caught.value)
+    assert not (tmp_path / "mm").exists()
+    args = [item for key, value in options.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+    result = CliRunner().invoke(main, ["convert", "hf_to_mm", "--hf-dir", str(truncated_glm4v), "--mm-dir",
+                                       str(tmp_path / "cli"), "--no-progress", *args])
+    assert result.exit_code == 1 and f"Error: {message}" in result.output and "Traceback" not in result.output
+
+
+def test_glm4v_9b_guide_layouts():
+    """GLM-4.1V-9B's numbers (transformers' Glm4vConfig defaults + the checkpoint's rope parameters): the guide's
+    conversion layout vit_pp_layers [[24,0,0,0]] / llm_pp_layers [[5,12,12,11]] fits with TP 1 or 2; TP 4 does not
+    divide its 2 KV heads; a vision tower spread over stages is refused."""
+    from transformers import Glm4vConfig
+
+    from mmx.checkpoint.families import family
+
+    config = Glm4vConfig().to_dict()
+    config["text_config"]["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
+                                                "mrope_section": [8, 12, 12], "partial_rotary_factor": 0.5}
+    names, plan = family("glm4v")
+    dims = names.dimensions(config)
+    assert (dims["vision_layers"], dims["llm_layers"], dims["llm_kv_heads"]) == (24, 40, 2)
+    for tp_size in (1, 2):
+        layout = Layout.build(dims, plan, tp_size=tp_size, vit_pp_layers="[[24,0,0,0]]",
+                              llm_pp_layers="[[5,12,12,11]]")
+        assert layout.pp_size == 4 and layout.rank_dir(tp_size - 1, 3) == f"mp_rank_0{tp_size - 1}_003"
+    with pytest.raises(LayoutError, match=r"tp_size 4 does not divide the LLM key/value heads \(llm_kv_heads = 2\)"):
+        Layout.build(dims, plan, tp_size=4, vit_pp_layers="24,0,0,0", llm_pp_layers="5,12,12,11")
+    with pytest.raises(LayoutError, match="rule vision_on_first_stage"):
+        Layout.build(dims, plan, vit_pp_layers="12,12,0,0", llm_pp_layers="0,10,15,15")
