@@ -1,7 +1,7 @@
 """Tiny checkpoints, media and loaded pipelines shared by the inference tests, built once per session.
 
-The variants cover the families and both output-layer forms: Qwen2.5-VL and Qwen3-VL-MoE untied, Qwen2-VL and
-Qwen3-VL tied.
+The variants cover the families and both output-layer forms: Qwen2.5-VL, Qwen3-VL-MoE and GLM-4.1V untied,
+Qwen2-VL and Qwen3-VL tied.
 """
 import pytest
 
@@ -9,7 +9,8 @@ from mmx.tiny import make_tiny_checkpoint
 
 from infer_helpers import Reference, write_media
 
-VARIANTS = {"qwen2_5_vl": False, "qwen2_vl": True, "qwen3_vl": True, "qwen3_vl_moe": False}  # family → tied
+VARIANTS = {"qwen2_5_vl": False, "qwen2_vl": True, "qwen3_vl": True, "qwen3_vl_moe": False,  # family → tied
+            "glm4v": False}
 
 _pipelines, _references, _checkpoints = {}, {}, {}
 
