@@ -5,6 +5,7 @@ expects is there (and nothing unknown is), then yields whole mm tensors one grou
 :func:`write_hf` streams an mm source back into HF-named safetensors shards + ``model.safetensors.index.json``.
 Both directions expand the same table rows (:func:`expand_table`), so they cannot drift apart.
 """
+import filecmp
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from mmx.convert.transforms import make as make_transform
 from mmx.checkpoint.layout import read_json
+from mmx.checkpoint.publish import copy_file_atomic, new_file
 from mmx.checkpoint.rows import Arena
 from mmx.checkpoint.safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter, dtype_name, nbytes
 
@@ -164,23 +166,36 @@ class HFSource:
         return blocks if blocks[0].dtype == target else [block.astype(target) for block in blocks]
 
 
-def copy_support_files(src_dir, dst_dir):
-    """Copy config, tokenizer, processor, chat template and generation config files (everything but weights)."""
+def support_files(src_dir):
+    """The config, tokenizer, processor, chat template and generation config files of ``src_dir`` (everything at
+    its top level but weights, indexes, the pointer file and hidden files), sorted."""
+    return [path for path in sorted(Path(src_dir).iterdir())
+            if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in WEIGHT_INDEXES
+            and path.name != "latest_checkpointed_iteration.txt" and not path.name.startswith(".")]
+
+
+def copy_support_files(src_dir, dst_dir, atomic=True):
+    """Copy the support files (:func:`support_files`) into ``dst_dir``; each one replaces its old copy in one rename
+    (a live checkpoint directory never shows half a config.json) and identical copies are left as they are.
+    ``atomic=False``: ``dst_dir`` is a publish staging directory nobody reads yet, plain copies suffice."""
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
     if dst_dir.resolve() == Path(src_dir).resolve():
         return []   # converting in place (--mm-dir = --hf-dir): the files are already there
     copied = []
-    for path in sorted(Path(src_dir).iterdir()):
-        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in WEIGHT_INDEXES \
-                and path.name != "latest_checkpointed_iteration.txt" and not path.name.startswith("."):
-            shutil.copy2(path, dst_dir / path.name)
-            copied.append(path.name)
+    for path in support_files(src_dir):
+        target = dst_dir / path.name
+        if not atomic:
+            shutil.copy2(path, new_file(target))
+        elif not (target.is_file() and filecmp.cmp(path, target, shallow=False)):
+            copy_file_atomic(path, target)
+        copied.append(path.name)
     return copied
 
 
 def write_hf(source, names, dims, style, out_dir, max_shard_bytes=5 * 1024 ** 3, progress=None):
-    """Stream an mm source (``entries`` + ``read``) into HF safetensors shards in ``out_dir`` (HF ``style`` names).
+    """Stream an mm source (``entries`` + ``read``) into HF safetensors shards in ``out_dir`` (HF ``style`` names):
+    a fresh directory (mm_to_hf's publish staging), never one that holds other weights.
 
     Returns the list of files written. ``progress`` is an optional tqdm-like bar updated with bytes.
     """
@@ -208,7 +223,7 @@ def write_hf(source, names, dims, style, out_dir, max_shard_bytes=5 * 1024 ** 3,
     weight_map, total = {}, 0
     for file, shard in zip(files, shards):
         entries = [entry for _, group in shard for entry in group]
-        writer = SafetensorsWriter(out_dir / file, entries, {"format": "pt"})
+        writer = SafetensorsWriter(new_file(out_dir / file), entries, {"format": "pt"})
         for mm, group in shard:
             tensors = rows[mm][1].to_hf(source.read(mm))
             for (hf_name, dtype, shape), tensor in zip(group, tensors):
@@ -220,6 +235,6 @@ def write_hf(source, names, dims, style, out_dir, max_shard_bytes=5 * 1024 ** 3,
         writer.close()
     if len(files) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        new_file(out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         files.append(INDEX_FILE)
     return files

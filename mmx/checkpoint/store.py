@@ -9,12 +9,11 @@ Metadata keys: ``format`` ("mmx"), ``layout_version``, ``model_type``, ``iterati
 hf_names.dimensions), ``parallel`` (Layout.to_dict), ``backend`` (null for backend-neutral weights; "torch" or
 "mindspore" when the iteration also holds that backend's optimizer state), ``mmx_version``.
 
-Writes are atomic: everything goes to a hidden temporary directory, files are fsynced, the directory is renamed
-into place, and ``latest_checkpointed_iteration.txt`` is replaced last.
+Writes follow mmx.checkpoint.publish: everything goes to a hidden temporary directory, files are fsynced, the
+directory is swapped into place atomically, and ``latest_checkpointed_iteration.txt`` is replaced last. Readers
+(:func:`resolve_iteration`) first recover what a killed writer left half done.
 """
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,49 +22,37 @@ from tqdm import tqdm
 import mmx
 from mmx.checkpoint.families import family
 from mmx.checkpoint.layout import SHARD_FILE, Layout, iteration_dir_name, placements, read_json, stored_name
+from mmx.checkpoint.publish import LATEST_FILE, fsync_dir, new_file, publish_iteration, recover, write_text_atomic
 from mmx.checkpoint.rows import Arena, as_array
 from mmx.checkpoint.safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter, dtype_name, nbytes
 from mmx.checkpoint.shard import full_shape, merge, piece_shape, split, tp_rule
 
 META_FILE = "mmx_checkpoint.json"
-LATEST_FILE = "latest_checkpointed_iteration.txt"
 LAYOUT_VERSION = 1
+__all__ = ["LATEST_FILE", "META_FILE", "LAYOUT_VERSION", "CheckpointError", "fsync_dir", "write_text_atomic",
+           "resolve_iteration", "MMSource", "ArraySource", "write_iteration", "write_layout", "load_mm", "save_mm"]
 
 
 class CheckpointError(ValueError):
     """An mm checkpoint that is missing pieces or contradicts its metadata; the message names file and fix."""
 
 
-def fsync_dir(path):
-    """fsync a directory, so that renames and new entries in it survive a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path, text):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
 def resolve_iteration(mm_dir, iteration=None):
     """The iteration directory of ``mm_dir``: ``iteration`` if given, else the one latest_checkpointed_iteration.txt
     names."""
     mm_dir = Path(mm_dir)
+    recover(mm_dir)
     if iteration is None:
         latest = mm_dir / LATEST_FILE
         if not latest.exists():
             raise CheckpointError(f"{latest} not found: {mm_dir} is not an mm checkpoint (convert one with "
                                   f"`mmx convert hf_to_mm --hf-dir HF --mm-dir {mm_dir}`)")
         iteration = latest.read_text().strip()
-    return mm_dir / iteration_dir_name(iteration)
+    directory = mm_dir / iteration_dir_name(iteration)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is missing, though {mm_dir / LATEST_FILE} names iteration {iteration}: "
+                              f"the checkpoint is incomplete (was it copied in part?)")
+    return directory
 
 
 class MMSource:
@@ -143,18 +130,15 @@ def progress_bar(total_bytes, enabled, description):
                 disable=not enabled, leave=False)
 
 
-def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=False):
-    """Stream every tensor of ``source`` into an mm checkpoint at ``mm_dir``/``iteration`` in ``layout``.
+def write_iteration(source, directory, iteration, layout, plan, metadata, progress=False):
+    """Stream every tensor of ``source`` into ``directory`` (a publish staging directory: the rank directories
+    and the metadata file of one iteration) in ``layout``.
 
     ``source`` has ``entries`` ({name: (dtype string, whole shape)}, in reading order) and ``read(name)`` (the
     whole tensor as row blocks, rows.py; valid until the next read).
-    All shapes are checked against the layout before the first tensor is read. Returns the iteration directory.
+    All shapes are checked against the layout before the first tensor is read.
     """
-    mm_dir = Path(mm_dir)
-    mm_dir.mkdir(parents=True, exist_ok=True)
-    final = mm_dir / iteration_dir_name(iteration)
-    temporary = mm_dir / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
+    directory = Path(directory)
     stages, tied = layout.stages(), metadata["model"]["tied"]
     placement, declared = {}, {rank: [] for rank in layout.ranks()}
     for name, (dtype, shape) in source.entries.items():
@@ -170,10 +154,10 @@ def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=Fal
     writers = {}
     try:
         for rank, entries in declared.items():
-            rank_dir = temporary / layout.rank_dir(*rank)
-            rank_dir.mkdir(parents=True)
-            writers[rank] = SafetensorsWriter(rank_dir / SHARD_FILE, entries, {"format": "pt"})
-        with progress_bar(sum(nbytes(*entry) for entry in source.entries.values()), progress, final.name) as bar:
+            path = new_file(directory / layout.rank_dir(*rank) / SHARD_FILE)
+            writers[rank] = SafetensorsWriter(path, entries, {"format": "pt"})
+        label = iteration_dir_name(iteration)
+        with progress_bar(sum(nbytes(*entry) for entry in source.entries.values()), progress, label) as bar:
             for name, (dtype, shape) in source.entries.items():
                 rule, held = placement[name]
                 pieces = split(source.read(name), rule, layout.tp_size)
@@ -186,38 +170,22 @@ def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=Fal
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        shutil.rmtree(temporary, ignore_errors=True)
         raise
     dtypes = {dtype for dtype, _ in source.entries.values()}
     full_metadata = {**metadata, "format": "mmx", "layout_version": LAYOUT_VERSION, "iteration": iteration,
                      "dtype": _dtype_label(dtypes), "parallel": layout.to_dict(),
                      "backend": metadata.get("backend"), "mmx_version": mmx.__version__}
-    write_text_atomic(temporary / META_FILE, json.dumps(full_metadata, indent=2) + "\n")
-    for rank in declared:
-        fsync_dir(temporary / layout.rank_dir(*rank))
-    return commit_iteration(mm_dir, temporary, iteration)
+    new_file(directory / META_FILE).write_text(json.dumps(full_metadata, indent=2) + "\n")
+    return directory
 
 
-def commit_iteration(mm_dir, temporary, iteration):
-    """Publish a fully written (and fsynced) iteration directory ``temporary`` as ``mm_dir``/``iteration``.
-
-    The rename makes the iteration appear whole; an existing copy of the same iteration is retired only after the
-    new one is complete; ``latest_checkpointed_iteration.txt`` is replaced last, so a process killed at any point
-    leaves the previous checkpoint complete and named by it. Returns the iteration directory.
-    """
-    mm_dir = Path(mm_dir)
-    final = mm_dir / iteration_dir_name(iteration)
-    fsync_dir(temporary)
-    if final.exists():
-        trash = mm_dir / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, trash)
-        os.replace(temporary, final)
-        shutil.rmtree(trash)
-    else:
-        os.replace(temporary, final)
-    fsync_dir(mm_dir)
-    write_text_atomic(mm_dir / LATEST_FILE, f"{iteration}\n")
-    return final
+def write_layout(source, mm_dir, iteration, layout, plan, metadata, progress=False):
+    """Add iteration ``iteration`` of ``source`` (see write_iteration) to the mm directory ``mm_dir`` (published:
+    an existing copy of the iteration is swapped out only once the new one is complete, and
+    ``latest_checkpointed_iteration.txt`` names it last). Returns the iteration directory."""
+    return publish_iteration(mm_dir, iteration_dir_name(iteration),
+                             lambda staging: write_iteration(source, staging, iteration, layout, plan, metadata,
+                                                             progress), pointer=iteration)
 
 
 def _dtype_label(dtypes):

@@ -8,13 +8,21 @@
     mmx convert import   --native-dir DIR --mm-dir MM --format torch|mindspore [--allow-pickle] [--backend ...]
 
 The layer lists also take the guides' ``[[5,12,12,11]]`` spelling. Conversion needs numpy only (no framework);
-export/import run the chosen backend's native writer/reader.
+export/import run the chosen backend's native writer/reader. Every command publishes its output directory whole
+(mmx.checkpoint.publish) and refuses one that already holds a checkpoint (or anything) unless ``--overwrite``.
+Source directories are not checked by click: a reader first recovers what a killed writer left half done.
 """
 import click
 
 from mmx.cli.common import backend_option
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def _overwrite_option(command):
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace an output directory that already holds a checkpoint (the old one stays whole "
+                             "until the new one is complete).")(command)
 
 
 def _layout_options(command):
@@ -26,6 +34,7 @@ def _layout_options(command):
         click.option("--vit-pp-layers", default=None,
                      help="Vision blocks per pipeline stage, e.g. 24,0,0,0 (default: all on the first stage)."),
         click.option("--progress/--no-progress", default=True, help="Progress bar on stderr."),
+        _overwrite_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -54,64 +63,68 @@ def convert_group():
 
 
 @convert_group.command("hf_to_mm")
-@click.option("--hf-dir", required=True, type=click.Path(exists=True, file_okay=False), help="HF model directory.")
+@click.option("--hf-dir", required=True, type=click.Path(file_okay=False), help="HF model directory.")
 @click.option("--mm-dir", required=True, type=click.Path(file_okay=False), help="Output mm checkpoint directory.")
 @click.option("--dtype", type=click.Choice(["keep", "bf16", "fp32"]), default="keep", show_default=True)
 @_layout_options
-def hf_to_mm_command(hf_dir, mm_dir, dtype, tp_size, ep_size, llm_pp_layers, vit_pp_layers, progress):
+def hf_to_mm_command(hf_dir, mm_dir, dtype, tp_size, ep_size, llm_pp_layers, vit_pp_layers, progress, overwrite):
     """HF checkpoint → mm checkpoint (release/) with the given parallel layout."""
     from mmx.convert.drivers import hf_to_mm
-    final = _run(hf_to_mm, hf_dir, mm_dir, dtype, tp_size, ep_size, vit_pp_layers, llm_pp_layers, progress)
+    final = _run(hf_to_mm, hf_dir, mm_dir, dtype, tp_size, ep_size, vit_pp_layers, llm_pp_layers, progress,
+                 overwrite)
     click.echo(f"wrote {final}")
 
 
 @convert_group.command("reshard")
-@click.option("--mm-dir", required=True, type=click.Path(exists=True, file_okay=False), help="Source mm checkpoint.")
+@click.option("--mm-dir", required=True, type=click.Path(file_okay=False), help="Source mm checkpoint.")
 @click.option("--save-dir", required=True, type=click.Path(file_okay=False), help="Output mm checkpoint directory.")
 @_layout_options
-def reshard_command(mm_dir, save_dir, tp_size, ep_size, llm_pp_layers, vit_pp_layers, progress):
+def reshard_command(mm_dir, save_dir, tp_size, ep_size, llm_pp_layers, vit_pp_layers, progress, overwrite):
     """mm checkpoint → the same weights in a new TP/PP/EP layout."""
     from mmx.convert.drivers import reshard
-    final = _run(reshard, mm_dir, save_dir, tp_size, ep_size, vit_pp_layers, llm_pp_layers, progress)
+    final = _run(reshard, mm_dir, save_dir, tp_size, ep_size, vit_pp_layers, llm_pp_layers, progress, overwrite)
     click.echo(f"wrote {final}")
 
 
 @convert_group.command("mm_to_hf")
-@click.option("--mm-dir", required=True, type=click.Path(exists=True, file_okay=False), help="mm checkpoint.")
+@click.option("--mm-dir", required=True, type=click.Path(file_okay=False), help="mm checkpoint.")
 @click.option("--save-hf-dir", required=True, type=click.Path(file_okay=False), help="Output HF directory.")
-@click.option("--hf-dir", default=None, type=click.Path(exists=True, file_okay=False),
+@click.option("--hf-dir", default=None, type=click.Path(file_okay=False),
               help="Take config/tokenizer/processor files from here (default: those stored in --mm-dir).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def mm_to_hf_command(mm_dir, save_hf_dir, hf_dir, max_shard_size, progress):
+@_overwrite_option
+def mm_to_hf_command(mm_dir, save_hf_dir, hf_dir, max_shard_size, progress, overwrite):
     """mm checkpoint (any layout) → HF checkpoint that transformers' from_pretrained loads."""
     from mmx.convert.drivers import mm_to_hf
-    files = _run(mm_to_hf, mm_dir, save_hf_dir, hf_dir, _size(max_shard_size), progress)
+    files = _run(mm_to_hf, mm_dir, save_hf_dir, hf_dir, _size(max_shard_size), progress, overwrite)
     click.echo(f"wrote {len(files)} weight files to {save_hf_dir}")
 
 
 @convert_group.command("export")
 @backend_option
-@click.option("--mm-dir", required=True, type=click.Path(exists=True, file_okay=False), help="mm checkpoint.")
+@click.option("--mm-dir", required=True, type=click.Path(file_okay=False), help="mm checkpoint.")
 @click.option("--save-dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--format", "file_format", type=click.Choice(["torch", "mindspore"]), required=True,
               help="torch: model_optim_rng.pt per rank; mindspore: model_optim_rng.ckpt per rank.")
-def export_command(mm_dir, save_dir, file_format):
+@_overwrite_option
+def export_command(mm_dir, save_dir, file_format, overwrite):
     """mm checkpoint → framework-native files per rank (run with the matching --backend)."""
     from mmx.convert.native import export_native
-    paths = _run(export_native, mm_dir, save_dir, file_format)
+    paths = _run(export_native, mm_dir, save_dir, file_format, overwrite)
     click.echo(f"wrote {len(paths)} {file_format} files under {save_dir}")
 
 
 @convert_group.command("import")
 @backend_option
-@click.option("--native-dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--native-dir", required=True, type=click.Path(file_okay=False),
               help="A directory written by `mmx convert export`.")
 @click.option("--mm-dir", required=True, type=click.Path(file_okay=False), help="Output mm checkpoint directory.")
 @click.option("--format", "file_format", type=click.Choice(["torch", "mindspore"]), required=True)
 @click.option("--allow-pickle", is_flag=True, help="torch: allow arbitrary pickled objects (trusted files only).")
-def import_command(native_dir, mm_dir, file_format, allow_pickle):
+@_overwrite_option
+def import_command(native_dir, mm_dir, file_format, allow_pickle, overwrite):
     """Framework-native files per rank → mm checkpoint (safetensors)."""
     from mmx.convert.native import import_native
-    final = _run(import_native, native_dir, mm_dir, file_format, allow_pickle)
+    final = _run(import_native, native_dir, mm_dir, file_format, allow_pickle, overwrite)
     click.echo(f"wrote {final}")

@@ -15,10 +15,15 @@ The model half is an mm checkpoint as mmx.checkpoint.store defines it (same meta
 ``mp_rank_00/model.safetensors``), so ``load_mm``, ``mmx convert mm_to_hf`` and ``mmx infer`` read training
 checkpoints directly; the optimizer, RNG and trainer-state files ride along in the same atomic directory.
 
-Atomicity: everything is written into ``SAVE/.tmp_iter_0000010.<pid>``, each file fsynced, the directory renamed
-to ``iter_0000010`` and the parent fsynced; only then is ``latest_checkpointed_iteration.txt`` replaced. A process
-killed at any point leaves the previous checkpoint complete and ``latest`` pointing at it; the leftover ``.tmp_*``
-directory is removed by the next save.
+Atomicity (mmx.checkpoint.publish): everything is written into ``SAVE/.iter_0000010.tmp-<pid>``, each file and
+directory fsynced, the directory swapped in as ``iter_0000010`` (an existing one of that name is exchanged
+atomically) and the parent fsynced; only then is ``latest_checkpointed_iteration.txt`` replaced. A process killed at
+any point leaves the previous checkpoint complete and ``latest`` pointing at it; the next start (a save, a load,
+``read_latest``) removes the leftovers and rolls back a half-done swap.
+
+A save directory holds one run: :func:`prepare_save_dir` refuses one that holds another run's checkpoint (unless
+the run resumes it or sets ``training.overwrite``, which keeps the old directory aside until this run's first
+checkpoint is complete), and :func:`unusable_tensors` keeps weights no further step could use out of checkpoints.
 
 Optimizer state uses the same layout on both backends (moments keyed by parameter name); the metadata still
 records which backend wrote it, and loading under the other backend says what it converted (the moments) and what it
@@ -26,16 +31,21 @@ could not (the framework's generator state, which is re-seeded from the run's se
 """
 import json
 import os
-import shutil
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 import mmx
+from mmx.checkpoint import publish
 from mmx.checkpoint.layout import iteration_dir_name
-from mmx.checkpoint.store import LATEST_FILE as LATEST
-from mmx.checkpoint.store import LAYOUT_VERSION, META_FILE, commit_iteration, fsync_dir
+from mmx.checkpoint.publish import LATEST_FILE as LATEST
+from mmx.checkpoint.store import LAYOUT_VERSION, META_FILE
+from mmx.train.config import ConfigError
+
+# A weight at or above this magnitude squares to inf in float32 (and bf16, which has the same exponent range), so
+# the first norm or dot product it enters overflows: such a checkpoint cannot produce a finite loss.
+UNUSABLE_MAGNITUDE = float(np.sqrt(np.finfo(np.float32).max))
 
 
 def iteration_dir(save_dir, iteration):
@@ -43,9 +53,15 @@ def iteration_dir(save_dir, iteration):
     return os.path.join(save_dir, iteration_dir_name(iteration))
 
 
-def read_latest(load_dir):
-    """The iteration ``latest_checkpointed_iteration.txt`` names (int, or "release"); None without the file."""
+def read_latest(load_dir, recover=True):
+    """The iteration ``latest_checkpointed_iteration.txt`` names (int, or "release"); None without the file.
+
+    ``recover`` first finishes or rolls back what a killed writer left half done (mmx.checkpoint.publish); data
+    parallel ranks other than 0 pass False (one process repairs, and a live writer on another host is never taken
+    for a dead one)."""
     path = os.path.join(load_dir, LATEST)
+    if recover:
+        publish.recover(load_dir)
     if not os.path.exists(path):
         return None
     text = open(path).read().strip()
@@ -56,22 +72,14 @@ def read_latest(load_dir):
     return int(text)
 
 
-def _fsync_file(path):
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
 def _write_json(path, obj):
-    with open(path, "w") as handle:
+    with open(publish.new_file(path), "w") as handle:
         json.dump(obj, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _write_safetensors(path, tensors, metadata=None):
-    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, path,
+    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(publish.new_file(path)),
               metadata={key: str(value) for key, value in (metadata or {}).items()})
-    _fsync_file(path)
 
 
 def single_rank_layout(parallel):
@@ -95,43 +103,94 @@ def save_checkpoint(save_dir, iteration, model_tensors, metadata, trainer_state,
     ``model_tensors`` {name: numpy}; ``metadata`` must hold ``backend``; ``optimizer_state`` / ``rng_state`` are
     the backend's numpy dicts, or None when ``no_save_optim`` / ``no_save_rng``.
     """
-    os.makedirs(save_dir, exist_ok=True)
-    for stale in os.listdir(save_dir):
-        if stale.startswith(".tmp_iter_"):
-            shutil.rmtree(os.path.join(save_dir, stale), ignore_errors=True)
-    final = iteration_dir(save_dir, iteration)
-    temp = os.path.join(save_dir, f".tmp_{os.path.basename(final)}.{os.getpid()}")
-    rank_dir = os.path.join(temp, "mp_rank_00")
-    os.makedirs(rank_dir)
+    def write(directory):
+        rank_dir = os.path.join(directory, "mp_rank_00")
+        _write_safetensors(os.path.join(rank_dir, "model.safetensors"), model_tensors, {"format": "pt"})
+        contents = ["model"]
+        if optimizer_state is not None:
+            moments = {f"exp_avg/{name}": value for name, value in optimizer_state["exp_avg"].items()}
+            moments.update({f"exp_avg_sq/{name}": value for name, value in optimizer_state["exp_avg_sq"].items()})
+            _write_safetensors(os.path.join(rank_dir, "optimizer.safetensors"), moments,
+                               {"step": optimizer_state["step"], "backend": metadata["backend"]})
+            contents.append("optimizer")
+        if rng_state is not None:
+            _write_safetensors(os.path.join(rank_dir, "rng.safetensors"), rng_state, {"backend": metadata["backend"]})
+            contents.append("rng")
+        _write_json(os.path.join(directory, "trainer_state.json"), trainer_state)
+        _write_json(os.path.join(directory, META_FILE),
+                    dict(metadata, format="mmx", iteration=int(iteration), layout_version=LAYOUT_VERSION,
+                         contents=contents, parallel=single_rank_layout(metadata.get("parallel")),
+                         dtype=_dtype_label(model_tensors), mmx_version=mmx.__version__))
 
-    _write_safetensors(os.path.join(rank_dir, "model.safetensors"), model_tensors, {"format": "pt"})
-    contents = ["model"]
-    if optimizer_state is not None:
-        moments = {f"exp_avg/{name}": value for name, value in optimizer_state["exp_avg"].items()}
-        moments.update({f"exp_avg_sq/{name}": value for name, value in optimizer_state["exp_avg_sq"].items()})
-        _write_safetensors(os.path.join(rank_dir, "optimizer.safetensors"), moments,
-                           {"step": optimizer_state["step"], "backend": metadata["backend"]})
-        contents.append("optimizer")
-    if rng_state is not None:
-        _write_safetensors(os.path.join(rank_dir, "rng.safetensors"), rng_state, {"backend": metadata["backend"]})
-        contents.append("rng")
-    _write_json(os.path.join(temp, "trainer_state.json"), trainer_state)
-    _write_json(os.path.join(temp, META_FILE),
-                dict(metadata, format="mmx", iteration=int(iteration), layout_version=LAYOUT_VERSION,
-                     contents=contents, parallel=single_rank_layout(metadata.get("parallel")),
-                     dtype=_dtype_label(model_tensors), mmx_version=mmx.__version__))
-    fsync_dir(rank_dir)
-    return str(commit_iteration(save_dir, temp, iteration))
+    final = publish.publish_iteration(save_dir, iteration_dir_name(iteration), write, pointer=iteration)
+    return str(final)
 
 
-def load_checkpoint(load_dir, iteration=None):
+def unusable_tensors(model_tensors, optimizer_state=None):
+    """["name: why", ...] for weights that are not finite or reach UNUSABLE_MAGNITUDE, and optimizer moments that
+    are not finite: a checkpoint holding them would resume into NaN (the loss and gradient norm of the step that
+    produced them can still be finite)."""
+    found = []
+    for name, value in model_tensors.items():
+        value = np.asarray(value, np.float32)
+        if not np.isfinite(value).all():
+            found.append(f"{name}: {int((~np.isfinite(value)).sum())} non-finite values")
+        elif value.size and np.abs(value).max() >= UNUSABLE_MAGNITUDE:
+            found.append(f"{name}: max |w| {float(np.abs(value).max()):.3g} >= {UNUSABLE_MAGNITUDE:.3g} (its square "
+                         f"overflows float32)")
+    for kind in ("exp_avg", "exp_avg_sq"):
+        for name, value in ((optimizer_state or {}).get(kind) or {}).items():
+            if not np.isfinite(np.asarray(value, np.float32)).all():
+                found.append(f"{kind}/{name}: non-finite optimizer moment")
+    return found
+
+
+def _same_dir(a, b):
+    return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def prepare_save_dir(training, rank=0):
+    """Check ``training.save`` before this run writes anything there (every rank checks; rank 0 acts).
+
+    A save directory holding a checkpoint this run does not resume (``training.load`` is another directory or
+    unset) is refused with a ConfigError naming the directory, its iteration and the fixes. With
+    ``training.overwrite`` rank 0 sets the old directory aside whole (``.SAVE.old-<pid>``) and starts an empty one;
+    the first checkpoint of this run removes it (:func:`finish_overwrite`), and a run killed before that gets it
+    back at the next start. Returns a note for the log, or None.
+    """
+    save, load = training.get("save"), training.get("load")
+    if not save:
+        return None
+    latest = read_latest(save, recover=rank == 0)   # rank 0 alone recovers and sets aside
+    if latest is None or _same_dir(save, load):
+        return None
+    if not training.get("overwrite"):
+        resumed = f"resumes {load}" if load else "starts from model.init_from_hf_path"
+        raise ConfigError(f"training.save {save} already holds a checkpoint at iteration {latest} ({LATEST}) that "
+                          f"this run would not continue (it {resumed}): set training.load={save} to resume it, "
+                          f"training.overwrite=true to replace it (kept until this run's first checkpoint is "
+                          f"complete), or choose another training.save")
+    if rank == 0:
+        publish.set_aside(save)
+    return (f"training.overwrite: the checkpoint at iteration {latest} in {save} is set aside and removed once this "
+            f"run's first checkpoint is complete")
+
+
+def finish_overwrite(save):
+    """After a checkpoint of this run is complete: remove what prepare_save_dir set aside (if anything)."""
+    return publish.drop_set_aside(save)
+
+
+def load_checkpoint(load_dir, iteration=None, recover=True):
     """Read a checkpoint written by :func:`save_checkpoint`: a dict with ``iteration``, ``metadata``,
     ``trainer_state``, ``model`` {name: numpy}, ``optimizer`` (or None), ``rng`` (or None).
 
-    ``iteration`` defaults to the one ``latest_checkpointed_iteration.txt`` names.
+    ``iteration`` defaults to the one ``latest_checkpointed_iteration.txt`` names; ``recover`` as in read_latest.
     """
+    if recover and iteration is not None:
+        publish.recover(load_dir)
     if iteration is None:
-        iteration = read_latest(load_dir)
+        iteration = read_latest(load_dir, recover)
         if iteration is None:
             raise FileNotFoundError(f"{load_dir} has no {LATEST}; it is not a training checkpoint directory "
                                     f"(set training.load to a directory written by mmx finetune's save)")
