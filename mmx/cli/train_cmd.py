@@ -14,21 +14,29 @@ def _echo(text):
 @backend_option
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="YAML or JSON file with model / data / training sections.")
+@click.option("--allow-changed", "allow_changed", multiple=True, metavar="KEY",
+              help="Resume although KEY (e.g. lr, seed, data.cutoff_len) differs from the checkpoint's run; "
+                   "repeatable (same as training.allow_changed=[KEY,...]).")
 @click.argument("overrides", nargs=-1)
-def finetune_command(config_path, overrides):
+def finetune_command(config_path, allow_changed, overrides):
     """Fine-tune a model: mmx finetune --config FILE [section.key=value ...].
 
     Overrides use dotted keys, e.g. training.lr=1e-4 training.train_iters=500 model.text_decoder.freeze=true.
     Model structure always comes from the checkpoint (model.init_from_hf_path); training.load resumes a save.
     """
+    from mmx.checkpoint.publish import PublishError
+    from mmx.checkpoint.store import CheckpointError
     from mmx.train.config import ConfigError, load_config
     from mmx.train.finetune import finetune
     from mmx.train.loop import NonFiniteLossError
 
     try:
         config = load_config(config_path, overrides)
+        if allow_changed:   # added to what the file and the overrides allow
+            merged = list(dict.fromkeys([*config["training"]["allow_changed"], *allow_changed]))
+            config = load_config(config_path, (*overrides, f"training.allow_changed=[{','.join(merged)}]"))
         trainer = finetune(config, echo=_echo)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, CheckpointError, PublishError) as err:
         raise click.ClickException(str(err)) from err
     except NonFiniteLossError as err:
         _echo(f"error: {err}")

@@ -3,7 +3,9 @@
 ``build_dataset(config)`` returns an :class:`EncodedDataset` (``len``, ``[i]`` → encoded sample dict, ``.stats``)
 that the trainer samples and batches with :class:`mmx.data.collate.Collator`. Bad samples raise (or, with
 ``skip_bad_samples``, are counted in ``stats["bad"]``); samples cut through an image or left without labels are
-always dropped and counted in ``stats["dropped"]``.
+always dropped and counted in ``stats["dropped"]``. :func:`drop_counts` merges both tallies by kind and
+:func:`describe_drops` names each kind with the setting that dropped it (the trainer's start-up summary, its
+metrics and the "dataset is empty" error use them).
 """
 import multiprocessing
 import os
@@ -11,6 +13,7 @@ import os
 import numpy as np
 
 from mmx.data import cache
+from mmx.data import errors
 from mmx.data.errors import DROPPED_KINDS, BadSampleLog, DataError
 from mmx.data.formats import load_samples
 from mmx.data.processing import Preprocessor
@@ -52,6 +55,55 @@ def _init_worker(config):
 
 def _encode_in_worker(sample):
     return _try_encode(_worker_preprocessor, sample)
+
+
+# Every kind of dropped sample, in the order summaries list them (streaming counts travel as a vector in it).
+DROP_KINDS = (errors.MALFORMED_JSON, errors.BAD_RECORD, errors.PLACEHOLDER_MISMATCH, errors.MISSING_MEDIA,
+              errors.CORRUPT_MEDIA, errors.CUT_THROUGH_IMAGE, errors.NO_LABELS)
+
+
+def drop_counts(*summaries):
+    """{kind: count} (DROP_KINDS order, nonzero only) over BadSampleLog summaries (``stats["bad"]``,
+    ``stats["dropped"]``) or logs."""
+    total = {}
+    for summary in summaries:
+        by_kind = summary.counts if isinstance(summary, BadSampleLog) else summary["by_kind"]
+        for kind, count in by_kind.items():
+            total[kind] = total.get(kind, 0) + int(count)
+    order = {kind: i for i, kind in enumerate(DROP_KINDS)}
+    return {kind: total[kind] for kind in sorted(total, key=lambda k: order.get(k, len(order))) if total[kind]}
+
+
+def describe_drops(counts, cutoff_len=None):
+    """'3 missing_media (skip_bad_samples), 2 cut_through_image (cutoff_len 64)' for drop_counts' ``counts``."""
+    def why(kind):
+        if kind == errors.CUT_THROUGH_IMAGE:
+            return f"cutoff_len {cutoff_len}" if cutoff_len else "cutoff_len"
+        if kind == errors.NO_LABELS:
+            return f"nothing supervised within cutoff_len {cutoff_len}" if cutoff_len else "nothing supervised"
+        return "skip_bad_samples"
+    return ", ".join(f"{count} {kind} ({why(kind)})" for kind, count in counts.items())
+
+
+def summary_line(stats):
+    """The start-up line of a map-style dataset: samples kept, and every dropped one counted with its reason."""
+    counts = drop_counts(stats["bad"], stats["dropped"])
+    dropped = sum(counts.values())
+    line = (f"data: {stats['encoded']} of {stats['encoded'] + dropped} samples kept from {len(stats['files'])} "
+            f"file{'s' if len(stats['files']) != 1 else ''}")
+    if dropped:
+        line += f"; {dropped} dropped: {describe_drops(counts, stats.get('cutoff_len'))}"
+    return line
+
+
+def empty_reason(stats):
+    """Why a map-style dataset has no sample, for the trainer's error."""
+    counts = drop_counts(stats["bad"], stats["dropped"])
+    if not counts:
+        return f"{', '.join(stats['files']) or 'no dataset file'} holds no sample"
+    examples = (stats["bad"]["examples"] + stats["dropped"]["examples"])[:1]
+    return (f"all {sum(counts.values())} samples of {', '.join(stats['files'])} were dropped: "
+            f"{describe_drops(counts, stats.get('cutoff_len'))}" + (f"; first: {examples[0]}" if examples else ""))
 
 
 def sample_counts(samples):
@@ -117,7 +169,8 @@ def build_dataset(config, preprocessor=None):
     lengths = [len(part[i]["input_ids"]) for part in parts for i in range(len(part))]
     stats = {key: sum(c[key] for c in counts) for key in ("samples", "images", "videos", "text_only")}
     stats.update(encoded=len(lengths), bad=bad_log.summary(), dropped=dropped_log.summary(),
-                 tokens=length_stats(lengths), cache_hits=cache_hits, files=list(config.dataset))
+                 tokens=length_stats(lengths), cache_hits=cache_hits, files=list(config.dataset),
+                 cutoff_len=config.cutoff_len)
     return EncodedDataset(parts, stats)
 
 

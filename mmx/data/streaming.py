@@ -19,6 +19,7 @@ import json
 
 import numpy as np
 
+from mmx.data.dataset import drop_counts
 from mmx.data.errors import DROPPED_KINDS, BadSampleLog, DataError
 from mmx.data.formats import iter_jsonl_lines, iter_records, parse_jsonl_line, to_sample
 
@@ -130,6 +131,10 @@ class StreamingLoader:
         except DataError as err:
             (self.dropped if err.kind in DROPPED_KINDS else self.bad).report(err)
             return None
+
+    def drop_counts(self):
+        """{kind: count} of the samples this loader dropped so far (bad ones skipped, cut or unsupervised ones)."""
+        return drop_counts(self.bad, self.dropped)
 
     def state_dict(self):
         return {"next_worker": self.next_worker, "shards": [s.state_dict() for s in self.shards],

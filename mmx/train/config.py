@@ -21,6 +21,8 @@ import os
 
 import yaml
 
+from mmx.checkpoint.publish import recover
+
 TRAINING_DEFAULTS = {
     "seed": 1234,
     "train_iters": 100,
@@ -42,6 +44,8 @@ TRAINING_DEFAULTS = {
     "save": None,                   # checkpoint directory
     "load": None,                   # resume from this checkpoint directory (latest_checkpointed_iteration.txt)
     "save_interval": 0,             # 0: only at the end
+    "overwrite": False,             # replace a checkpoint already in `save` that this run does not resume
+    "allow_changed": [],            # RESUME_SETTINGS keys a resumed run may change (e.g. [lr, data.cutoff_len])
     "log_interval": 1,
     "log_tps": False,               # print mean sequence length per step and tokens/s at the end
     "no_load_optim": False,
@@ -76,6 +80,22 @@ MODEL_DEFAULTS = {
 
 STRUCTURE_KEYS = ("hidden_size", "num_layers", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                   "intermediate_size", "vocab_size", "depth", "num_heads", "pipeline_num_layers")
+
+
+# The settings a resumed run must share with the run that wrote its checkpoint, recorded in every checkpoint
+# (trainer_state "run_settings"): the sample order (seed, batch sizes, the data keys that decide which samples exist,
+# their tokens and their order), the loss weights, the update rule and the learning-rate schedule depend on them.
+# train_iters is not one: resuming with a larger one is how a run is extended. micro_batch_size only matters to the
+# "default" loss (a mean per micro-batch).
+RESUME_SETTINGS = ("seed", "global_batch_size", "micro_batch_size", "loss_type", "lr", "min_lr", "lr_warmup_iters",
+                   "lr_warmup_fraction", "lr_decay_style", "lr_decay_iters", "weight_decay", "adam_beta1",
+                   "adam_beta2", "adam_eps", "clip_grad")
+DATA_RESUME_SETTINGS = ("dataset", "max_samples", "cutoff_len", "packing", "skip_bad_samples", "train_on_prompt",
+                        "mask_history", "image_max_pixels", "image_min_pixels", "seed", "shuffle", "buffer_size")
+LEGACY_RUN_SETTINGS = ("seed", "global_batch_size", "loss_type")   # trainer_state keys before run_settings existed
+WHY_SETTING = {"seed": "it reshuffles the sample order exact resume rests on",
+               "global_batch_size": "the batches and the consumed-sample position change",
+               "loss_type": "the loss weights change"}
 
 
 class ConfigError(ValueError):
@@ -171,18 +191,61 @@ def check_training(training, where="config"):
         raise ConfigError(f"{where}: training.precision {training['precision']!r}: use fp32 or bf16")
     if training["train_iters"] < 1:
         raise ConfigError(f"{where}: training.train_iters must be at least 1")
-    if training["load"] and not os.path.isdir(training["load"]):
+    if training["load"] and not os.path.isdir(training["load"]) and not recover(training["load"]):
         raise ConfigError(f"{where}: training.load {training['load']} is not a directory")
     if training["data_parallel"] not in DATA_PARALLEL_MODES:
         raise ConfigError(f"{where}: training.data_parallel {training['data_parallel']!r}: use replicate (every "
                           f"process holds the whole model and optimizer) or fully_shard (torch: weights, gradients "
                           f"and AdamW state sharded over the processes)")
+    allowed = training["allow_changed"]
+    if isinstance(allowed, str):
+        allowed = training["allow_changed"] = [part.strip() for part in allowed.split(",") if part.strip()]
+    unknown = [name for name in allowed if name not in known_settings()]
+    if unknown:
+        raise ConfigError(f"{where}: training.allow_changed names {unknown}, which no checkpoint records; use any "
+                          f"of {', '.join(known_settings())}")
     for key in MODEL_PARALLEL_KEYS:
         if training[key] != 1:
             raise ConfigError(f"{where}: training.{key}={training[key]}: mmx finetune trains data parallel only (the "
                               f"NPUS_PER_NODE x NNODES processes hold the whole model, or shards of it with "
                               f"training.data_parallel: fully_shard); tensor / pipeline / "
                               f"context / expert parallel training is not implemented. Set {key}: 1 (or remove it).")
+
+
+def known_settings():
+    """The names ``training.allow_changed`` accepts: RESUME_SETTINGS and ``data.`` + DATA_RESUME_SETTINGS."""
+    return list(RESUME_SETTINGS) + [f"data.{key}" for key in DATA_RESUME_SETTINGS]
+
+
+def run_settings(training, data=None):
+    """{name: value} of this run's RESUME_SETTINGS (``data``: {key: value} of the data config), JSON-normalised."""
+    settings = {key: training[key] for key in RESUME_SETTINGS}
+    settings.update({f"data.{key}": value for key, value in (data or {}).items() if key in DATA_RESUME_SETTINGS})
+    return json.loads(json.dumps(settings))
+
+
+def compare_run_settings(saved, current, allowed=()):
+    """(refused, accepted): [(name, saved value, current value)] of the settings ``current`` changes from ``saved``
+    (a checkpoint's trainer_state "run_settings"), split by ``allowed``. Names ``saved`` lacks (older checkpoints,
+    or a run without a data config) are not compared."""
+    default_loss = "default" in (saved.get("loss_type"), current.get("loss_type"))
+    refused, accepted = [], []
+    for name, value in current.items():
+        if name not in saved or saved[name] == value or (name == "micro_batch_size" and not default_loss):
+            continue
+        (accepted if name in allowed else refused).append((name, saved[name], value))
+    return refused, accepted
+
+
+def settings_error(load_dir, iteration, refused):
+    """The ConfigError of a resume that changes recorded settings: each one old → new, and the two fixes."""
+    changes = "; ".join(f"{name} {old!r} -> {new!r}" + (f" ({WHY_SETTING[name]})" if name in WHY_SETTING else "")
+                        for name, old, new in refused)
+    names = [name for name, _, _ in refused]
+    return ConfigError(f"training.load {load_dir}: this run changes settings the checkpoint at iteration {iteration} "
+                       f"was trained with: {changes}. Resume with the saved values, or accept the change with "
+                       f"training.allow_changed=[{','.join(names)}] (mmx finetune "
+                       f"{' '.join(f'--allow-changed {name}' for name in names)})")
 
 
 def check_data_parallel(training, world_size):

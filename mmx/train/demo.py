@@ -45,7 +45,7 @@ def build_inputs(out_dir, echo):
     digits = make_digits_vqa(os.path.join(out_dir, "digits"), size=DIGIT_SIZE)
     _stage(echo, f"tiny Qwen2.5-VL at {hf_dir}; digits: {digits['num_train']} train / {digits['num_test']} held out")
     mm_dir = os.path.join(out_dir, "mm_tiny")
-    hf_to_mm(hf_dir, mm_dir)
+    hf_to_mm(hf_dir, mm_dir, overwrite=True)   # the demo owns its --out folder: a rerun replaces its outputs
     _stage(echo, f"converted hf_to_mm → {mm_dir}")
     return mm_dir, digits
 
@@ -54,7 +54,7 @@ def demo_config(mm_dir, digits, save_dir, steps=None):
     """The finetune config of the demo (what `mmx finetune --config` would read)."""
     from mmx.train.config import load_config
 
-    training = dict(TRAINING, save=save_dir, train_iters=steps or TRAINING["train_iters"])
+    training = dict(TRAINING, save=save_dir, train_iters=steps or TRAINING["train_iters"], overwrite=True)
     data = {"dataset": digits["train"], "dataset_dir": digits["dataset_dir"], "cutoff_len": 128, "seed": 0}
     return load_config(base={"model": {"init_from_hf_path": mm_dir}, "data": data, "training": training})
 
@@ -107,7 +107,7 @@ def run_demo(out_dir, steps=None, echo=print):
     _stage(echo, f"mmx greedy answers on {len(held_out)} held-out digits: accuracy {accuracy:.4f}")
 
     hf_out = os.path.join(out_dir, "finetuned_hf")
-    mm_to_hf(save_dir, hf_out)
+    mm_to_hf(save_dir, hf_out, overwrite=True)
     check = held_out[:HF_CHECK_SAMPLES]
     hf = transformers_answers(hf_out, [os.path.join(digits["dataset_dir"], r["image"]) for r in check])
     agree = sum(a == b for a, b in zip(hf, answers[:HF_CHECK_SAMPLES]))

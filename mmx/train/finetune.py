@@ -10,7 +10,9 @@ whose processor and chat template are then used. ``streaming: true`` feeds the T
 StreamingLoader, whose state goes into every checkpoint (a resumed run continues with exactly the next batch).
 
 The save directory gets the model's support files (config, tokenizer, processor, chat template), so it is a
-self-contained mm checkpoint for ``mmx convert mm_to_hf`` and ``mmx infer``.
+self-contained mm checkpoint for ``mmx convert mm_to_hf`` and ``mmx infer``. It must not hold another run's
+checkpoint (resume it with ``training.load``, or replace it with ``training.overwrite``): that is checked before
+anything is written there. The start-up summary counts every sample the data pipeline dropped, with its reason.
 
 Launched by torchrun / msrun with several processes, it trains data parallel (mmx.train.loop): each process builds
 the whole model, a streaming source reads the process's own shard, and only rank 0 prints and writes files. With
@@ -22,8 +24,10 @@ import os
 
 import numpy as np
 
-from mmx.train.checkpoint import LATEST
-from mmx.train.config import check_data_parallel
+from mmx.checkpoint.publish import recover
+from mmx.data.dataset import describe_drops, empty_reason, summary_line
+from mmx.train.checkpoint import LATEST, prepare_save_dir
+from mmx.train.config import DATA_RESUME_SETTINGS, ConfigError, check_data_parallel
 from mmx.train.freeze import apply_freeze
 from mmx.train.loop import Trainer
 
@@ -36,7 +40,7 @@ def read_weights(path):
     from mmx.checkpoint import load_mm
     from mmx.convert.drivers import read_hf_as_mm
 
-    if not path or not os.path.isdir(path):
+    if not path or not recover(path) or not os.path.isdir(path):
         raise FileNotFoundError(f"model.init_from_hf_path {path!r} is not a directory; point it at an HF checkpoint "
                                 f"(config.json + safetensors) or an mm checkpoint from `mmx convert hf_to_mm`")
     metadata, tensors = load_mm(path) if os.path.exists(os.path.join(path, LATEST)) else read_hf_as_mm(path)
@@ -90,20 +94,40 @@ def finetune(config, echo=print):
              f"gradients and optimizer state")
     elif world_size > 1:
         echo(f"data parallel: {world_size} processes, each with the whole model")
+    note = prepare_save_dir(training, rank)   # refuses another run's checkpoint before anything is written
+    if note:
+        echo(note)
     model, metadata, frozen = build_model(config["model"])
     if frozen:
         echo(f"frozen: {len(frozen)} parameters ({', '.join(sorted({n.rsplit('.', 3)[0] for n in frozen})[:6])} ...)")
     pipeline = build_data(config)
+    report_data(pipeline, echo)
     if training["save"] and rank == 0:
         copy_support_files(config["model"]["init_from_hf_path"], training["save"])
     stream = None
     if pipeline.dataset is None:
         stream = pipeline.streaming_loader(training["micro_batch_size"], rank, world_size)
+    data_settings = {key: getattr(pipeline.config, key) for key in DATA_RESUME_SETTINGS}
     trainer = Trainer(model, pipeline.dataset, pipeline.collate, training, metadata, stream=stream,
-                      shard_units=shard_units(config["model"]["init_from_hf_path"]))
+                      shard_units=shard_units(config["model"]["init_from_hf_path"]), data_settings=data_settings)
     for note in trainer.resume_notes:
         echo(f"resume: {note}")
     if trainer.iteration:
         echo(f"resumed at iteration {trainer.iteration} ({trainer.consumed_samples} samples consumed)")
     trainer.run()
+    if stream is not None and trainer.dropped:
+        echo(f"data: {sum(trainer.dropped.values())} samples dropped while streaming: "
+             f"{describe_drops(trainer.dropped, pipeline.config.cutoff_len)}")
     return trainer
+
+
+def report_data(pipeline, echo):
+    """The start-up data summary: samples kept and every dropped one counted by reason; a ConfigError naming the
+    counts and reasons when nothing is left."""
+    if pipeline.dataset is None:
+        echo("data: streaming; dropped samples are counted as they are read (metrics.jsonl dropped_samples)")
+        return
+    stats = pipeline.dataset.stats
+    echo(summary_line(stats))
+    if not len(pipeline.dataset):
+        raise ConfigError(f"the training dataset is empty: {empty_reason(stats)}")

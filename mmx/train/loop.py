@@ -15,6 +15,12 @@ global batch (and with it every loss weight) is the same for any N. The counts b
 tokens/s are summed over ranks before the step, the gradients and the loss after the backward, before clipping;
 every rank then applies the same update. Rank 0 alone writes checkpoints (the others wait) and logs.
 
+Run bookkeeping: the save directory holds one run (mmx.train.checkpoint.prepare_save_dir refuses another run's
+checkpoint there); every checkpoint records the run's settings (mmx.train.config.RESUME_SETTINGS) and a resume that
+changes one is refused with the change named, unless ``training.allow_changed`` lists it; a checkpoint is written
+only when its weights and moments are usable (finite, weights below UNUSABLE_MAGNITUDE); dropped samples are counted
+in the first metrics record of the run (``dropped_samples``; streaming: also each record where the count grew).
+
 Fully sharded (``training.data_parallel: fully_shard``, torch): after loading and broadcasting the weights, the backend
 shards the model (``distributed.fully_shard``) with the model's units (its plan's ``FULLY_SHARD_UNITS``: decoder
 layers, vision blocks) and the root; every rank holds 1/N of the weights, gradients and AdamW moments. The sharded
@@ -33,7 +39,9 @@ import numpy as np
 from mmx import backend as _backend
 from mmx import nn, ops
 from mmx.train import checkpoint as ckpt
-from mmx.train.config import ConfigError, check_data_parallel, warmup_iters
+from mmx.data.dataset import DROP_KINDS, drop_counts, empty_reason
+from mmx.train.config import ConfigError, check_data_parallel, compare_run_settings, run_settings, settings_error, \
+    warmup_iters
 from mmx.train.loss import loss_counts, shifted_targets, token_weights, weighted_lm_loss
 from mmx.train.metrics import MetricsLogger, measure_matmul_peak
 from mmx.train.schedule import LRSchedule
@@ -75,15 +83,15 @@ def gather_objects(comm, obj):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or gradient norm became NaN/inf; the update was not applied and no checkpoint was written."""
+    """The loss or gradient norm became NaN/inf, or the weights unusable; nothing bad was applied or saved."""
 
 
 class Sampler:
     """Dataset indices for consumed-sample positions: a fresh seeded permutation per epoch."""
 
-    def __init__(self, num_samples, seed):
+    def __init__(self, num_samples, seed, why_empty=None):
         if num_samples < 1:
-            raise ConfigError("the training dataset is empty")
+            raise ConfigError(f"the training dataset is empty: {why_empty or 'it holds no sample'}")
         self.num_samples, self.seed = num_samples, seed
         self._epoch, self._order = None, None
 
@@ -165,11 +173,18 @@ class Trainer:
     model is one unit.
     """
 
-    def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None, stream=None, shard_units=()):
+    def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None, stream=None, shard_units=(),
+                 data_settings=None):
         self.backend = _backend.get()
         self.comm = self.backend.distributed
         self.rank, self.world_size = self.comm.init()
         check_data_parallel(training, self.world_size)
+        self.resume_notes = []
+        note = ckpt.prepare_save_dir(training, self.rank)   # before anything is written there
+        if note:
+            self.resume_notes.append(note)
+        # recorded in every checkpoint, compared on resume; data_settings: the data keys of DATA_RESUME_SETTINGS
+        self.run_settings = run_settings(training, data_settings)
         self.model, self.dataset, self.collate, self.stream = model, dataset, collate, stream
         self.training = training
         self.metadata = dict(metadata or {})
@@ -178,11 +193,15 @@ class Trainer:
         # the backend's train module: AdamW, accumulate_grads, clip_grad_norm, RNG state
         self.steps = _backend.get().train
         self.steps.set_seed(training["seed"])
-        self.sampler = None if stream is not None else Sampler(len(dataset), training["seed"])
+        stats = getattr(dataset, "stats", None)
+        self.sampler = None if stream is not None else Sampler(len(dataset), training["seed"],
+                                                               empty_reason(stats) if stats else None)
+        # {kind: count} of dropped samples: a map-style dataset's are known now, a stream's grow as it is read
+        self.dropped = drop_counts(stats["bad"], stats["dropped"]) if stats else {}
+        self._logged_dropped = None
         self.schedule = LRSchedule(training["lr"], training["train_iters"], training["min_lr"],
                                    warmup_iters(training), training["lr_decay_style"], training["lr_decay_iters"])
         self.iteration, self.consumed_samples, self.history = 0, 0, []
-        self.resume_notes = []
         if training.get("load"):
             self._load_model(training["load"])
         # every rank read the same files; the broadcast also covers weights a model initialised at random
@@ -199,17 +218,17 @@ class Trainer:
         if training.get("load") and self._loaded is not None:
             self._load_state(self._loaded)
         self._loaded = None
-        self.last_saved = ckpt.read_latest(training["save"]) if training["save"] else None
+        self.last_saved = ckpt.read_latest(training["save"], self.rank == 0) if training["save"] else None
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
     def _load_model(self, load_dir):
         self._loaded = None
-        if ckpt.read_latest(load_dir) is None:
+        if ckpt.read_latest(load_dir, recover=self.rank == 0) is None:
             self.resume_notes.append(f"{load_dir} holds no checkpoint yet ({ckpt.LATEST} missing): starting at "
                                      f"iteration 0 from the model's initial weights")
             return
-        loaded = ckpt.load_checkpoint(load_dir)
+        loaded = ckpt.load_checkpoint(load_dir, recover=False)   # read_latest above recovered it
         nn.load_state_dict(self.model, {name: ops.tensor(value) for name, value in loaded["model"].items()})
         self._loaded = loaded
 
@@ -218,6 +237,7 @@ class Trainer:
         self.iteration = int(loaded["iteration"]) if loaded["iteration"] != "release" else 0
         self.consumed_samples = int(state.get("consumed_samples", 0))
         self.history = list(state.get("history", []))
+        self._check_settings(loaded)
         saved_world_size = int(state.get("world_size", 1))
         if self.stream is not None:
             if state.get("data_state") is None:
@@ -257,6 +277,31 @@ class Trainer:
                                          f"{self.backend.NAME}; re-seeded with seed + iteration "
                                          f"({training['seed'] + self.iteration})")
 
+    def _check_settings(self, loaded):
+        """Refuse a resume that changes a recorded setting (ConfigError naming each change), unless allowed; notes
+        for the allowed ones and for a schedule that train_iters stretched."""
+        state, training = loaded["trainer_state"], self.training
+        saved = state.get("run_settings") or {key: state[key] for key in ("seed", "global_batch_size", "loss_type")
+                                              if key in state}
+        refused, accepted = compare_run_settings(saved, self.run_settings, training["allow_changed"])
+        if refused:
+            raise settings_error(training["load"], loaded["iteration"], refused)
+        for name, old, new in accepted:
+            self.resume_notes.append(f"{name} changed {old!r} -> {new!r} (training.allow_changed)")
+        schedule = state.get("schedule") or {}
+        for key, what in (("decay_iters", "decays"), ("warmup_iters", "warms up")):
+            if key in schedule and schedule[key] != getattr(self.schedule, key):
+                self.resume_notes.append(f"the lr schedule now {what} over {getattr(self.schedule, key)} iterations "
+                                         f"(was {schedule[key]}: it follows train_iters {training['train_iters']})")
+
+    def _unusable_state(self, model_tensors, optimizer_state):
+        """What makes the state unfit for a checkpoint (rank 0 checks, every rank learns it): [] when usable."""
+        found = ckpt.unusable_tensors(model_tensors, optimizer_state) if self.rank == 0 else []
+        if self.world_size > 1 and int(self.comm.all_reduce_numpy(np.array([len(found)], np.int64))[0]) and \
+                not found:
+            found = ["(rank 0 found unusable tensors)"]
+        return found
+
     def save(self):
         """Write the current state as checkpoint ``iteration`` under ``training.save``; returns its directory.
 
@@ -277,15 +322,23 @@ class Trainer:
                     model_tensors[name] = ops.to_numpy(whole)
             if not training["no_save_optim"]:
                 optimizer_state = self.optimizer.state_dict(gather_only=self.rank != 0)
+        unusable = self._unusable_state(model_tensors, optimizer_state)
+        if unusable:
+            raise NonFiniteLossError(
+                f"iteration {self.iteration}: the weights are unusable ({'; '.join(unusable[:3])}"
+                f"{'; ...' if len(unusable) > 3 else ''}), though the loss and gradient norm were finite; no checkpoint "
+                f"was written. Last good checkpoint: {self._last_good()}")
         if self.rank == 0:
             trainer_state = {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
                              "schedule": self.schedule.state_dict(), "history": self.history,
                              "loss_type": training["loss_type"], "global_batch_size": training["global_batch_size"],
                              "seed": training["seed"], "world_size": self.world_size,
-                             "data_parallel": training["data_parallel"], "data_state": data_state}
+                             "data_parallel": training["data_parallel"], "data_state": data_state,
+                             "run_settings": self.run_settings}
             ckpt.save_checkpoint(
                 training["save"], self.iteration, model_tensors, dict(self.metadata, backend=self.backend.NAME),
                 trainer_state, optimizer_state, None if training["no_save_rng"] else self.steps.get_rng_state())
+            ckpt.finish_overwrite(training["save"])   # a replaced run's directory goes once this one is complete
         self.comm.barrier()
         self.last_saved = self.iteration
         return str(ckpt.iteration_dir(training["save"], self.iteration))
@@ -313,7 +366,11 @@ class Trainer:
         training = self.training
         batches, indices = self.global_batch()
         # [supervised tokens, supervised samples, micro-batches, real tokens] of the whole global batch
-        counts = self.comm.all_reduce_numpy(np.append(loss_counts(batches), sum(map(count_tokens, batches))))
+        local = np.append(loss_counts(batches), sum(map(count_tokens, batches)))
+        if self.stream is not None and hasattr(self.stream, "drop_counts"):
+            dropped = self.stream.drop_counts()
+            local = np.append(local, [dropped.get(kind, 0) for kind in DROP_KINDS])
+        counts = self.comm.all_reduce_numpy(local)
         weights = token_weights(batches, training["loss_type"], global_counts=counts[:3])
         prepared = [prepare_micro_batch(self.model, batch, weight) for batch, weight in zip(batches, weights)]
         lr = self.schedule(self.iteration)
@@ -329,16 +386,27 @@ class Trainer:
             if self.world_size > 1:  # the global batch's samples, with the rank that computed them
                 ids = [f"{sid} (rank {rank})" for rank, rank_ids in enumerate(gather_objects(self.comm, ids))
                        for sid in rank_ids]
-            last = ckpt.read_latest(training["save"]) if training["save"] else None
             raise NonFiniteLossError(
                 f"step {self.iteration + 1}: loss {loss}, grad norm {grad_norm} (not finite) on samples "
-                f"{', '.join(ids)}; the update was not applied. Last good checkpoint: "
-                f"{ckpt.iteration_dir(training['save'], last) if last is not None else 'none saved'}")
+                f"{', '.join(ids)}; the update was not applied. Last good checkpoint: {self._last_good()}")
         self.iteration += 1
         self.consumed_samples += training["global_batch_size"]
         tokens = int(counts[3])
         self.history.append(loss)
-        return self.logger.log(self.iteration, loss, lr, grad_norm, tokens, seconds, training["global_batch_size"])
+        if self.stream is not None and hasattr(self.stream, "drop_counts"):
+            totals = counts[4:]   # every rank's stream drops, summed with the step's counts
+            self.dropped = {kind: int(n) for kind, n in zip(DROP_KINDS, totals) if n}
+        extra = None
+        if self.dropped != self._logged_dropped:   # the run's first record, and a stream's growing count
+            extra = {"dropped_samples": {"total": sum(self.dropped.values()), "by_kind": dict(self.dropped)}}
+            self._logged_dropped = dict(self.dropped)
+        return self.logger.log(self.iteration, loss, lr, grad_norm, tokens, seconds, training["global_batch_size"],
+                               extra)
+
+    def _last_good(self):
+        """The last checkpoint of this run (or of the one it resumed): only usable weights are ever saved."""
+        last = self.last_saved if self.training["save"] else None
+        return ckpt.iteration_dir(self.training["save"], last) if last is not None else "none saved"
 
     def flops_per_token(self):
         """6 × trainable parameters + 2 × frozen ones (forward only for frozen weights, backward still flows)."""

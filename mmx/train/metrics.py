@@ -4,6 +4,11 @@
 MFU = achieved model FLOP/s ÷ peak FLOP/s, with the usual 6 × parameters FLOPs per trained token (forward 2N,
 backward 4N; attention's quadratic term is left out, as in the PaLM/Megatron estimates for short sequences) and the
 peak measured with a square matmul on this backend (:func:`measure_matmul_peak`) unless the config gives it.
+
+A run that starts at iteration ``first_step`` (a resume; 0 for a fresh run) first cuts ``metrics.jsonl`` back to the
+records of steps 1..first_step, so the steps a killed run logged past its last checkpoint are not repeated; the loss
+curve is drawn from those records plus this run's, and TensorBoard is told to purge events from step first_step + 1
+on (``purge_step``).
 """
 import json
 import math
@@ -29,6 +34,34 @@ def measure_matmul_peak(size=512, repeats=5, dtype=None):
     return 2.0 * size ** 3 / best
 
 
+def truncate_metrics(path, last_step):
+    """Cut the JSONL file ``path`` back to its records of steps 1..``last_step`` (one atomic rewrite, only when
+    something goes): (the kept step records, how many records were cut)."""
+    if not os.path.exists(path):
+        return [], 0
+    kept_lines, kept, cut = [], [], 0
+    with open(path) as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:   # a line torn by a kill mid-write
+                cut += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
+                kept_lines.append(line if line.endswith("\n") else line + "\n")
+                kept.append(record)
+            else:
+                cut += 1
+    if cut:
+        temporary = f"{path}.tmp-{os.getpid()}"
+        with open(temporary, "w") as handle:
+            handle.writelines(kept_lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    return kept, cut
+
+
 class MetricsLogger:
     """Collects one record per optimizer step; prints, writes JSONL/TensorBoard, draws the loss curve.
 
@@ -42,12 +75,14 @@ class MetricsLogger:
         self.log_interval = max(int(log_interval), 1)
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.log_tps = log_tps
-        self.records = []
+        self.records, self.previous, self.cut = [], [], 0
         self.jsonl, self.bar, self.tensorboard = None, None, None
         if not output:
             return
         os.makedirs(log_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(log_dir, "metrics.jsonl"), "a")
+        path = os.path.join(log_dir, "metrics.jsonl")
+        self.previous, self.cut = truncate_metrics(path, first_step)
+        self.jsonl = open(path, "a")
         if progress_bar:
             from tqdm import tqdm
 
@@ -57,18 +92,23 @@ class MetricsLogger:
         try:
             from tensorboardX import SummaryWriter
 
-            self.tensorboard = SummaryWriter(os.path.join(log_dir, "tensorboard"))
+            self.tensorboard = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=first_step + 1)
         except ImportError:
             pass
+        if self.cut:
+            self._print(f"metrics.jsonl: removed {self.cut} records past step {first_step} (logged after the last "
+                        f"checkpoint by a run that did not finish, or by the run this one replaces)")
 
-    def log(self, step, loss, lr, grad_norm, tokens, seconds, sample_count):
-        """Record optimizer step ``step`` (1-based): ``tokens`` real (unpadded) tokens in ``seconds``."""
+    def log(self, step, loss, lr, grad_norm, tokens, seconds, sample_count, extra=None):
+        """Record optimizer step ``step`` (1-based): ``tokens`` real (unpadded) tokens in ``seconds``; ``extra``
+        fields (e.g. ``dropped_samples``) go into this step's record."""
         tokens_per_second = tokens / seconds if seconds > 0 else 0.0
         record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens),
                   "seconds": round(seconds, 6), "tokens_per_s": round(tokens_per_second, 2),
                   "mean_seq_len": round(tokens / max(sample_count, 1), 2)}
         if self.peak_flops:
             record["mfu"] = round(self.flops_per_token * tokens_per_second / self.peak_flops, 6)
+        record.update(extra or {})
         self.records.append(record)
         if not self.output:
             return record
@@ -114,14 +154,19 @@ class MetricsLogger:
             self._print(f"throughput: {tokens / max(seconds, 1e-9):.1f} tokens/s over {len(self.records)} steps")
         return self.plot()
 
+    def curve(self):
+        """(steps, losses) of the loss curve: the records kept from before a resume, then this run's."""
+        records = self.previous + self.records
+        return [r["step"] for r in records], [r["loss"] for r in records]
+
     def plot(self):
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        steps = [r["step"] for r in self.records]
-        losses = np.array([r["loss"] for r in self.records], dtype=np.float64)
+        steps, losses = self.curve()
+        losses = np.array(losses, dtype=np.float64)
         figure, axis = plt.subplots(figsize=(6, 3.5))
         axis.plot(steps, losses, lw=1, label="loss")
         if len(losses) >= 10:
