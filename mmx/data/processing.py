@@ -7,6 +7,11 @@ Labels (unshifted, HF convention: ``labels[s]`` is the target at position ``s``;
 part of each turn is found by rendering the conversation prefix by prefix: turn ``i``'s supervised text is
 ``render(messages[:i+1])`` minus ``render(messages[:i], add_generation_prompt=True)`` — the answer and the template's
 end-of-turn marker (``answer<|im_end|>\\n`` for Qwen). So masking follows whatever template the model dir ships.
+A template whose assistant turn closes with no special token (GLM-4.1V: ``<|assistant|>\\nanswer``, the next
+``<|user|>`` ends the turn and is a stop id of its generation config) gets that next role token supervised after
+each answer, and appended after a final one, so the model learns to stop (GLM-4's own fine-tuning appends
+``<|user|>`` as its chat EOS). Thinking-style answers (``<think>…</think><answer>…</answer>``) are answer text.
+Messages without media reach the template as plain strings (GLM's renders assistant turns from strings only).
 ``train_on_prompt`` supervises every token; ``mask_history`` only the last assistant turn. Image / video placeholder
 tokens are never supervised.
 
@@ -28,15 +33,22 @@ IGNORE_INDEX = -100
 FORMAT_VERSION = 1          # bump when the encoded sample layout changes (part of the cache key)
 _PLACEHOLDER_RE = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})")
 # Files of a model dir that change what the processor and template produce (cache key).
+# The tokens around vision placeholders: Qwen's (images and videos), GLM's images, GLM's videos.
+VISION_WRAPPERS = (("<|vision_start|>", "<|vision_end|>"), ("<|begin_of_image|>", "<|end_of_image|>"),
+                   ("<|begin_of_video|>", "<|end_of_video|>"))
 PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
 
 
 def hf_messages(messages):
-    """mmx messages (text with <image>/<video>) → the chat template's content-part form."""
+    """mmx messages (text with <image>/<video>) → the chat template's content-part form; a message without media
+    keeps its text as a plain string (every template renders those; GLM-4.1V's assistant turns need it)."""
     converted = []
     for message in messages:
+        if not _PLACEHOLDER_RE.search(message["content"]):
+            converted.append({"role": message["role"], "content": message["content"]})
+            continue
         parts = []
         for piece in _PLACEHOLDER_RE.split(message["content"]):
             if piece == IMAGE_PLACEHOLDER:
@@ -72,8 +84,11 @@ class Preprocessor:
         self.image_token_id = processor.image_token_id
         self.video_token_id = processor.video_token_id
         vocab = self.tokenizer.get_vocab()
-        self.vision_start_id = vocab.get("<|vision_start|>")
-        self.vision_end_id = vocab.get("<|vision_end|>")
+        self.wrapper_ids = [vocab[token] for pair in VISION_WRAPPERS for token in pair if token in vocab]
+        # the first pair the vocabulary has wraps images (the dummy image's placeholders)
+        start, end = next((pair for pair in VISION_WRAPPERS if all(t in vocab for t in pair)), (None, None))
+        self.vision_start_id, self.vision_end_id = vocab.get(start), vocab.get(end)
+        self.turn_end = self._turn_end()
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.merge_size = processor.image_processor.merge_size
         self.images_kwargs = _size_kwargs(processor.image_processor, config.image_min_pixels,
@@ -100,8 +115,25 @@ class Preprocessor:
         return digest.hexdigest()
 
     def vision_token_ids(self):
-        return [i for i in (self.image_token_id, self.video_token_id, self.vision_start_id, self.vision_end_id)
-                if i is not None]
+        return [i for i in (self.image_token_id, self.video_token_id, *self.wrapper_ids) if i is not None]
+
+    def _turn_end(self):
+        """The special token that ends an assistant turn when the template writes none itself (GLM: the next
+        ``<|user|>``), found by rendering a probe conversation; None when a turn's own text ends with one (Qwen's
+        ``<|im_end|>``)."""
+        probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                 {"role": "user", "content": "q"}]
+        try:
+            prompt, turn = self.render(probe[:1], add_generation_prompt=True), self.render(probe[:2])
+            following = self.render(probe)
+        except Exception:  # noqa: BLE001 - a template that cannot render the probe keeps the default masking
+            return None
+        special = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
+        if not turn.startswith(prompt) or any(t in turn[len(prompt):] for t in special):
+            return None
+        rest = following[len(turn):]
+        found = [(rest.find(t), t) for t in special if rest.find(t) >= 0]
+        return min(found)[1] if found and rest[:min(found)[0]].strip() == "" else None
 
     # -- encoding ------------------------------------------------------------------------------------------------
 
@@ -112,6 +144,8 @@ class Preprocessor:
     def assistant_spans(self, messages):
         """Full rendered text and the [start, end) character spans of each assistant turn (module doc)."""
         text = self.render(messages)
+        if self.turn_end and messages and messages[-1]["role"] == "assistant":
+            text += self.turn_end          # the final answer ends like the others (module doc)
         spans = []
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
@@ -122,7 +156,13 @@ class Preprocessor:
                 raise ValueError(f"{self.config.model_name_or_path}: the chat template does not render a "
                                  f"conversation as a prefix of its continuation, so assistant turns cannot be found "
                                  f"for label masking (turn {i})")
-            spans.append((len(prompt), len(upto)))
+            end = len(upto)
+            if self.turn_end:              # supervise the whitespace and role token that end the turn
+                rest = text[end:]
+                gap = len(rest) - len(rest.lstrip())
+                if rest[gap:].startswith(self.turn_end):
+                    end += gap + len(self.turn_end)
+            spans.append((len(prompt), end))
         return text, spans
 
     def encode(self, sample):

@@ -96,7 +96,7 @@ def _error(got, want):
     return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v"])
 def test_packed_logits_equal_unpacked(model_dirs, mixed_dir, tmp_path_factory, family):
     pre, samples = _encode(model_dirs, mixed_dir, family)
     model = _model(model_dirs, tmp_path_factory, family)
@@ -118,7 +118,7 @@ def test_packed_logits_equal_unpacked(model_dirs, mixed_dir, tmp_path_factory, f
     assert _error(logits[0, start:start + length], alone[0]) <= FORWARD["float32"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v"])
 def test_dummy_image_changes_no_logit(model_dirs, mixed_dir, tmp_path_factory, family):
     """A text-only row gets a masked dummy image (so every rank's vision tower runs); with Qwen3-VL its deepstack
     features land on the masked positions only."""
@@ -130,7 +130,7 @@ def test_dummy_image_changes_no_logit(model_dirs, mixed_dir, tmp_path_factory, f
     assert _error(with_dummy[0, :length], without[0]) <= FORWARD["float32"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v"])
 def test_packed_positions_are_each_samples_own(model_dirs, mixed_dir, family):
     """Each packed segment's 3-D positions equal the family's rope_index of that sample alone."""
     from mmx.data.collate import load_position_config

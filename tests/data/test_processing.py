@@ -138,3 +138,49 @@ def test_qwen3_vl_video_gets_its_timestamps(model_dirs, mixed_dir):
             f"<|vision_end|><|vision_end|>Describe.") in text
     assert encoded["video_grid_thw"].tolist() == [[2, 4, 4]]
     assert _supervised_runs(pre, encoded) == ["A red ball.<|im_end|>\n"]
+
+
+def test_glm4v_labels_thinking_answers_and_turn_ends(model_dirs, mixed_dir):
+    """GLM-4.1V's hub template closes no assistant turn itself: each answer is supervised with the <|user|> that
+    follows it (appended after the last one; a stop id of its generation config), thinking-style answers are plain
+    answer text, and the ids are the processor's for the rendered conversation."""
+    record = dict(TWO_TURNS, conversations=[TWO_TURNS["conversations"][0],
+                                            {"from": "gpt", "value": "<think>dogs</think><answer>two dogs</answer>"},
+                                            *TWO_TURNS["conversations"][2:]])
+    pre, encoded = _encode(model_dirs["glm4v"], mixed_dir, record)
+    assert pre.turn_end == "<|user|>"
+    assert _supervised_runs(pre, encoded) == ["<think>dogs</think><answer>two dogs</answer><|user|>", "no<|user|>"]
+    think = pre.tokenizer.convert_tokens_to_ids("<think>")
+    assert think in encoded["input_ids"].tolist() and think in encoded["labels"].tolist()   # one token, trained
+    text = pre.tokenizer.decode(encoded["input_ids"])
+    assert text.startswith("[gMASK]<sop><|user|>\n<|begin_of_image|>" + "<|image|>" * 4 + "<|end_of_image|>")
+    rendered = pre.render([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                           "text": "What is in the picture?"}]},
+                           {"role": "assistant", "content": "<think>dogs</think><answer>two dogs</answer>"},
+                           {"role": "user", "content": "yes?"}, {"role": "assistant", "content": "no"}])
+    from PIL import Image
+    reference = pre.processor(text=[rendered + "<|user|>"],
+                              images=[Image.open(mixed_dir / "small.png").convert("RGB")], return_tensors="np")
+    np.testing.assert_array_equal(encoded["input_ids"], reference["input_ids"][0])
+    np.testing.assert_array_equal(encoded["pixel_values"], reference["pixel_values"])
+    _, history = _encode(model_dirs["glm4v"], mixed_dir, record, mask_history=True)
+    assert _supervised_runs(pre, history) == ["no<|user|>"]
+
+
+def test_glm4v_video_frames_are_image_runs_with_integer_timestamps(model_dirs, mixed_dir):
+    """GLM's processor writes each temporal patch as <|begin_of_image|> <|image|>... <|end_of_image|> followed by
+    its integer-second timestamp, inside <|begin_of_video|> ... <|end_of_video|>; the model's token types mark
+    those <|image|> tokens as video (what Glm4vProcessor's mm_token_type_ids say)."""
+    from mmx import models
+    from mmx.models.common.positions import VIDEO, token_types
+
+    record = {"id": "v", "video": "clip", "conversations": [{"from": "human", "value": "<video>Describe."},
+                                                            {"from": "gpt", "value": "A red ball."}]}
+    pre, encoded = _encode(model_dirs["glm4v"], mixed_dir, record, frame_folder_fps=2.0)
+    frame = "<|begin_of_image|>" + "<|image|>" * 4 + "<|end_of_image|>"
+    text = pre.tokenizer.decode(encoded["input_ids"])
+    assert f"<|begin_of_video|>{frame}0{frame}1<|end_of_video|>Describe.<|assistant|>" in text
+    assert encoded["video_grid_thw"].tolist() == [[2, 4, 4]]
+    types = token_types(encoded["input_ids"][None], models.config_from_hf(model_dirs["glm4v"]))[0]
+    assert int((types == VIDEO).sum()) == 8 and (encoded["labels"][types == VIDEO] == IGNORE_INDEX).all()
+    assert _supervised_runs(pre, encoded) == ["A red ball.<|user|>"]
