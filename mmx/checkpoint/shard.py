@@ -32,6 +32,24 @@ def _compiled(plan):
     return patterns
 
 
+@lru_cache(maxsize=None)
+def _expert_patterns(plan):
+    patterns = []
+    for pattern, dim in getattr(plan, "EXPERT_PARALLEL", {}).items():
+        if dim != 0:
+            raise ValueError(f"{plan.__name__}: EXPERT_PARALLEL splits {pattern!r} on dim {dim}; only dim 0 (the "
+                             f"expert index of a stacked tensor) is supported")
+        regex = re.escape(pattern).replace(r"\{i\}", r"\d+").replace(r"\{j\}", r"\d+")
+        patterns.append(re.compile(regex + "$"))
+    return patterns
+
+
+def is_expert(name, plan):
+    """Whether expert parallelism splits mm tensor ``name`` (a stacked-expert tensor of ``plan.EXPERT_PARALLEL``,
+    split on dim 0: rank e holds experts e*E/ep .. (e+1)*E/ep - 1, renumbered from 0)."""
+    return any(regex.match(name) for regex in _expert_patterns(plan))
+
+
 def tp_rule(name, plan):
     """The split rule of mm tensor ``name`` in ``plan`` (a model's plan module)."""
     for regex, rule in _compiled(plan):

@@ -23,9 +23,9 @@ import mmx
 from mmx.checkpoint.families import family
 from mmx.checkpoint.layout import SHARD_FILE, Layout, iteration_dir_name, placements, read_json, stored_name
 from mmx.checkpoint.publish import LATEST_FILE, fsync_dir, new_file, publish_iteration, recover, write_text_atomic
-from mmx.checkpoint.rows import Arena, as_array
+from mmx.checkpoint.rows import Arena, as_array, chunks
 from mmx.checkpoint.safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter, dtype_name, nbytes
-from mmx.checkpoint.shard import full_shape, merge, piece_shape, split, tp_rule
+from mmx.checkpoint.shard import full_shape, is_expert, merge, piece_shape, split, tp_rule
 
 META_FILE = "mmx_checkpoint.json"
 LAYOUT_VERSION = 1
@@ -75,26 +75,27 @@ class MMSource:
         self.layout = Layout.from_dict(self.metadata["parallel"])
         self._files, self._where = {}, {}
         for tp, pp, ep in self.layout.ranks():
-            if ep:
-                continue  # expert-parallel ranks repeat the non-expert tensors; Qwen-VL families have no experts
             path = self.directory / self.layout.rank_dir(tp, pp, ep) / SHARD_FILE
             if not path.exists():
                 raise CheckpointError(f"{path} is missing: the metadata's layout {self.layout.to_dict()} needs a "
-                                      f"file for tp rank {tp}, pp stage {pp}")
-            self._files[tp, pp] = SafetensorsFile(path)
+                                      f"file for tp rank {tp}, pp stage {pp}, ep rank {ep}")
+            self._files[tp, pp, ep] = SafetensorsFile(path)
         self.entries = {}
         tied_copy = self.plan.PIPELINE["tied_copy"][1] if self.tied else None
         for pp in range(self.layout.pp_size):
-            first = self._files[0, pp]
+            first = self._files[0, pp, 0]
             for name, (dtype, shape) in first.entries.items():
                 if name in self.entries or name == tied_copy:
                     continue
                 rule = tp_rule(name, self.plan)
-                for tp in range(1, self.layout.tp_size):
-                    if name not in self._files[tp, pp].entries:
-                        raise CheckpointError(f"{self._files[tp, pp].path} lacks {name!r}, which tp rank 0 of stage "
-                                              f"{pp} holds: the checkpoint is incomplete")
-                self.entries[name] = (dtype, full_shape(shape, rule, self.layout.tp_size))
+                for tp, ep in ((tp, ep) for tp in range(self.layout.tp_size) for ep in range(self.layout.ep_size)):
+                    if name not in self._files[tp, pp, ep].entries:
+                        raise CheckpointError(f"{self._files[tp, pp, ep].path} lacks {name!r}, which tp rank 0 of "
+                                              f"stage {pp} holds: the checkpoint is incomplete")
+                shape = full_shape(shape, rule, self.layout.tp_size)
+                if is_expert(name, self.plan):    # expert-parallel ranks hold consecutive experts (dim 0)
+                    shape = (shape[0] * self.layout.ep_size,) + tuple(shape[1:])
+                self.entries[name] = (dtype, shape)
                 self._where[name] = pp
 
     @property
@@ -108,9 +109,14 @@ class MMSource:
         rule = tp_rule(name, self.plan)
         if self._arena is not None:
             self._arena.reset()
+        # Expert-parallel ranks each hold a run of experts: their pieces stack on dim 0 (rows).
+        ep_ranks = range(self.layout.ep_size) if is_expert(name, self.plan) else range(1)
+
+        def piece(tp):
+            return [self._files[tp, pp, ep].read(name, self._arena) for ep in ep_ranks]
         if rule == "replicate":
-            return [self._files[0, pp].read(name, self._arena)]
-        return merge([[self._files[tp, pp].read(name, self._arena)] for tp in range(tp_size)], rule, self._arena)
+            return piece(0)
+        return merge([piece(tp) for tp in range(tp_size)], rule, self._arena)
 
 
 class ArraySource:
@@ -144,10 +150,13 @@ def write_iteration(source, directory, iteration, layout, plan, metadata, progre
     for name, (dtype, shape) in source.entries.items():
         rule = tp_rule(name, plan)
         piece = piece_shape(shape, rule, layout.tp_size, name)
+        expert = is_expert(name, plan) and layout.ep_size > 1
+        if expert:
+            piece = (piece[0] // layout.ep_size,) + tuple(piece[1:])
         held = dict(placements(name, stages, plan, tied))
         if not held:
             raise CheckpointError(f"no pipeline stage of {layout.to_dict()} holds {name!r}")
-        placement[name] = (rule, held)
+        placement[name] = (rule, held, expert)
         for tp, pp, ep in layout.ranks():
             if pp in held:
                 declared[tp, pp, ep].append((held[pp], dtype, piece))
@@ -159,11 +168,14 @@ def write_iteration(source, directory, iteration, layout, plan, metadata, progre
         label = iteration_dir_name(iteration)
         with progress_bar(sum(nbytes(*entry) for entry in source.entries.values()), progress, label) as bar:
             for name, (dtype, shape) in source.entries.items():
-                rule, held = placement[name]
+                rule, held, expert = placement[name]
                 pieces = split(source.read(name), rule, layout.tp_size)
+                # stacked experts: EP rank e gets the e-th run of experts; everything else is on every EP rank
+                by_rank = {tp: chunks(pieces[tp], layout.ep_size) if expert else [pieces[tp]] * layout.ep_size
+                           for tp in range(layout.tp_size)}
                 for tp, pp, ep in layout.ranks():
                     if pp in held:
-                        writers[tp, pp, ep].write(held[pp], pieces[tp])
+                        writers[tp, pp, ep].write(held[pp], by_rank[tp][ep])
                 bar.update(nbytes(dtype, shape))
         for writer in writers.values():
             writer.close()
@@ -175,6 +187,12 @@ def write_iteration(source, directory, iteration, layout, plan, metadata, progre
     full_metadata = {**metadata, "format": "mmx", "layout_version": LAYOUT_VERSION, "iteration": iteration,
                      "dtype": _dtype_label(dtypes), "parallel": layout.to_dict(),
                      "backend": metadata.get("backend"), "mmx_version": mmx.__version__}
+    experts = metadata["model"].get("num_experts", 0)
+    full_metadata.pop("local_experts", None)
+    if experts and layout.ep_size > 1:   # local expert i of EP rank e is global expert e * E / ep + i
+        local = experts // layout.ep_size
+        full_metadata["local_experts"] = [list(range(rank * local, (rank + 1) * local))
+                                          for rank in range(layout.ep_size)]
     new_file(directory / META_FILE).write_text(json.dumps(full_metadata, indent=2) + "\n")
     return directory
 
