@@ -38,3 +38,33 @@ def test_qwen3_vl_freeze_groups(qwen3_vl_dir, flag):
         assert {"image_encoder.encoder.pos_embed.weight", "image_encoder.encoder.patch_embed.proj.bias"} <= frozen
     if flag == "text_decoder":
         assert "text_decoder.decoder.layers.1.self_attention.q_layernorm.weight" in frozen
+
+
+@pytest.fixture(scope="module")
+def glm4v_dir(tmp_path_factory):
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("glm4v")), "glm4v")
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGS))
+def test_glm4v_freeze_groups(glm4v_dir, flag):
+    """GLM-4.1V: the vision encoder group is image_encoder.encoder.* (patch embed, post-conv norm, position table,
+    blocks, final norm, downsample, as MindSpeed-MM names them), the projector group the merger."""
+    model = models.build(glm4v_dir)
+    names = [name for name, _ in nn.named_parameters(model)]
+    frozen = set(apply_freeze(model, FLAGS[flag]))
+    want = {
+        "vision_encoder": {n for n in names if n.startswith("image_encoder.encoder.")},
+        "vision_projector": {n for n in names if n.startswith("image_encoder.projector.")},
+        "text_decoder": {n for n in names if n.startswith("text_decoder.")
+                         and not n.startswith("text_decoder.output_layer.")},
+        "lm_head": {"text_decoder.output_layer.weight"},
+    }[flag]
+    assert frozen == want
+    if flag == "vision_encoder":
+        assert {"image_encoder.encoder.downsample.weight", "image_encoder.encoder.blocks.final_layernorm.weight",
+                "image_encoder.encoder.embeddings.position_embedding.weight"} <= frozen
+    if flag == "vision_projector":
+        assert len(frozen) == 6          # proj, LayerNorm weight + bias, gate, up, down
+    if flag == "text_decoder":
+        assert "text_decoder.decoder.layers.1.post_mlp_layernorm.weight" in frozen
+

@@ -1,7 +1,7 @@
-"""Training parity, 20 fp32 steps on the tiny Qwen2.5-VL and Qwen3-VL and real digit images:
+"""Training parity, 20 fp32 steps on the tiny Qwen2.5-VL, Qwen3-VL and GLM-4.1V and real digit images:
 mmx-torch vs a plain transformers + torch.optim.AdamW loop (same weights, batches, lr, clipping): ≤ 1e-4 relative;
-mmx-MindSpore vs mmx-torch (torch in a subprocess): ≤ 1e-3 relative; Qwen3-VL trained 10 steps on the other backend
-resumes here on the uninterrupted curve."""
+mmx-MindSpore vs mmx-torch (torch in a subprocess): ≤ 1e-3 relative; Qwen3-VL trained 10 steps (GLM-4.1V 2) on the
+other backend resumes here on the uninterrupted curve."""
 import os
 import subprocess
 import sys
@@ -15,7 +15,7 @@ from tolerances import TRAIN_TOLERANCE
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "glm4v")
 
 
 def transformers_losses(work, family):
@@ -87,3 +87,21 @@ def test_qwen3_vl_checkpoint_of_the_other_backend_resumes_on_the_same_curve(tmp_
     relative = [abs(a - b) / abs(b) for a, b in zip(first + resumed, uninterrupted)]
     assert max(relative) <= TRAIN_TOLERANCE["cross_backend_loss_rel"], relative
     assert uninterrupted[-1] < uninterrupted[0] / 2           # it learns
+
+
+def test_glm4v_checkpoint_of_the_other_backend_resumes_on_the_same_curve(tmp_path):
+    """GLM-4.1V, shortened to 4 steps: 2 on the other backend (its checkpoint: weights + AdamW state), 2 here."""
+    from mmx import backend
+
+    other = {"torch": "mindspore", "mindspore": "torch"}[backend.name()]
+    run = subprocess.run([sys.executable, os.path.join(HERE, "parity_runner.py"), str(tmp_path),
+                          str(tmp_path / "first.npz"), "glm4v", "train_iters=2", f"save={tmp_path / 'other'}"],
+                         capture_output=True, text=True, timeout=900, env=dict(os.environ, MMX_BACKEND=other))
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = list(np.load(str(tmp_path / "first.npz"))["losses"])
+    resumed = mmx_losses(str(tmp_path), "glm4v", train_iters=4, load=str(tmp_path / "other"),
+                         save=str(tmp_path / "here"))
+    uninterrupted = mmx_losses(str(tmp_path), "glm4v", train_iters=4)
+    assert len(first) == len(resumed) == 2 and len(uninterrupted) == 4
+    relative = [abs(a - b) / abs(b) for a, b in zip(first + resumed, uninterrupted)]
+    assert max(relative) <= TRAIN_TOLERANCE["cross_backend_loss_rel"], relative
