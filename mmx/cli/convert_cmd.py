@@ -1,7 +1,7 @@
 """``mmx convert``: HF ↔ mm checkpoints, resharding, framework-native exports.
 
     mmx convert hf_to_mm --hf-dir HF --mm-dir MM [--dtype keep|bf16|fp32] [--tp-size N] [--ep-size N]
-                         [--llm-pp-layers 5,12,12,11] [--vit-pp-layers 24,0,0,0]
+                         [--llm-pp-layers 5,12,12,11] [--vit-pp-layers 24,0,0,0] [--expert-layout hub|transformers]
     mmx convert reshard  --mm-dir SRC --save-dir DST [same layout options]
     mmx convert mm_to_hf --mm-dir MM --save-hf-dir OUT [--hf-dir HF]
     mmx convert export   --mm-dir MM --save-dir OUT --format torch|mindspore [--backend ...]
@@ -66,12 +66,16 @@ def convert_group():
 @click.option("--hf-dir", required=True, type=click.Path(file_okay=False), help="HF model directory.")
 @click.option("--mm-dir", required=True, type=click.Path(file_okay=False), help="Output mm checkpoint directory.")
 @click.option("--dtype", type=click.Choice(["keep", "bf16", "fp32"]), default="keep", show_default=True)
+@click.option("--expert-layout", type=click.Choice(["hub", "transformers"]), default=None,
+              help="MoE: the orientation of stacked experts whose shape fits both, hub files (E, in, out) or "
+                   "transformers' save_pretrained (E, out, in); otherwise read from the shapes.")
 @_layout_options
-def hf_to_mm_command(hf_dir, mm_dir, dtype, tp_size, ep_size, llm_pp_layers, vit_pp_layers, progress, overwrite):
+def hf_to_mm_command(hf_dir, mm_dir, dtype, expert_layout, tp_size, ep_size, llm_pp_layers, vit_pp_layers, progress,
+                     overwrite):
     """HF checkpoint → mm checkpoint (release/) with the given parallel layout."""
     from mmx.convert.drivers import hf_to_mm
     final = _run(hf_to_mm, hf_dir, mm_dir, dtype, tp_size, ep_size, vit_pp_layers, llm_pp_layers, progress,
-                 overwrite)
+                 overwrite, expert_layout)
     click.echo(f"wrote {final}")
 
 

@@ -169,6 +169,14 @@ def test_moe_expert_orientation_the_shapes_cannot_tell_needs_the_option(tmp_path
                                                 r".*pass --expert-layout hub .* or --expert-layout transformers"):
         hf_to_mm(truncate_weights(hf_dir, tmp_path / "truncated"), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
-    hf_to_mm(hf_dir, tmp_path / "mm", expert_layout="hub")
+    from click.testing import CliRunner
+
+    from mmx.cli import main
+    runner = CliRunner()
+    refused = runner.invoke(main, ["convert", "hf_to_mm", "--hf-dir", hf_dir, "--mm-dir", str(tmp_path / "cli")])
+    assert refused.exit_code == 1 and "pass --expert-layout hub" in refused.output and "Traceback" not in refused.output
+    result = runner.invoke(main, ["convert", "hf_to_mm", "--hf-dir", hf_dir, "--mm-dir", str(tmp_path / "mm"),
+                                  "--expert-layout", "hub", "--no-progress"])
+    assert result.exit_code == 0, result.output
     mm_to_hf(tmp_path / "mm", tmp_path / "back")
     assert_same_tensors(hf_tensors(tmp_path / "back"), hf_tensors(hf_dir))
