@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# GLM-4.1V-9B-Thinking fine-tuning, torch backend. Extra arguments are config overrides: training.lr=2e-5 ...
+# Convert first, in the guide's pipeline layout (vision 24 blocks on the first stage, LLM 40 layers; mmx finetune
+# reads any layout; GLM's vision tower must sit on stage 0 whole):
+#   mmx convert hf_to_mm --hf-dir ckpt/hf_path/GLM-4.1V-9B-Thinking --mm-dir ckpt/mm_path/GLM-4.1V-9B-Thinking --vit-pp-layers 24,0,0,0 --llm-pp-layers 5,12,12,11
+# The guides' launch variables (defaults in ../../launch.sh, one device; NPUS_PER_NODE=8 trains data parallel on 8,
+# fully sharded: training.data_parallel in the yaml, so 8 x 64 GB devices hold the model and its AdamW state):
+#   NPUS_PER_NODE=8 NNODES=1 NODE_RANK=0 MASTER_ADDR=localhost MASTER_PORT=29501 bash examples/torch/glm4v/finetune_glm4v_9b.sh
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/../../launch.sh"
+CONFIG=${CONFIG:-$HERE/finetune_glm4v_9b.yaml}
+launch torch "$CONFIG" finetune_glm4v_9b "$@"
