@@ -41,6 +41,10 @@ TRAINING_DEFAULTS = {
     "clip_grad": 1.0,               # global-norm clip; 0 disables
     "precision": "fp32",            # fp32 | bf16 (torch: autocast with fp32 master weights)
     "loss_type": "default",         # default | per_token | per_sample (vlm_model_loss_calculate_type)
+    # MoE: weight of the load-balancing loss added to the training loss (each micro-batch's, averaged over the
+    # global batch's micro-batches); null: the checkpoint's text_config.router_aux_loss_coef when its
+    # output_router_logits is true (what transformers trains with), else 0 (off)
+    "router_aux_loss_coef": None,
     "save": None,                   # checkpoint directory
     "load": None,                   # resume from this checkpoint directory (latest_checkpointed_iteration.txt)
     "save_interval": 0,             # 0: only at the end
@@ -89,7 +93,7 @@ STRUCTURE_KEYS = ("hidden_size", "num_layers", "num_hidden_layers", "num_attenti
 # "default" loss (a mean per micro-batch).
 RESUME_SETTINGS = ("seed", "global_batch_size", "micro_batch_size", "loss_type", "lr", "min_lr", "lr_warmup_iters",
                    "lr_warmup_fraction", "lr_decay_style", "lr_decay_iters", "weight_decay", "adam_beta1",
-                   "adam_beta2", "adam_eps", "clip_grad")
+                   "adam_beta2", "adam_eps", "clip_grad", "router_aux_loss_coef")
 DATA_RESUME_SETTINGS = ("dataset", "max_samples", "cutoff_len", "packing", "skip_bad_samples", "train_on_prompt",
                         "mask_history", "image_max_pixels", "image_min_pixels", "seed", "shuffle", "buffer_size")
 LEGACY_RUN_SETTINGS = ("seed", "global_batch_size", "loss_type")   # trainer_state keys before run_settings existed

@@ -107,6 +107,19 @@ class Sampler:
                 for p in range(start, start + count)]
 
 
+def aux_loss_coef(training, model):
+    """The MoE load-balancing loss weight: ``training.router_aux_loss_coef``, or (null) the checkpoint's (its
+    ``router_aux_loss_coef`` when ``output_router_logits``, read into the model config); 0 for dense models."""
+    text = getattr(getattr(model, "config", None), "text", None)
+    if not getattr(text, "num_experts", 0):
+        if training.get("router_aux_loss_coef"):
+            raise ConfigError(f"training.router_aux_loss_coef {training['router_aux_loss_coef']}: this model has no "
+                              f"MoE layers (no load-balancing loss); remove the key")
+        return 0.0
+    coef = training.get("router_aux_loss_coef")
+    return float(text.router_aux_loss_coef if coef is None else coef)
+
+
 def model_inputs(model, batch):
     """The keyword arguments of ``model.forward`` found in ``batch``: tensors, except integer host metadata."""
     accepted = inspect.signature(model.forward).parameters
@@ -202,6 +215,8 @@ class Trainer:
         self.schedule = LRSchedule(training["lr"], training["train_iters"], training["min_lr"],
                                    warmup_iters(training), training["lr_decay_style"], training["lr_decay_iters"])
         self.iteration, self.consumed_samples, self.history = 0, 0, []
+        self.aux_loss_coef = aux_loss_coef(training, model)
+        self._aux_losses, self._micro_batches = [], 1
         if training.get("load"):
             self._load_model(training["load"])
         # every rank read the same files; the broadcast also covers weights a model initialised at random
@@ -359,7 +374,12 @@ class Trainer:
 
     def _loss_fn(self, prepared):
         inputs, targets, weights = prepared
-        return weighted_lm_loss(self.model(**inputs), targets, weights)
+        if not self.aux_loss_coef:
+            return weighted_lm_loss(self.model(**inputs), targets, weights)
+        # MoE: + coef x this micro-batch's load-balancing loss / micro-batches in the global batch (their mean)
+        logits, aux = self.model(**inputs, return_aux_loss=True)
+        self._aux_losses.append(aux)
+        return weighted_lm_loss(logits, targets, weights) + aux * (self.aux_loss_coef / self._micro_batches)
 
     def step(self):
         """One optimizer step; returns its metrics record. Raises NonFiniteLossError naming step and samples."""
@@ -373,6 +393,7 @@ class Trainer:
         counts = self.comm.all_reduce_numpy(local)
         weights = token_weights(batches, training["loss_type"], global_counts=counts[:3])
         prepared = [prepare_micro_batch(self.model, batch, weight) for batch, weight in zip(batches, weights)]
+        self._micro_batches, self._aux_losses = int(counts[2]), []
         lr = self.schedule(self.iteration)
         start = time.perf_counter()
         loss, grad_norm = train_step(self.steps, self.params, self.optimizer, self._loss_fn, prepared, lr,
@@ -400,6 +421,10 @@ class Trainer:
         if self.dropped != self._logged_dropped:   # the run's first record, and a stream's growing count
             extra = {"dropped_samples": {"total": sum(self.dropped.values()), "by_kind": dict(self.dropped)}}
             self._logged_dropped = dict(self.dropped)
+        if self.aux_loss_coef:   # the load-balancing loss on its own: the mean over the global batch's micro-batches
+            local = np.array([sum(float(ops.to_numpy(aux)) for aux in self._aux_losses), len(self._aux_losses)])
+            total, count = self.comm.all_reduce_numpy(local) if self.world_size > 1 else local
+            extra = dict(extra or {}, aux_loss=float(total / max(count, 1)))
         return self.logger.log(self.iteration, loss, lr, grad_norm, tokens, seconds, training["global_batch_size"],
                                extra)
 

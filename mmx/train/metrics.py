@@ -115,15 +115,17 @@ class MetricsLogger:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.tensorboard is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+            for key in ("loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
                 if key in record:
                     self.tensorboard.add_scalar(f"train/{key}", record[key], step)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}")
         if step % self.log_interval == 0:
-            line = (f"step {step} | loss {loss:.6f} | lr {lr:.3e} | grad_norm {grad_norm:.4f} | "
-                    f"tokens/s {tokens_per_second:.1f}")
+            line = f"step {step} | loss {loss:.6f} | "
+            if "aux_loss" in record:
+                line += f"aux_loss {record['aux_loss']:.6f} | "
+            line += f"lr {lr:.3e} | grad_norm {grad_norm:.4f} | tokens/s {tokens_per_second:.1f}"
             if "mfu" in record:
                 line += f" | mfu {record['mfu'] * 100:.2f}%"
             if self.log_tps:
