@@ -2,7 +2,9 @@
 
 It builds inputs the way users' data does — the checkpoint's own ``AutoProcessor`` and chat template over synthetic
 images of two sizes, a short video and a text-only prompt — and runs the transformers model in float32 with eager
-attention, returning numpy arrays. ``mmx verify`` and the model tests compare mmx against it.
+attention, returning numpy arrays. ``mmx verify`` and the model tests compare mmx against it. transformers' GLM-4.1V
+cannot mix image and video rows in one batch (its video frames use the image token), so such a batch runs as two
+row groups with the same padding (:func:`_row_groups`); the loss is the mean over all supervised tokens either way.
 """
 import functools
 
