@@ -53,6 +53,8 @@ if not os.path.exists(f"tiny_{family}/mm/latest_checkpointed_iteration.txt"):
     make_digits_vqa(f"tiny_{family}/digits", size=56)
     hf_to_mm(f"tiny_{family}/hf", f"tiny_{family}/mm")
 PY
-    mmx finetune --backend "$backend" --config "$config" "$@"
-    mmx convert mm_to_hf --mm-dir "tiny_$family/save" --save-hf-dir "tiny_$family/save_hf"
+    # The tiny run's outputs are its own and cheap to remake: a second run replaces them (training.overwrite keeps
+    # the old checkpoint until the new one is complete).
+    mmx finetune --backend "$backend" --config "$config" training.overwrite=true "$@"
+    mmx convert mm_to_hf --mm-dir "tiny_$family/save" --save-hf-dir "tiny_$family/save_hf" --overwrite
 }
