@@ -6,13 +6,19 @@ is chosen before anything framework-specific is loaded (ARCHITECTURE rule 1).
 import click
 
 import mmx
-from mmx.cli.common import backend_option
+from mmx.cli.common import MmxGroup, backend_option
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MmxGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(mmx.__version__, prog_name="mmx")
+@click.option("--debug", is_flag=True, expose_value=False,
+              help="Show the traceback of an error (also accepted after the command, or MMX_DEBUG=1).")
 def main():
-    """Fine-tune vision-language models on PyTorch or MindSpore from one model definition."""
+    """Fine-tune vision-language models on PyTorch or MindSpore from one model definition.
+
+    A mistake in a command line, config or data file ends in one line naming the file / key / sample and the fix,
+    with exit status 2; --debug shows the traceback.
+    """
 
 
 @main.command("backends")

@@ -99,8 +99,9 @@ assert [f.name for f in fields(DataConfig)][:len(KEYS)] == list(KEYS), "KEYS and
 
 
 def _read_file(path):
-    with open(path) as f:
-        text = f.read()
+    if path.endswith(".jsonl"):   # a dataset file: one sample per line
+        return [path]
+    text = read_text(path)
     if path.endswith((".yaml", ".yml")):
         import yaml
         return yaml.safe_load(text) or {}
@@ -108,6 +109,27 @@ def _read_file(path):
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: malformed JSON config ({err.msg})") from None
+
+
+def read_text(path, what="file"):
+    """The UTF-8 text of ``path``; a ValueError naming the file and the byte when it is not UTF-8."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason}: byte 0x{data[err.start]:02x} at offset "
+                         f"{err.start}); save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path}") from None
+
+
+def read_data_file(path):
+    """The raw dict of a data config file (guides' data.json or flat YAML/JSON), for a finetune ``data: PATH``."""
+    raw = _read_file(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is a dataset file, not a data config: set data.dataset={path} instead")
+    return raw
 
 
 def _flatten_guide(raw, source):
@@ -156,10 +178,45 @@ def _coerce(key, value, source):
     return str(value)
 
 
+def unknown_key_message(unknown, known, where):
+    """``where: unknown key K (did you mean 'k'?)`` for the first of ``unknown``, or None when all are known."""
+    import difflib
+
+    unknown = sorted(set(unknown) - set(known), key=str)
+    if not unknown:
+        return None
+    key = unknown[0]
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(map(str, known))}"
+    more = f" (and {len(unknown) - 1} more unknown: {', '.join(map(str, unknown[1:]))})" if len(unknown) > 1 else ""
+    return f"{where}: unknown key {key!r}{hint}{more}"
+
+
+def check_data_keys(section, where):
+    """ValueError naming the first unknown key of a flat data ``section`` (did-you-mean), e.g. data.cutof_len."""
+    if isinstance(section, dict) and "dataset_param" not in section:
+        message = unknown_key_message(section, KEYS, where)
+        if message:
+            raise ValueError(message)
+
+
 def load_data_config(config, base_dir=None, **overrides):
-    """A :class:`DataConfig` from a path (``.json`` / ``.yaml``) or a dict, guides' nested or flat mmx style."""
+    """A :class:`DataConfig` from a path (``.json`` / ``.yaml``) or a dict, guides' nested or flat mmx style.
+
+    A path to a dataset file itself (a ``.jsonl``, or a ``.json`` holding an array of samples) is read as
+    ``{dataset: path}``; its processor then comes from the ``model_name_or_path`` override.
+    """
     source = config if isinstance(config, str) else "<dict>"
     raw = _read_file(config) if isinstance(config, str) else dict(config or {})
+    if isinstance(raw, list):   # a dataset file, not a config
+        if not overrides.get("model_name_or_path"):
+            raise ValueError(f"{source} is a dataset file (a list of samples), not a data config: give the model "
+                             f"whose processor encodes it, e.g. mmx data check --config {source} "
+                             f"--model-name-or-path HF_DIR")
+        raw = {"dataset": [os.path.abspath(source)]}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: a data config must be a mapping of data keys (or the guides' data.json), got "
+                         f"{type(raw).__name__}")
     if "data" in raw and isinstance(raw["data"], dict) and "dataset_param" not in raw:
         # a finetune config: its data section, with the model dir as the default processor source (as finetune does)
         model_dir = (raw.get("model") or {}).get("init_from_hf_path")
@@ -170,9 +227,7 @@ def load_data_config(config, base_dir=None, **overrides):
         flat, ignored = _flatten_guide(raw, source)
     else:
         flat, ignored = raw, []
-        unknown = sorted(set(flat) - set(KEYS))
-        if unknown:
-            raise ValueError(f"{source}: unknown data key(s) {unknown}; known keys: {', '.join(KEYS)}")
+        check_data_keys(flat, source)
     flat.update({k: v for k, v in overrides.items() if v is not None})
     values = {key: _coerce(key, flat.get(key), source) for key in KEYS}
     base = base_dir or os.getcwd()

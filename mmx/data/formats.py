@@ -105,6 +105,9 @@ def iter_records(path):
         text = f.read()
     try:
         records = json.loads(text)
+    except UnicodeDecodeError as err:
+        raise DataError(MALFORMED_JSON, path, None, f"not UTF-8 text ({err.reason} at byte {err.start}); save the "
+                        f"file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
     except json.JSONDecodeError as err:
         raise DataError(MALFORMED_JSON, path, None, f"malformed JSON: {err.msg} (column {err.colno}); the file must "
                         f"be one JSON array of samples, or use .jsonl with one sample per line",

@@ -110,8 +110,12 @@ def read_config_file(path):
     """The dict in a YAML (.yaml/.yml) or JSON file."""
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} does not exist")
-    with open(path) as handle:
-        text = handle.read()
+    try:
+        text = read_text(path, "config file")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    from mmx.data.config import read_text
+
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
@@ -149,15 +153,17 @@ def parse_value(raw):
     return value
 
 
-def _merge(defaults, given, where):
+def _merge(defaults, given, where, path=None):
+    if not isinstance(given, dict):
+        raise ConfigError(f"{path or 'config'}: {where} must be a mapping of keys, got {given!r}")
     merged = copy.deepcopy(defaults)
     for key, value in given.items():
         if key not in defaults:
-            close = difflib.get_close_matches(key, defaults, n=1)
+            close = difflib.get_close_matches(str(key), defaults, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(defaults))}"
-            raise ConfigError(f"unknown key {where}.{key}{hint}")
+            raise ConfigError(f"{path + ': ' if path else ''}unknown key {where}.{key}{hint}")
         if isinstance(defaults[key], dict) and isinstance(value, dict):
-            merged[key] = _merge(defaults[key], value, f"{where}.{key}")
+            merged[key] = _merge(defaults[key], value, f"{where}.{key}", path)
         else:
             merged[key] = value
     return merged
@@ -173,14 +179,19 @@ def load_config(path=None, overrides=(), base=None):
     where = path or "config"
     unknown = set(raw) - {"model", "data", "training"}
     if unknown:
-        raise ConfigError(f"{where}: unknown sections {sorted(unknown)}; use model / data / training")
+        close = difflib.get_close_matches(str(sorted(unknown, key=str)[0]), ["model", "data", "training"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: unknown section {sorted(unknown, key=str)[0]!r}{hint}; the sections are model / "
+                          f"data / training")
+    raw["data"] = read_data_section(raw.get("data"), where)
     model = raw.get("model") or {}
     structure = [key for key in model if key in STRUCTURE_KEYS]
     if structure:
         raise ConfigError(f"{where}: model.{structure[0]} sets model structure, which comes from the checkpoint's "
                           f"config.json; remove it here (edit the checkpoint's config to change the model)")
-    config = {"model": _merge(MODEL_DEFAULTS, model, "model"), "data": raw.get("data") or {},
-              "training": _merge(TRAINING_DEFAULTS, raw.get("training") or {}, "training")}
+    config = {"model": _merge(MODEL_DEFAULTS, model, "model", where), "data": raw.get("data") or {},
+              "training": _merge(TRAINING_DEFAULTS, raw.get("training") or {}, "training", where)}
+    check_types(config["training"], where)
     check_training(config["training"], where)
     return config
 
@@ -189,12 +200,67 @@ def check_training(training, where="config"):
     """Errors for values that cannot work, naming the key and the fix."""
     micro, global_batch = training["micro_batch_size"], training["global_batch_size"]
     if micro < 1 or global_batch < 1 or global_batch % micro:
+def read_data_section(data, where):
+    """The ``data`` section: a mapping of data keys (unknown ones refused, did-you-mean), or the path of a data
+    config (the guides' data.json or a flat YAML/JSON; relative to the working directory, as in the guides)."""
+    from mmx.data.config import check_data_keys, read_data_file
+
+    if data is None or data == {}:
+        return {}
+    if isinstance(data, str):
+        try:
+            data = read_data_file(data)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{where}: data {data!r}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: data must be a mapping of data keys (dataset: FILE, ...) or the path of a "
+                          f"data.json, got {type(data).__name__}")
+    try:
+        check_data_keys(data, f"{where}: data")
+    except ValueError as err:
+        raise ConfigError(str(err).replace(": data: unknown key '", ": unknown key 'data.")) from err
+    return data
+
+
+# The type of each training key whose default is None (the others take their default's type).
+NULL_DEFAULT_TYPES = {"lr_warmup_fraction": float, "lr_decay_iters": int, "router_aux_loss_coef": float,
+                      "save": str, "load": str, "log_dir": str, "peak_tflops": float, "num_train_epochs": float,
+                      "save_total_limit": int}
+EXAMPLES = {int: "an integer, e.g. 100", float: "a number, e.g. 1e-4", bool: "true or false", str: "a path or name",
+            list: "a list, e.g. [lr, seed]"}
+
+
+def check_types(training, where="config"):
+    """ConfigError naming a training key whose value has the wrong type (``training.lr=abc``); integral floats
+    (``train_iters=1e3``) become ints."""
+    for key, value in training.items():
+        default = TRAINING_DEFAULTS.get(key)
+        kind = NULL_DEFAULT_TYPES.get(key) if default is None else type(default)
+        if value is None or kind not in EXAMPLES:
+            continue
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            continue
+        if kind is int and isinstance(value, float) and value.is_integer():
+            training[key] = value = int(value)
+        if kind is list and isinstance(value, str):
+            continue
+        if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+            continue
+        raise ConfigError(f"{where}: training.{key} is {value!r}: it must be {EXAMPLES[kind]} "
+                          f"(training.{key}={'1e-4' if kind is float else '100' if kind is int else 'true'} on the "
+                          f"command line)" if kind in (int, float, bool) else
+                          f"{where}: training.{key} is {value!r}: it must be {EXAMPLES[kind]}")
+
+
         raise ConfigError(f"{where}: training.global_batch_size ({global_batch}) must be a positive multiple of "
                           f"training.micro_batch_size ({micro}); gradient accumulation = global / micro")
     if training["precision"] not in ("fp32", "bf16"):
         raise ConfigError(f"{where}: training.precision {training['precision']!r}: use fp32 or bf16")
     if training["train_iters"] < 1:
         raise ConfigError(f"{where}: training.train_iters must be at least 1")
+    if training["min_lr"] > training["lr"]:
+        raise ConfigError(f"{where}: training.min_lr ({training['min_lr']}) is larger than training.lr "
+                          f"({training['lr']}); the schedule decays from lr to min_lr: lower min_lr")
     if training["load"] and not os.path.isdir(training["load"]) and not recover(training["load"]):
         raise ConfigError(f"{where}: training.load {training['load']} is not a directory")
     if training["data_parallel"] not in DATA_PARALLEL_MODES:

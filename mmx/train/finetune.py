@@ -78,6 +78,22 @@ def build_data(config):
 
 
 def finetune(config, echo=print):
+def check_data_files(config):
+    """ConfigError naming ``data.dataset`` when one of its files does not exist (before the model is built)."""
+    from mmx.data.config import load_data_config
+
+    data = dict(config["data"])
+    data.setdefault("model_name_or_path", config["model"]["init_from_hf_path"])
+    try:
+        resolved = load_data_config(data)
+    except ValueError as err:
+        raise ConfigError(f"data: {err}".replace("data: <dict>: ", "data.")) from err
+    missing = [path for path in resolved.dataset if not os.path.isfile(path)]
+    if missing:
+        where = f" (relative paths: from the working directory {os.getcwd()}, then data.dataset_dir)"
+        raise ConfigError(f"data.dataset: {missing[0]} does not exist{where}; fix the path")
+
+
     """Run the config (mmx.train.config.load_config output); returns the Trainer after training."""
     from mmx import backend
     from mmx.convert.hf import copy_support_files
@@ -98,6 +114,7 @@ def finetune(config, echo=print):
     if note:
         echo(note)
     model, metadata, frozen = build_model(config["model"])
+    check_data_files(config)   # a mistyped dataset path fails before the (slow) model build
     if frozen:
         echo(f"frozen: {len(frozen)} parameters ({', '.join(sorted({n.rsplit('.', 3)[0] for n in frozen})[:6])} ...)")
     pipeline = build_data(config)

@@ -46,7 +46,7 @@ def test_export_needs_the_matching_backend(tiny_hf, tmp_path):
     hf_to_mm(tiny_hf("qwen2_vl"), tmp_path / "mm")
     result = CliRunner().invoke(main, ["convert", "export", "--mm-dir", str(tmp_path / "mm"), "--save-dir",
                                        str(tmp_path / "native"), "--format", other])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"--format {other} writes and reads {other} files with the {other} backend" in result.output
 
 

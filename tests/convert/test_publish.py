@@ -185,7 +185,7 @@ def test_cli_refuses_without_overwrite(mm_pair, tmp_path):
     args = ["convert", "mm_to_hf", "--no-progress", "--save-hf-dir", str(tmp_path / "out"), "--mm-dir"]
     assert runner.invoke(main, args + [str(a)]).exit_code == 0
     refused = runner.invoke(main, args + [str(b)])
-    assert refused.exit_code == 1 and "already holds a checkpoint" in refused.output
+    assert refused.exit_code == 2 and "already holds a checkpoint" in refused.output
     assert "Traceback" not in refused.output
     assert runner.invoke(main, args + [str(b), "--overwrite"]).exit_code == 0
     assert_same_tensors(read_hf_as_mm(tmp_path / "out")[1], load_mm(b)[1])

@@ -174,7 +174,7 @@ def test_moe_expert_orientation_the_shapes_cannot_tell_needs_the_option(tmp_path
     from mmx.cli import main
     runner = CliRunner()
     refused = runner.invoke(main, ["convert", "hf_to_mm", "--hf-dir", hf_dir, "--mm-dir", str(tmp_path / "cli")])
-    assert refused.exit_code == 1 and "pass --expert-layout hub" in refused.output and "Traceback" not in refused.output
+    assert refused.exit_code == 2 and "pass --expert-layout hub" in refused.output and "Traceback" not in refused.output
     result = runner.invoke(main, ["convert", "hf_to_mm", "--hf-dir", hf_dir, "--mm-dir", str(tmp_path / "mm"),
                                   "--expert-layout", "hub", "--no-progress"])
     assert result.exit_code == 0, result.output

@@ -127,7 +127,7 @@ def test_cli_accepts_guide_spelling_and_reports_errors(tiny_hf, tmp_path):
                                                                    "mp_rank_01_000", "mp_rank_01_001"]
     result = runner.invoke(main, ["convert", "reshard", "--mm-dir", str(tmp_path / "mm"), "--save-dir",
                                   str(tmp_path / "bad"), "--llm-pp-layers", "2", "--vit-pp-layers", "1"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Error: vit_pp_layers [1] sums to 1 but the model has 2 vision blocks" in result.output
 
 
@@ -198,7 +198,7 @@ def test_qwen3_vl_layouts_are_refused_before_tensor_reads(truncated_qwen3_vl, tm
     args = [item for key, value in options.items() for item in (f"--{key.replace('_', '-')}", str(value))]
     result = CliRunner().invoke(main, ["convert", "hf_to_mm", "--hf-dir", str(truncated_qwen3_vl), "--mm-dir",
                                        str(tmp_path / "cli"), "--no-progress", *args])
-    assert result.exit_code == 1 and f"Error: {message}" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and f"Error: {message}" in result.output and "Traceback" not in result.output
 
 
 def test_qwen3_vl_deepstack_layouts_that_fit_are_accepted(truncated_qwen3_vl):
@@ -239,7 +239,7 @@ def test_glm4v_layouts_are_refused_before_tensor_reads(truncated_glm4v, tmp_path
     args = [item for key, value in options.items() for item in (f"--{key.replace('_', '-')}", str(value))]
     result = CliRunner().invoke(main, ["convert", "hf_to_mm", "--hf-dir", str(truncated_glm4v), "--mm-dir",
                                        str(tmp_path / "cli"), "--no-progress", *args])
-    assert result.exit_code == 1 and f"Error: {message}" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and f"Error: {message}" in result.output and "Traceback" not in result.output
 
 
 def test_glm4v_9b_guide_layouts():

@@ -46,7 +46,7 @@ def test_flat_yaml_and_dataset_relative_to_dataset_dir(tmp_path):
 
 
 @pytest.mark.parametrize("raw, pattern", [
-    ({"dataset": "a.json", "cutof_len": 5}, r"unknown data key\(s\) \['cutof_len'\]"),
+    ({"dataset": "a.json", "cutof_len": 5}, r"unknown key 'cutof_len' \(did you mean 'cutoff_len'\?\)"),
     ({"dataset": ""}, "dataset is empty"),
     ({"dataset": "a.json", "cutoff_len": -1}, "cutoff_len must be a non-negative integer"),
     ({"dataset": "a.json", "streaming": "yes"}, "streaming must be true or false"),

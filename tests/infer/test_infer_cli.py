@@ -120,7 +120,7 @@ def test_bad_model_dir_and_media_are_named(tmp_path):
     from mmx.infer import prompts
 
     result = CliRunner().invoke(main, ["infer", "--model", str(tmp_path), "--prompt", "x"])
-    assert result.exit_code == 1 and "neither an mm checkpoint" in result.output
+    assert result.exit_code == 2 and "neither an mm checkpoint" in result.output
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     with pytest.raises(ValueError, match="bad.png cannot be read"):

@@ -172,14 +172,14 @@ def test_finetune_counts_dropped_samples_and_names_the_fixes(tmp_path):
     assert records[0]["dropped_samples"] == {"total": 2, "by_kind": {"missing_media": 1, "cut_through_image": 1}}
     assert "dropped_samples" not in records[1]
     empty = finetune("data.cutoff_len=8", f"training.save={tmp_path / 'other'}")
-    assert empty.exit_code == 1 and "Traceback" not in empty.output
+    assert empty.exit_code == 2 and "Traceback" not in empty.output
     assert ("the training dataset is empty: all 10 samples of " in empty.output and
             "were dropped: 1 missing_media (skip_bad_samples), 9 cut_through_image (cutoff_len 8); first: "
             in empty.output), empty.output
     again = finetune()   # the same save directory without training.load: another run's checkpoint
-    assert again.exit_code == 1 and f"training.save {save} already holds a checkpoint at iteration 2" in again.output
+    assert again.exit_code == 2 and f"training.save {save} already holds a checkpoint at iteration 2" in again.output
     changed = finetune(f"training.load={save}", "training.train_iters=3", "training.seed=9")
-    assert changed.exit_code == 1 and "seed 1234 -> 9" in changed.output and "--allow-changed seed" in changed.output
+    assert changed.exit_code == 2 and "seed 1234 -> 9" in changed.output and "--allow-changed seed" in changed.output
     allowed = finetune(f"training.load={save}", "training.train_iters=3", "training.seed=9", "--allow-changed", "seed")
     assert allowed.exit_code == 0, allowed.output
     assert "resume: seed changed 1234 -> 9 (training.allow_changed)" in allowed.output
