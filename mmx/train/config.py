@@ -108,14 +108,14 @@ class ConfigError(ValueError):
 
 def read_config_file(path):
     """The dict in a YAML (.yaml/.yml) or JSON file."""
+    from mmx.data.config import read_text
+
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} does not exist")
     try:
         text = read_text(path, "config file")
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    from mmx.data.config import read_text
-
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
@@ -196,10 +196,6 @@ def load_config(path=None, overrides=(), base=None):
     return config
 
 
-def check_training(training, where="config"):
-    """Errors for values that cannot work, naming the key and the fix."""
-    micro, global_batch = training["micro_batch_size"], training["global_batch_size"]
-    if micro < 1 or global_batch < 1 or global_batch % micro:
 def read_data_section(data, where):
     """The ``data`` section: a mapping of data keys (unknown ones refused, did-you-mean), or the path of a data
     config (the guides' data.json or a flat YAML/JSON; relative to the working directory, as in the guides)."""
@@ -252,15 +248,19 @@ def check_types(training, where="config"):
                           f"{where}: training.{key} is {value!r}: it must be {EXAMPLES[kind]}")
 
 
+def check_training(training, where="config"):
+    """Errors for values that cannot work, naming the key and the fix."""
+    micro, global_batch = training["micro_batch_size"], training["global_batch_size"]
+    if micro < 1 or global_batch < 1 or global_batch % micro:
         raise ConfigError(f"{where}: training.global_batch_size ({global_batch}) must be a positive multiple of "
                           f"training.micro_batch_size ({micro}); gradient accumulation = global / micro")
+    if training["min_lr"] > training["lr"]:
+        raise ConfigError(f"{where}: training.min_lr ({training['min_lr']}) is larger than training.lr "
+                          f"({training['lr']}); the schedule decays from lr to min_lr: lower min_lr")
     if training["precision"] not in ("fp32", "bf16"):
         raise ConfigError(f"{where}: training.precision {training['precision']!r}: use fp32 or bf16")
     if training["train_iters"] < 1:
         raise ConfigError(f"{where}: training.train_iters must be at least 1")
-    if training["min_lr"] > training["lr"]:
-        raise ConfigError(f"{where}: training.min_lr ({training['min_lr']}) is larger than training.lr "
-                          f"({training['lr']}); the schedule decays from lr to min_lr: lower min_lr")
     if training["load"] and not os.path.isdir(training["load"]) and not recover(training["load"]):
         raise ConfigError(f"{where}: training.load {training['load']} is not a directory")
     if training["data_parallel"] not in DATA_PARALLEL_MODES:

@@ -77,7 +77,6 @@ def build_data(config):
     return build(data)
 
 
-def finetune(config, echo=print):
 def check_data_files(config):
     """ConfigError naming ``data.dataset`` when one of its files does not exist (before the model is built)."""
     from mmx.data.config import load_data_config
@@ -94,6 +93,7 @@ def check_data_files(config):
         raise ConfigError(f"data.dataset: {missing[0]} does not exist{where}; fix the path")
 
 
+def finetune(config, echo=print):
     """Run the config (mmx.train.config.load_config output); returns the Trainer after training."""
     from mmx import backend
     from mmx.convert.hf import copy_support_files
@@ -110,11 +110,11 @@ def check_data_files(config):
              f"gradients and optimizer state")
     elif world_size > 1:
         echo(f"data parallel: {world_size} processes, each with the whole model")
+    check_data_files(config)   # a mistyped dataset path fails before the (slow) model build
     note = prepare_save_dir(training, rank)   # refuses another run's checkpoint before anything is written
     if note:
         echo(note)
     model, metadata, frozen = build_model(config["model"])
-    check_data_files(config)   # a mistyped dataset path fails before the (slow) model build
     if frozen:
         echo(f"frozen: {len(frozen)} parameters ({', '.join(sorted({n.rsplit('.', 3)[0] for n in frozen})[:6])} ...)")
     pipeline = build_data(config)
