@@ -8,6 +8,7 @@ Both directions expand the same table rows (:func:`expand_table`), so they canno
 import filecmp
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -40,6 +41,9 @@ def expand_table(names, dims):
         if dims["tied"] and mm == names.OUTPUT_LAYER[0]:
             continue
         hf = (hf,) if isinstance(hf, str) else tuple(hf)
+        # {e}: one HF tensor per routed expert (GLM-4.5V's experts.{e}.gate_proj), in expert order
+        hf = tuple(h.replace("{e}", str(e)) for h in hf
+                   for e in (range(dims["num_experts"]) if "{e}" in h else (None,)))
         built = make_transform(transform, **{key: dims[value] for key, value in arguments.items()})
         moe = dims.get("moe_layers", ())
         fills = ([{"i": i} for i in range(dims["vision_layers"])] if "{i}" in mm else
@@ -129,6 +133,11 @@ class HFSource:
         wanted = {style_name(h, self.style, names) for hf, _ in self.rows.values() for h in hf}
         missing = sorted(wanted - set(self._where))
         unexpected = sorted(set(self._where) - wanted - ({"lm_head.weight"} if dims["tied"] else set()))
+        skipped = [name for name in unexpected if getattr(names, "skipped", lambda *_: None)(name, dims)]
+        if skipped:     # e.g. GLM-4.5V's MTP layer, which transformers drops on load too
+            print(f"note: {hf_dir}: skipping {len(skipped)} tensors mmx does not use: {names.skipped(skipped[0], dims)}"
+                  f" (first: {skipped[0]})", file=sys.stderr)
+            unexpected = sorted(set(unexpected) - set(skipped))
         if missing:
             raise HFCheckpointError(f"{hf_dir}: {len(missing)} tensors the {names.__name__} table needs are missing "
                                     f"(first: {missing[:4]}); is config.json ({dims}) the one these weights belong "
@@ -147,7 +156,7 @@ class HFSource:
                 shape = transform.mm_shape([self._where[h].entries[h][1] for h in hf])
             except ValueError as err:
                 raise HFCheckpointError(f"{hf_dir}: cannot build {mm!r} from {hf}: {err}") from None
-            self.entries[mm] = (self._out_dtype(kinds.pop()), shape)
+            self.entries[mm] = (getattr(transform, "dtype", None) or self._out_dtype(kinds.pop()), shape)
             order[mm] = (files.index(self._where[hf[0]]), self._where[hf[0]].offset(hf[0]))
         self.entries = {mm: self.entries[mm] for mm in sorted(self.entries, key=order.__getitem__)}
 

@@ -20,9 +20,15 @@ name               HF tensors → mm tensor                 notes
                                                           two dims for transformers-saved ones (``layout``)
 =================  =====================================  ==============================================
 
-``stacked_experts`` with ``layout="transformers"`` is the one transform that moves bytes within rows: it
-materialises one layer's stacked tensor (one tensor at a time, as the converter streams) and transposes it.
+``per_expert_*``   ``experts.{e}.*_proj`` → ``(E, in, out)``  GLM-4.5V: E per-expert (out, in) linears
+                                                          stacked and transposed (``_gate_up``, ``_down``)
+``float32``        ``x`` → ``x`` in float32               a rename that ignores ``--dtype`` (router bias)
+
+``stacked_experts`` with ``layout="transformers"`` and ``per_expert`` are the transforms that move bytes within rows:
+they materialise one layer's stacked tensor (one tensor at a time, as the converter streams) and transpose it.
 """
+import functools
+
 import numpy as np
 
 from mmx.checkpoint.rows import as_array, num_rows, take
@@ -183,8 +189,56 @@ class StackedExperts:
         return [(shape[0], shape[2], shape[1]) if self.transposed else tuple(shape)]
 
 
+class PerExpert:
+    """Per-expert HF linears (GLM-4.5V's ``experts.{e}.{gate,up,down}_proj.weight``, (out, in) each) ↔ one stacked
+    mm tensor (E, in, out): ``projection="gate_up"`` takes the E gates then the E ups ((F, C) each) into
+    ``linear_fc1`` (E, C, 2F) = [gate^T | up^T]; ``"down"`` the E downs ((C, F)) into ``linear_fc2`` (E, F, C).
+    A transpose per expert: it materialises one layer's stacked tensor, and the way back splits it into the same
+    bytes."""
+
+    def __init__(self, projection):
+        if projection not in ("gate_up", "down"):
+            raise ValueError(f"per_expert projection {projection!r}: expected 'gate_up' or 'down'")
+        self.parts = 2 if projection == "gate_up" else 1
+
+    def to_mm(self, tensors):
+        experts = len(tensors) // self.parts
+        first = as_array(tensors[0])
+        out = np.empty((experts, first.shape[1], self.parts * first.shape[0]), first.dtype)
+        width = first.shape[0]
+        for index, blocks in enumerate(tensors):
+            part, expert = divmod(index, experts)
+            out[expert, :, part * width:(part + 1) * width] = as_array(blocks).T
+        return [out]
+
+    def to_hf(self, blocks):
+        stacked = as_array(blocks)
+        width = stacked.shape[2] // self.parts
+        return [[np.ascontiguousarray(stacked[expert, :, part * width:(part + 1) * width].T)]
+                for part in range(self.parts) for expert in range(stacked.shape[0])]
+
+    def mm_shape(self, shapes):
+        shapes = [tuple(s) for s in shapes]
+        if len(set(shapes)) != 1 or len(shapes[0]) != 2 or len(shapes) % self.parts:
+            raise ValueError(f"per-expert linears must be 2-D and all of one shape, got {sorted(set(shapes))}")
+        out_features, in_features = shapes[0]
+        return (len(shapes) // self.parts, in_features, self.parts * out_features)
+
+    def hf_shapes(self, shape):
+        experts, in_features, out_features = shape
+        return [(out_features // self.parts, in_features)] * (self.parts * experts)
+
+
+class Float32(Rename):
+    """A rename whose mm tensor is float32 whatever ``--dtype`` says (GLM-4.5V's ``e_score_correction_bias``,
+    transformers' ``_keep_in_fp32_modules_strict``): hf_to_mm casts it up if it came narrower."""
+
+    dtype = "F32"
+
+
 TRANSFORMS = {"rename": Rename, "fuse_qkv": FuseQKV, "interleave_qkv": InterleaveQKV, "fuse_gate_up": FuseGateUp,
-              "stacked_experts": StackedExperts}
+              "stacked_experts": StackedExperts, "per_expert_gate_up": functools.partial(PerExpert, "gate_up"),
+              "per_expert_down": functools.partial(PerExpert, "down"), "float32": Float32}
 
 
 def make(name, **arguments):

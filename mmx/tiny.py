@@ -31,7 +31,7 @@ import os
 import numpy as np
 from safetensors.numpy import save_file
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe")
 QWEN3 = ("qwen3_vl", "qwen3_vl_moe")
 
 # The Qwen special tokens, in the order they get ids 0..6 in the tiny vocabulary.
@@ -126,8 +126,8 @@ def make_tiny_checkpoint(out_dir, family="qwen2_5_vl", tied=False, seed=0, exper
     if expert_layout not in ("hub", "transformers"):
         raise ValueError(f"expert_layout {expert_layout!r}: use 'hub' or 'transformers'")
     os.makedirs(out_dir, exist_ok=True)
-    if family == "glm4v":
-        return _make_glm4v(out_dir, tied, seed, dict(overrides))
+    if family in ("glm4v", "glm4v_moe"):
+        return _make_glm4v(out_dir, tied, seed, dict(overrides), moe=family == "glm4v_moe")
     config = _write_config(out_dir, family, tied, dict(overrides))
     save_file(_random_weights(config, family, np.random.default_rng(seed), expert_layout),
               os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
@@ -423,9 +423,22 @@ GLM_TINY_SIZES = {
 }
 
 
-def _make_glm4v(out_dir, tied, seed, overrides):
-    config = _write_glm4v_config(out_dir, tied, overrides)
-    save_file(_glm4v_weights(config, np.random.default_rng(seed)), os.path.join(out_dir, "model.safetensors"),
+# GLM-4.5V (glm4v_moe): head_dim 32 explicit (4 x 32 = 128 != hidden 64, as the real 96 x 128 vs 4096), of which
+# partial_rotary_factor 0.5 rotate in NeoX halves: sections [2, 3, 3]; layer 0 dense, layers 1-2 MoE with 8 routed
+# experts, top-2 and one shared expert. Routing overrides: text_n_group / text_topk_group / text_routed_scaling_factor.
+GLM_MOE_TINY_SIZES = {
+    "text": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5, max_position_embeddings=4096,
+                 attention_bias=True, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+                 moe_intermediate_size=24, first_k_dense_replace=1, n_group=1, topk_group=1, norm_topk_prob=True,
+                 routed_scaling_factor=1.0),
+    "mrope_section": [2, 3, 3],
+}
+
+
+def _make_glm4v(out_dir, tied, seed, overrides, moe=False):
+    config = _write_glm4v_config(out_dir, tied, overrides, moe)
+    save_file(_glm4v_weights(config, np.random.default_rng(seed), moe), os.path.join(out_dir, "model.safetensors"),
               metadata={"format": "pt"})
     _write_tokenizer(out_dir, GLM_CHAT_TEMPLATE, GLM_SPECIAL_TOKENS, {
         "tokenizer_class": "TokenizersBackend", "bos_token": None, "eos_token": "<|endoftext|>",
@@ -451,11 +464,12 @@ def _make_glm4v(out_dir, tied, seed, overrides):
     return out_dir
 
 
-def _write_glm4v_config(out_dir, tied, overrides):
-    from transformers import Glm4vConfig
+def _write_glm4v_config(out_dir, tied, overrides, moe=False):
+    from transformers import Glm4vConfig, Glm4vMoeConfig
 
-    text, vision = dict(GLM_TINY_SIZES["text"]), dict(GLM_TINY_SIZES["vision"])
-    mrope_section = list(overrides.pop("mrope_section", GLM_TINY_SIZES["mrope_section"]))
+    sizes = GLM_MOE_TINY_SIZES if moe else GLM_TINY_SIZES
+    text, vision = dict(sizes["text"]), dict(GLM_TINY_SIZES["vision"])
+    mrope_section = list(overrides.pop("mrope_section", sizes["mrope_section"]))
     rope_theta = overrides.pop("rope_theta", GLM_TINY_SIZES["rope_theta"])
     partial = overrides.pop("partial_rotary_factor", 0.5)
     for key, value in overrides.items():
@@ -466,7 +480,7 @@ def _write_glm4v_config(out_dir, tied, overrides):
         else:
             raise ValueError(f"make_tiny_checkpoint: unknown override {key!r}; use text_<field>=, vision_<field>=, "
                              f"mrope_section=, rope_theta= or partial_rotary_factor=")
-    rotary = int(text["hidden_size"] // text["num_attention_heads"] * partial)
+    rotary = int((text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]) * partial)
     if sum(mrope_section) * 2 != rotary:
         raise ValueError(f"mrope_section {mrope_section} sums to {sum(mrope_section)} but must sum to the rotated "
                          f"dims / 2 = {rotary // 2} (head_dim x partial_rotary_factor {partial} / 2)")
@@ -476,7 +490,7 @@ def _write_glm4v_config(out_dir, tied, overrides):
     text.update(rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section,
                                  "partial_rotary_factor": partial},
                 pad_token_id=GLM_TOKEN_ID["<|endoftext|>"])
-    hf_config = Glm4vConfig(
+    hf_config = (Glm4vMoeConfig if moe else Glm4vConfig)(
         text_config=text, vision_config=vision, tie_word_embeddings=tied,
         **{f"{name}_token_id": GLM_TOKEN_ID[f"<|{token}|>"] for name, token in (
             ("image", "image"), ("video", "video"), ("image_start", "begin_of_image"), ("image_end", "end_of_image"),
@@ -490,8 +504,10 @@ def _write_glm4v_config(out_dir, tied, overrides):
         return json.load(f)
 
 
-def _glm4v_weights(config, rng):
-    """Random GLM-4.1V tensors under transformers' names (no conversion mapping: the hub layout is the same)."""
+def _glm4v_weights(config, rng, moe=False):
+    """Random GLM-4.1V tensors under transformers' names (no conversion mapping: the hub layout is the same);
+    ``moe``: GLM-4.5V's LLM (two norms per layer, dense layers before ``first_k_dense_replace``, then per-expert
+    routed experts as the hub files hold them, a shared expert and a non-zero fp32 ``e_score_correction_bias``)."""
     init = _Init(rng)
     vision, text = config["vision_config"], config["text_config"]
     width, out_width, context = vision["hidden_size"], vision["out_hidden_size"], vision["intermediate_size"]
@@ -519,19 +535,40 @@ def _glm4v_weights(config, rng):
     init.linear("model.visual.merger.up_proj", context, out_width, bias=False)
     init.linear("model.visual.merger.down_proj", out_width, context, bias=False)
     hidden, heads, kv_heads = text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"]
-    head_dim, inner = hidden // heads, text["intermediate_size"]
+    head_dim, inner = text.get("head_dim") or hidden // heads, text["intermediate_size"]
     init.raw("model.language_model.embed_tokens.weight", (text["vocab_size"], hidden), 0.25)
     for j in range(text["num_hidden_layers"]):
         layer = f"model.language_model.layers.{j}"
-        for norm in ("input_layernorm", "post_self_attn_layernorm", "post_attention_layernorm", "post_mlp_layernorm"):
+        norms = ("input_layernorm", "post_attention_layernorm") if moe else (
+            "input_layernorm", "post_self_attn_layernorm", "post_attention_layernorm", "post_mlp_layernorm")
+        for norm in norms:
             init.norm(f"{layer}.{norm}", hidden, bias=False)
         init.linear(f"{layer}.self_attn.q_proj", heads * head_dim, hidden, bias=True)
         init.linear(f"{layer}.self_attn.k_proj", kv_heads * head_dim, hidden, bias=True)
         init.linear(f"{layer}.self_attn.v_proj", kv_heads * head_dim, hidden, bias=True)
         init.linear(f"{layer}.self_attn.o_proj", hidden, heads * head_dim, bias=False)
+        if moe:
+            _glm4v_moe_mlp(init, f"{layer}.mlp", text, j)
+            continue
         init.linear(f"{layer}.mlp.gate_up_proj", 2 * inner, hidden, bias=False)
         init.linear(f"{layer}.mlp.down_proj", hidden, inner, bias=False)
     init.norm("model.language_model.norm", hidden, bias=False)
     if not config.get("tie_word_embeddings", False):
         init.linear("lm_head", text["vocab_size"], hidden, bias=False)
     return init.tensors
+
+
+def _glm4v_moe_mlp(init, prefix, text, layer):
+    """GLM-4.5V layer ``layer``'s MLP: dense SwiGLU before ``first_k_dense_replace``, else the router (weight
+    ~ N(0, 1/C), correction bias ~ 0.1 N in fp32), per-expert routed experts and the shared expert."""
+    hidden = text["hidden_size"]
+    widths = [("", text["intermediate_size"])] if layer < text["first_k_dense_replace"] else [
+        *((f"experts.{e}.", text["moe_intermediate_size"]) for e in range(text["n_routed_experts"])),
+        ("shared_experts.", text["moe_intermediate_size"] * text["n_shared_experts"])]
+    for name, width in widths:
+        init.linear(f"{prefix}.{name}gate_proj", width, hidden, bias=False)
+        init.linear(f"{prefix}.{name}up_proj", width, hidden, bias=False)
+        init.linear(f"{prefix}.{name}down_proj", hidden, width, bias=False)
+    if layer >= text["first_k_dense_replace"]:
+        init.linear(f"{prefix}.gate", text["n_routed_experts"], hidden, bias=False)
+        init.raw(f"{prefix}.gate.e_score_correction_bias", (text["n_routed_experts"],), 0.1)

@@ -249,6 +249,19 @@ def topk(x, k, dim=-1):
     return _back(values, x.dtype), _back(indices, int64)
 
 
+def topk_indices(x, k):
+    # Each entry's rank = #larger + #equal at a lower index (a permutation of 0..N-1, so ties are broken by index
+    # whatever P.topk / P.sort do); the r-th index is where rank == r. O(N^2) comparisons per row.
+    values = P.stop_gradient(_fp32(x))
+    count = values.shape[-1]
+    mine, other = P.expand_dims(values, -1), P.expand_dims(values, -2)            # [..., i, j]: x_i, x_j
+    position = P.arange(0, count, 1, dtype=int32)
+    lower = P.expand_dims(position, 0) < P.expand_dims(position, -1)               # j < i
+    rank = P.sum(P.cast(other > mine, int32) + P.cast(P.logical_and(other == mine, lower), int32), -1)
+    hit = P.cast(P.expand_dims(rank, -2) == P.reshape(P.arange(0, k, 1, dtype=int32), (k, 1)), float32)
+    return _back(P.argmax(hit, -1), int64)
+
+
 def cumsum(x, dim):
     if x.dtype == bool_:
         return P.cumsum(P.cast(x, int64), dim)

@@ -184,6 +184,12 @@ def topk(x, k, dim=-1):
     return values, indices
 
 
+def topk_indices(x, k):
+    # A stable descending sort keeps equal values in index order; torch.topk's tie order depends on the kernel
+    # (CPU: [0.5, 0.7, 0.7, 0.1, 0.7] top-2 → [1, 4]).
+    return torch.sort(x.detach(), dim=-1, descending=True, stable=True)[1][..., :k]
+
+
 def cumsum(x, dim):
     # torch promotes integer cumsums to int64; the contract keeps the input's dtype (cu_seqlens stay int32).
     return torch.cumsum(x, dim, dtype=x.dtype if x.dtype != torch.bool else torch.int64)

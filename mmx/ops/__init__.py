@@ -179,6 +179,13 @@ def topk(x, k, dim=-1):
     return _ops().topk(x, k, dim)
 
 
+def topk_indices(x, k):
+    """Indices (..., K) int64 of the ``k`` largest entries of ``x`` (..., N) along the last dim, largest first and,
+    among equal values, the lower index first: one deterministic choice on every backend and device (``topk``'s tie
+    order is the kernel's). No gradient (routers: the chosen experts)."""
+    return _ops().topk_indices(x, k)
+
+
 def cumsum(x, dim):
     """Cumulative sum of ``x`` along ``dim``."""
     return _ops().cumsum(x, dim)

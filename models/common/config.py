@@ -35,6 +35,13 @@ class TextConfig:
     moe_layers: tuple = ()           # ... global indices of the MoE layers (the others keep the dense MLP)
     router_aux_loss_coef: float = 0.0  # the checkpoint's load-balancing loss weight when it asks for the loss
                                        # (HF output_router_logits), else 0
+    moe_router: str = "softmax"      # "softmax" (Qwen3-VL-MoE) or "sigmoid" (GLM-4.5V: fp32 sigmoid scores, a
+                                     # correction bias for the choice only, grouped top-k, shared experts)
+    num_expert_groups: int = 1       # sigmoid router: experts in n_group groups, the topk_groups best groups ...
+    topk_groups: int = 1             # ... (by their top-2 score sum) hold the chosen experts
+    norm_topk_prob: bool = True      # sigmoid router: the K weights renormalised to sum 1 (+ 1e-20)
+    routed_scaling_factor: float = 1.0  # sigmoid router: the weights' final scale
+    shared_expert_intermediate_size: int = 0  # GLM-4.5V: a dense SwiGLU of this width beside the routed experts
 
     def __post_init__(self):
         if self.head_dim is None:

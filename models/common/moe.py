@@ -57,6 +57,79 @@ class SparseMoeBlock(nn.Module):
         return ops.reshape(out, (batch, length, width)), logits
 
 
+class SigmoidRouter(nn.Module):
+    """GLM-4.5V's (DeepSeek-V3's) router, HF ``Glm4vMoeTextTopkRouter``, all in float32: x (T, C) →
+    (weights (T, K) float32, indices (T, K) int64, logits (T, E) float32).
+
+    scores = sigmoid(x W^T); the choice adds ``e_score_correction_bias`` (E,) (float32, frozen: a buffer in HF,
+    used for the choice only), keeps the ``topk_groups`` of ``num_groups`` groups with the largest top-2 sums and
+    takes the top ``k`` experts there (ops.topk_indices: ties go to the lower index, the same on every backend);
+    the weights are the chosen experts' unbiased scores, / (sum + 1e-20) when ``norm_topk_prob``, times
+    ``routed_scaling_factor``.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.weight = nn.Parameter(ops.zeros((config.num_experts, config.hidden_size)))
+        self.e_score_correction_bias = nn.Parameter(ops.zeros((config.num_experts,), ops.float32))
+        nn.set_requires_grad(self.e_score_correction_bias, False)
+
+    def choose(self, scores):
+        """scores (T, E) float32 → the chosen experts (T, K) int64 (no gradient)."""
+        config = self.config
+        choice = ops.stop_gradient(scores) + ops.cast(self.e_score_correction_bias, ops.float32)
+        groups, per_group = config.num_expert_groups, config.num_experts // config.num_expert_groups
+        if config.topk_groups < groups:     # keeping every group is a no-op (GLM-4.5V: 1 of 1)
+            tokens = choice.shape[0]
+            grouped = ops.reshape(choice, (tokens, groups, per_group))
+            group_scores = ops.sum(ops.topk(grouped, 2, dim=-1)[0], dim=-1)                  # (T, G)
+            kept = ops.topk_indices(group_scores, config.topk_groups)                         # (T, topk_groups)
+            mask = ops.scatter(ops.zeros((tokens, groups), ops.float32), 1, kept,
+                               ops.ones((tokens, config.topk_groups), ops.float32))
+            mask = ops.reshape(ops.expand(ops.unsqueeze(mask, -1), (tokens, groups, per_group)),
+                               (tokens, config.num_experts))
+            choice = ops.where(mask > 0.5, choice, float("-inf"))
+        return ops.topk_indices(choice, config.num_experts_per_tok)
+
+    def forward(self, x):
+        logits = ops.linear(ops.cast(x, ops.float32), ops.cast(self.weight, ops.float32))
+        scores = ops.sigmoid(logits)
+        indices = self.choose(scores)
+        weights = ops.gather(scores, 1, indices)
+        if self.config.norm_topk_prob:
+            weights = weights / (ops.sum(weights, dim=-1, keepdim=True) + 1e-20)
+        return weights * self.config.routed_scaling_factor, indices, logits
+
+
+class SharedExpertMoeBlock(nn.Module):
+    """GLM-4.5V's MoE MLP (HF ``Glm4vMoeTextMoE``): routed experts (float32 weights: each token's weighted sum runs
+    in float32, then the activation dtype) + a shared SwiGLU expert (``shared_experts``, fused [gate | up]).
+    x (B, S, C) → (y (B, S, C), router logits (B*S, E) float32)."""
+
+    def __init__(self, config):
+        super().__init__()
+        from mmx.models.common.text import GatedMLP
+
+        self.router = SigmoidRouter(config)
+        self.experts = StackedExperts(config.num_experts, config.hidden_size, config.moe_intermediate_size)
+        self.shared_experts = GatedMLP(config.hidden_size, config.shared_expert_intermediate_size, bias=False)
+
+    def forward(self, x):
+        batch, length, width = x.shape
+        flat = ops.reshape(x, (batch * length, width))
+        weights, indices, logits = self.router(flat)
+        out = ops.reshape(self.experts(flat, weights, indices), (batch, length, width))
+        return out + self.shared_experts(x), logits
+
+
+def moe_block(config):
+    """The MoE MLP of ``config.moe_router``: "softmax" → SparseMoeBlock, "sigmoid" → SharedExpertMoeBlock."""
+    if config.moe_router == "sigmoid":
+        return SharedExpertMoeBlock(config)
+    return SparseMoeBlock(config)
+
+
 def load_balancing_loss(router_logits, num_experts, top_k, attention_mask=None):
     """The Switch load-balancing loss of transformers 5.23 (``load_balancing_loss_func``) over all MoE layers.
 

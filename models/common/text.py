@@ -26,7 +26,7 @@ in transformers' ``models/qwen2_vl/modeling_qwen2_vl.py``, ``models/qwen2_5_vl/m
 import numpy as np
 
 from mmx import nn, ops
-from mmx.models.common.moe import SparseMoeBlock
+from mmx.models.common.moe import moe_block
 from mmx.nn.layers import Embedding, Linear, RMSNorm
 
 
@@ -98,7 +98,7 @@ class DecoderLayer(nn.Module):
         self.self_attention = SelfAttention(config)
         self.pre_mlp_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.moe = layer_index in config.moe_layers
-        self.mlp = (SparseMoeBlock(config) if self.moe else
+        self.mlp = (moe_block(config) if self.moe else
                     GatedMLP(config.hidden_size, config.intermediate_size, bias=False))
         self.sandwich_norms = config.sandwich_norms
         if self.sandwich_norms:

@@ -11,7 +11,7 @@ from mmx.tiny import make_tiny_checkpoint
 
 VARIANTS = [("qwen2_vl", False), ("qwen2_vl", True), ("qwen2_5_vl", False), ("qwen2_5_vl", True),
             ("qwen3_vl", False), ("qwen3_vl", True), ("qwen3_vl_moe", False), ("qwen3_vl_moe", True),
-            ("glm4v", False), ("glm4v", True)]
+            ("glm4v", False), ("glm4v", True), ("glm4v_moe", False), ("glm4v_moe", True)]
 
 
 class Checkpoint:

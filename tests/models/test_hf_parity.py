@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE / GLM-4.1V in mmx against transformers: logits, loss, gradients;
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE / GLM-4.1V / GLM-4.5V in mmx against transformers: logits, loss, gradients;
 and MindSpore against torch.
 
 The batch mixes two image sizes, a video and a text-only prompt, padded (right for untied checkpoints, left for
@@ -42,9 +42,32 @@ def _hf_grads_as_mm(ckpt, hf_grads, tmp_path):
     grads_dir = tmp_path / "hf_grads"
     grads_dir.mkdir()
     shutil.copy(os.path.join(ckpt.hf_dir, "config.json"), grads_dir / "config.json")
+    if ckpt.family == "glm4v_moe":
+        hf_grads = _glm4v_moe_hub_names(hf_grads, ckpt.hf_dir)
     save_file(hf_grads, str(grads_dir / "model.safetensors"), metadata={"format": "pt"})
     hf_to_mm(str(grads_dir), str(tmp_path / "mm_grads"))
     return load_mm(str(tmp_path / "mm_grads"))[1]
+
+
+def _glm4v_moe_hub_names(hf_grads, hf_dir):
+    """GLM-4.5V gradients under the hub's names: transformers' in-memory stacked experts (E, 2F, C) / (E, C, F) as
+    per-expert linears, and zeros for the correction bias (a buffer there, frozen in mmx: dropped again after)."""
+    out = {}
+    for name, grad in hf_grads.items():
+        prefix, _, kind = name.rpartition(".experts.")
+        if kind == "gate_up_proj":
+            half = grad.shape[1] // 2
+            for e, rows in enumerate(grad):
+                out[f"{prefix}.experts.{e}.gate_proj.weight"] = np.ascontiguousarray(rows[:half])
+                out[f"{prefix}.experts.{e}.up_proj.weight"] = np.ascontiguousarray(rows[half:])
+        elif kind == "down_proj":
+            for e, rows in enumerate(grad):
+                out[f"{prefix}.experts.{e}.down_proj.weight"] = np.ascontiguousarray(rows)
+        else:
+            out[name] = grad
+            if name.endswith(".mlp.gate.weight"):
+                out[name[:-len("weight")] + "e_score_correction_bias"] = np.zeros(grad.shape[0], np.float32)
+    return out
 
 
 @pytest.mark.backend("torch")
@@ -56,6 +79,8 @@ def test_loss_and_grads_match_transformers(checkpoint, family, tied, tmp_path):
     loss, grads = mmx_loss_and_grads(ckpt.hf_dir, ckpt.tensors, inputs)
     assert abs(loss - hf_loss) / abs(hf_loss) <= MODEL_GRAD_RTOL
     want = _hf_grads_as_mm(ckpt, hf_grads, tmp_path)
+    frozen = {name for name in want if name.endswith(".router.e_score_correction_bias")}   # GLM-4.5V: a buffer
+    want = {name: grad for name, grad in want.items() if name not in frozen}
     assert set(grads) == set(want)
     errors = relative_errors(grads, want)
     assert max(errors.values()) <= MODEL_GRAD_RTOL, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
@@ -66,7 +91,7 @@ MINDSPORE_GRAD_SAMPLES = ("image_small", "video")
 
 
 @pytest.mark.backend("mindspore")
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe"])
 def test_mindspore_grads_match_torch(checkpoint, family, tmp_path):
     ckpt = checkpoint(family, family != "qwen2_vl")
     run_backend("torch", os.path.join(HERE, "grads_runner.py"), ckpt.hf_dir, ckpt.mm_dir, tmp_path / "torch.npz",

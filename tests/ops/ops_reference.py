@@ -169,6 +169,11 @@ def router_topk(logits, k, normalize=True):
     return weights, indices
 
 
+def topk_indices(x, k):
+    """The k largest along the last dim, the lower index first among equal values (a stable argsort of -x)."""
+    return np.argsort(-x, axis=-1, kind="stable")[..., :k]
+
+
 def moe_permute(x, indices, num_experts):
     order = np.argsort(indices.reshape(-1), kind="stable")
     return x[order // indices.shape[1]], order, np.bincount(indices.reshape(-1), minlength=num_experts)

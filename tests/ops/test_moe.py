@@ -23,6 +23,21 @@ def test_router_topk(normalize, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_indices_breaks_ties_by_index(dtype):
+    # planted ties across the top-k boundary (torch.topk on CPU picks [1, 4] of the first row), -inf entries
+    # (GLM-4.5V's masked expert groups) and a batch dimension
+    x = np.array([[[0.5, 0.7, 0.7, 0.1, 0.7, 0.2, 0.5, 0.5], [1.0] * 8],
+                  [[0.0, -np.inf, 0.0, -np.inf, 2.0, 2.0, -1.0, 0.0], [-np.inf] * 4 + [0.25, 0.5, 0.25, 0.5]]],
+                 np.float32)
+    x = np.concatenate([x, np.round(random((2, 2, 8), 2), 1)])                  # rounded: more ties
+    for k in (1, 2, 3, 5, 8):
+        got = ops.topk_indices(to_backend(rounded(x, dtype), dtype), k)
+        assert got.dtype == ops.int64
+        np.testing.assert_array_equal(ops.to_numpy(got), ref.topk_indices(rounded(x, dtype), k))
+    assert ops.to_numpy(ops.topk_indices(ops.tensor(x[:1, :1]), 2)).tolist() == [[[1, 2]]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_moe_permute(dtype):
     permuted_ref, order_ref, counts_ref = ref.moe_permute(random((6, 4), 1), INDICES, 3)
     check_op(lambda x: ops.moe_permute(x, ops.tensor(INDICES), 3)[0], lambda x: ref.moe_permute(x, INDICES, 3)[0],
