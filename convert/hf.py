@@ -34,10 +34,12 @@ def read_config(hf_dir):
     return read_json(Path(hf_dir) / "config.json", "an HF model directory needs config.json (with model_type)")
 
 
-def expand_table(names, dims):
+def expand_table(names, dims, style=None):
     """{mm name: (HF names tuple, transform)} for every concrete layer index; the output layer only when untied."""
     rows = {}
-    for mm, hf, transform, arguments in names.TABLE:
+    # a family whose rows depend on the config or on the HF layout read (InternVL) gives them per (dims, style)
+    table = names.table(dims, style) if hasattr(names, "table") else names.TABLE
+    for mm, hf, transform, arguments in table:
         if dims["tied"] and mm == names.OUTPUT_LAYER[0]:
             continue
         hf = (hf,) if isinstance(hf, str) else tuple(hf)
@@ -69,6 +71,9 @@ def style_name(name, style, names):
 def _detect_style(keys, names, path):
     """"transformers" (model.visual.*, model.language_model.*) or "legacy" (visual.*, model.layers.*) naming; a
     family without legacy hub names (Qwen3-VL) is always "transformers"."""
+    for style, prefixes in getattr(names, "STYLE_PREFIXES", {}).items():      # InternVL: "original" layout
+        if any(key.startswith(prefixes) for key in keys):
+            return style
     if not names.LEGACY_PREFIXES:
         return "transformers"
     new_prefixes = tuple(new for new, _ in names.LEGACY_PREFIXES)
@@ -129,10 +134,11 @@ class HFSource:
             except ValueError as err:
                 raise HFCheckpointError(str(err)) from None
         self.dims = dims
-        self.rows = expand_table(names, dims)
+        self.rows = expand_table(names, dims, self.style)
         wanted = {style_name(h, self.style, names) for hf, _ in self.rows.values() for h in hf}
         missing = sorted(wanted - set(self._where))
-        unexpected = sorted(set(self._where) - wanted - ({"lm_head.weight"} if dims["tied"] else set()))
+        tied_head = style_name("lm_head.weight", self.style, names)
+        unexpected = sorted(set(self._where) - wanted - ({tied_head} if dims["tied"] else set()))
         skipped = [name for name in unexpected if getattr(names, "skipped", lambda *_: None)(name, dims)]
         if skipped:     # e.g. GLM-4.5V's MTP layer, which transformers drops on load too
             print(f"note: {hf_dir}: skipping {len(skipped)} tensors mmx does not use: {names.skipped(skipped[0], dims)}"
@@ -208,7 +214,7 @@ def write_hf(source, names, dims, style, out_dir, max_shard_bytes=5 * 1024 ** 3,
 
     Returns the list of files written. ``progress`` is an optional tqdm-like bar updated with bytes.
     """
-    rows = expand_table(names, dims)
+    rows = expand_table(names, dims, style)
     extra, absent = sorted(set(source.entries) - set(rows)), sorted(set(rows) - set(source.entries))
     if extra or absent:
         raise HFCheckpointError(f"the mm checkpoint does not match the {names.__name__} table: missing "

@@ -16,6 +16,7 @@ name               HF tensors → mm tensor                 notes
                                                           docs/checkpoint-layout.md), weights and biases
 ``interleave_qkv`` ``qkv`` ([q; k; v]) → ``linear_qkv``   vision attention: ``fuse_qkv`` with Hkv = Hq
 ``fuse_gate_up``   ``gate, up`` → ``linear_fc1``          cat on dim 0 (first half gate, second half up)
+``concat``         ``q, k, v`` → ``qkv`` ([q; k; v])      cat on dim 0 (InternVL's vision attention)
 ``stacked_experts`` ``experts (E, a, b)`` → ``(E, in, out)`` MoE: rename for hub files, a transpose of the last
                                                           two dims for transformers-saved ones (``layout``)
 =================  =====================================  ==============================================
@@ -160,6 +161,30 @@ class FuseGateUp:
         return [(shape[0] // 2,) + tuple(shape[1:])] * 2
 
 
+class Concat:
+    """parts (R, ...) each ↔ one mm tensor (n R, ...) = cat(parts) on dim 0 (InternVL's vision q / k / v → the
+    [q; k; v] ``linear_qkv``, the original layout's fused ``attn.qkv``)."""
+
+    def __init__(self, parts=3):
+        self.parts = parts
+
+    def to_mm(self, tensors):
+        return [block for blocks in tensors for block in blocks]
+
+    def to_hf(self, blocks):
+        rows = num_rows(blocks) // self.parts
+        return [take(blocks, index * rows, (index + 1) * rows) for index in range(self.parts)]
+
+    def mm_shape(self, shapes):
+        shapes = [tuple(s) for s in shapes]
+        if len(shapes) != self.parts or len(set(shapes)) != 1:
+            raise ValueError(f"expected {self.parts} tensors of one shape to concatenate, got {shapes}")
+        return (self.parts * shapes[0][0],) + shapes[0][1:]
+
+    def hf_shapes(self, shape):
+        return [(shape[0] // self.parts,) + tuple(shape[1:])] * self.parts
+
+
 class StackedExperts:
     """One layer's stacked experts ↔ the mm (E, in, out) tensor: hub files hold that orientation (``layout="hub"``,
     a rename); transformers' ``save_pretrained`` writes (E, out, in) (``layout="transformers"``, transposed)."""
@@ -239,6 +264,8 @@ class Float32(Rename):
 TRANSFORMS = {"rename": Rename, "fuse_qkv": FuseQKV, "interleave_qkv": InterleaveQKV, "fuse_gate_up": FuseGateUp,
               "stacked_experts": StackedExperts, "per_expert_gate_up": functools.partial(PerExpert, "gate_up"),
               "per_expert_down": functools.partial(PerExpert, "down"), "float32": Float32}
+
+TRANSFORMS["concat"] = Concat
 
 
 def make(name, **arguments):

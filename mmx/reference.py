@@ -68,7 +68,9 @@ def build_inputs(hf_dir, names=tuple(SAMPLES), padding_side="right", seed=0, wit
         media["videos"] = videos
         media["video_metadata"] = [VideoMetadata(total_num_frames=frames, fps=VIDEO_FPS,
                                                  frames_indices=list(range(frames)))] * len(videos)
-    batch = processor(text=texts, return_tensors="np", padding=True, **media)
+    # InternVLProcessor flattens its video frames with torch's flatten: it needs torch tensors back
+    tensors = "pt" if type(processor).__name__ == "InternVLProcessor" else "np"
+    batch = processor(text=texts, return_tensors=tensors, padding=True, **media)
     inputs = {key: np.asarray(batch[key]) for key in MODEL_INPUTS if key in batch}
     if with_labels:
         inputs["labels"] = np.where(inputs["attention_mask"] == 1, inputs["input_ids"], -100)
@@ -89,8 +91,47 @@ def _hf_model(hf_dir):
     from transformers.utils import logging
 
     logging.disable_progress_bar()      # verify's output is one line per input
+    original = _original_internvl_weights(hf_dir)
+    if original is not None:            # transformers cannot run the remote-code layout: load it renamed
+        from transformers import AutoConfig
+
+        from mmx.tiny_internvl import original_to_hf
+
+        config = AutoConfig.from_pretrained(hf_dir)
+        config._attn_implementation = "eager"
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        # save_pretrained's llava names → the module names (transformers' own load-time mapping for internvl)
+        renames = (("vision_tower.", "model.vision_tower."), ("multi_modal_projector.", "model.multi_modal_projector."),
+                   ("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."))
+        state = {}
+        for name, array in original_to_hf(original).items():
+            old, new = next((old, new) for old, new in renames if name.startswith(old))
+            state[new + name[len(old):]] = torch.from_numpy(array)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - ({"lm_head.weight"} if config.tie_word_embeddings else set()):
+            raise ValueError(f"{hf_dir}: original InternVL weights do not fill transformers' model: missing "
+                             f"{missing[:4]}, unexpected {unexpected[:4]}")
+        if config.tie_word_embeddings:
+            model.tie_weights()
+        return model.eval()
     model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
     return model.eval()
+
+
+def _original_internvl_weights(hf_dir):
+    """{name: array} of an InternVL checkpoint in OpenGVLab's original remote-code layout (``vision_model.*``,
+    ``mlp1.*``), else None."""
+    import glob
+    import os
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
+    with safe_open(files[0], "np") as f:
+        if not any(key.startswith(("vision_model.", "mlp1.")) for key in f.keys()):
+            return None
+    return {name: array for file in files for name, array in load_file(file).items()}
 
 
 def _torch_inputs(inputs):
@@ -105,7 +146,19 @@ def _mm_token_type_ids(hf_dir, inputs):
     if "mm_token_type_ids" in inputs:
         return np.asarray(inputs["mm_token_type_ids"], np.int64)
     config, input_ids = _hf_model(hf_dir).config, inputs["input_ids"]
-    return np.where(input_ids == config.image_token_id, 1, np.where(input_ids == config.video_token_id, 2, 0))
+    video_token_id = getattr(config, "video_token_id", None)      # InternVL: video frames are image tiles
+    return np.where(input_ids == config.image_token_id, 1, np.where(input_ids == video_token_id, 2, 0))
+
+
+def _position_inputs(hf_dir, sub):
+    """What transformers' model needs for positions: ``mm_token_type_ids`` (3-D RoPE), or for InternVL (1-D RoPE)
+    the ``position_ids`` its generate computes from the attention mask (cumsum - 1, padding at 0)."""
+    import torch
+
+    if _hf_model(hf_dir).config.model_type == "internvl":
+        mask = np.asarray(sub["attention_mask"], np.int64)
+        return {"position_ids": torch.from_numpy(np.where(mask == 1, np.cumsum(mask, -1) - 1, 0))}
+    return {"mm_token_type_ids": torch.from_numpy(_mm_token_type_ids(hf_dir, sub))}
 
 
 def _row_groups(hf_dir, inputs):
@@ -149,8 +202,8 @@ def hf_logits(hf_dir, inputs):
     model = _hf_model(hf_dir)
     logits = None
     for rows, sub in _row_groups(hf_dir, inputs):
-        batch = _torch_inputs({k: v for k, v in sub.items() if k != "labels"})
-        batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, sub))
+        batch = _torch_inputs({k: v for k, v in sub.items() if k not in ("labels", "mm_token_type_ids")})
+        batch.update(_position_inputs(hf_dir, sub))
         with torch.no_grad():
             out = model(**batch).logits.float().numpy()
         if logits is None:
@@ -171,8 +224,8 @@ def hf_loss_and_grads(hf_dir, inputs):
     model.zero_grad()
     loss_value = 0.0
     for _, sub in groups:
-        batch = _torch_inputs(sub)
-        batch["mm_token_type_ids"] = torch.from_numpy(_mm_token_type_ids(hf_dir, sub))
+        batch = _torch_inputs({k: v for k, v in sub.items() if k != "mm_token_type_ids"})
+        batch.update(_position_inputs(hf_dir, sub))
         share = int((sub["labels"][:, 1:] != -100).sum()) / total
         loss = model(**batch).loss * share if len(groups) > 1 else model(**batch).loss
         loss.backward()

@@ -31,7 +31,7 @@ import os
 import numpy as np
 from safetensors.numpy import save_file
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe", "internvl")
 QWEN3 = ("qwen3_vl", "qwen3_vl_moe")
 
 # The Qwen special tokens, in the order they get ids 0..6 in the tiny vocabulary.
@@ -128,6 +128,10 @@ def make_tiny_checkpoint(out_dir, family="qwen2_5_vl", tied=False, seed=0, exper
     os.makedirs(out_dir, exist_ok=True)
     if family in ("glm4v", "glm4v_moe"):
         return _make_glm4v(out_dir, tied, seed, dict(overrides), moe=family == "glm4v_moe")
+    if family == "internvl":      # mmx/tiny_internvl.py: vision_variant= "300m" | "6b", hf_layout= "hf" | "original"
+        from mmx.tiny_internvl import make_internvl
+
+        return make_internvl(out_dir, tied, seed, dict(overrides), _Init, _write_tokenizer)
     config = _write_config(out_dir, family, tied, dict(overrides))
     save_file(_random_weights(config, family, np.random.default_rng(seed), expert_layout),
               os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})

@@ -12,6 +12,7 @@ FAMILIES = {
     "qwen3_vl": ("mmx.models.qwen3_vl", "Qwen3VLForConditionalGeneration"),
     "glm4v": ("mmx.models.glm4v", "Glm4vForConditionalGeneration"),
     "qwen3_vl_moe": ("mmx.models.qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration"),
+    "internvl": ("mmx.models.internvl", "InternVLForConditionalGeneration"),
     "glm4v_moe": ("mmx.models.glm4v_moe", "Glm4vMoeForConditionalGeneration"),
 }
 
