@@ -27,7 +27,9 @@ def tiny_hf(tmp_path_factory):
                 weights_path = os.path.join(path, "model.safetensors")
                 weights = load_file(weights_path)
                 if dtype == "bfloat16":
-                    weights = {name: array.astype(ml_dtypes.bfloat16) for name, array in weights.items()}
+                    # GLM-4.5V's router correction bias stays float32, as in the hub files
+                    weights = {name: array if name.endswith("e_score_correction_bias") else
+                               array.astype(ml_dtypes.bfloat16) for name, array in weights.items()}
                 if legacy:
                     weights = {legacy_name(name): array for name, array in weights.items()}
                 save_file(weights, weights_path, {"format": "pt"})

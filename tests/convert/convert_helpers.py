@@ -12,7 +12,7 @@ import numpy as np
 from mmx.checkpoint.safetensors_io import load_file
 
 # Vision depth per family in mmx.tiny (Qwen2-VL 2 blocks, Qwen2.5-VL and Qwen3-VL 3) and LLM depth 2 for all.
-VISION_DEPTH = {"qwen2_vl": 2, "qwen2_5_vl": 3, "qwen3_vl": 3, "qwen3_vl_moe": 3, "glm4v": 2}
+VISION_DEPTH = {"qwen2_vl": 2, "qwen2_5_vl": 3, "qwen3_vl": 3, "qwen3_vl_moe": 3, "glm4v": 2, "glm4v_moe": 2}
 
 
 def legacy_name(name):
