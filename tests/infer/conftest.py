@@ -10,7 +10,7 @@ from mmx.tiny import make_tiny_checkpoint
 from infer_helpers import Reference, write_media
 
 VARIANTS = {"qwen2_5_vl": False, "qwen2_vl": True, "qwen3_vl": True, "qwen3_vl_moe": False,  # family → tied
-            "glm4v": False}
+            "glm4v": False, "glm4v_moe": False}
 
 _pipelines, _references, _checkpoints = {}, {}, {}
 
