@@ -3,16 +3,22 @@ from mmx import nn, ops
 
 
 class Linear(nn.Module):
-    """y = x @ weight.T + bias: x (..., in_features) → (..., out_features)."""
+    """y = x @ weight.T + bias: x (..., in_features) → (..., out_features); plus LoRA adapters once
+    ``mmx.nn.lora.add_lora`` gave it some (``lora_pieces`` non-empty)."""
 
     def __init__(self, in_features, out_features, bias=True, dtype=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(ops.zeros((out_features, in_features), dtype))
         self.bias = nn.Parameter(ops.zeros((out_features,), dtype)) if bias else None
+        self.lora_pieces = ()
 
     def forward(self, x):
-        return ops.linear(x, self.weight, self.bias)
+        y = ops.linear(x, self.weight, self.bias)
+        if self.lora_pieces:
+            from mmx.nn.lora import lora_delta
+            y = y + lora_delta(self, x)
+        return y
 
 
 class Embedding(nn.Module):

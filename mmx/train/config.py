@@ -45,6 +45,9 @@ TRAINING_DEFAULTS = {
     # global batch's micro-batches); null: the checkpoint's text_config.router_aux_loss_coef when its
     # output_router_logits is true (what transformers trains with), else 0 (off)
     "router_aux_loss_coef": None,
+    # LoRA (mmx.lora): {rank, alpha, dropout, target_modules, modules_to_save, init_from}; null trains every weight
+    # the freeze flags leave; set, only the adapters (+ modules_to_save) train and checkpoints hold only them
+    "lora": None,
     "save": None,                   # checkpoint directory
     "load": None,                   # resume from this checkpoint directory (latest_checkpointed_iteration.txt)
     "save_interval": 0,             # 0: only at the end
@@ -93,7 +96,7 @@ STRUCTURE_KEYS = ("hidden_size", "num_layers", "num_hidden_layers", "num_attenti
 # "default" loss (a mean per micro-batch).
 RESUME_SETTINGS = ("seed", "global_batch_size", "micro_batch_size", "loss_type", "lr", "min_lr", "lr_warmup_iters",
                    "lr_warmup_fraction", "lr_decay_style", "lr_decay_iters", "weight_decay", "adam_beta1",
-                   "adam_beta2", "adam_eps", "clip_grad", "router_aux_loss_coef")
+                   "adam_beta2", "adam_eps", "clip_grad", "router_aux_loss_coef", "lora")
 DATA_RESUME_SETTINGS = ("dataset", "max_samples", "cutoff_len", "packing", "skip_bad_samples", "train_on_prompt",
                         "mask_history", "image_max_pixels", "image_min_pixels", "seed", "shuffle", "buffer_size")
 LEGACY_RUN_SETTINGS = ("seed", "global_batch_size", "loss_type")   # trainer_state keys before run_settings existed
@@ -267,6 +270,13 @@ def check_training(training, where="config"):
         raise ConfigError(f"{where}: training.data_parallel {training['data_parallel']!r}: use replicate (every "
                           f"process holds the whole model and optimizer) or fully_shard (torch: weights, gradients "
                           f"and AdamW state sharded over the processes)")
+    if training["lora"] is not None:
+        from mmx.lora import LoRAConfigError, lora_config
+
+        try:
+            training["lora"] = lora_config(training["lora"])
+        except LoRAConfigError as err:
+            raise ConfigError(f"{where}: {err}") from err
     allowed = training["allow_changed"]
     if isinstance(allowed, str):
         allowed = training["allow_changed"] = [part.strip() for part in allowed.split(",") if part.strip()]

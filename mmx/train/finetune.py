@@ -57,6 +57,7 @@ def build_model(model_config):
     model = models.build(path)
     models.load_mm_state(model, tensors)
     frozen = apply_freeze(model, model_config)
+    metadata["init_from_hf_path"] = os.path.abspath(path)   # the base of a LoRA run (its identity is checked)
     return model, metadata, frozen
 
 
@@ -127,6 +128,9 @@ def finetune(config, echo=print):
     data_settings = {key: getattr(pipeline.config, key) for key in DATA_RESUME_SETTINGS}
     trainer = Trainer(model, pipeline.dataset, pipeline.collate, training, metadata, stream=stream,
                       shard_units=shard_units(config["model"]["init_from_hf_path"]), data_settings=data_settings)
+    sizes, what = trainer.sizes, " (LoRA adapters + modules_to_save)" if trainer.lora else ""
+    echo(f"trainable: {sizes['trainable_parameters']:,} of {sizes['total_parameters']:,} parameters{what}, AdamW "
+         f"state {sizes['optimizer_state_bytes'] / 2 ** 20:.1f} MiB")
     for note in trainer.resume_notes:
         echo(f"resume: {note}")
     if trainer.iteration:

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from mmx import backend as _backend
-from mmx import nn, ops
+from mmx import lora, nn, ops
 from mmx.train import checkpoint as ckpt
 from mmx.data.dataset import DROP_KINDS, drop_counts, empty_reason
 from mmx.train.config import ConfigError, check_data_parallel, compare_run_settings, run_settings, settings_error, \
@@ -217,6 +217,11 @@ class Trainer:
         self.iteration, self.consumed_samples, self.history = 0, 0, []
         self.aux_loss_coef = aux_loss_coef(training, model)
         self._aux_losses, self._micro_batches = [], 1
+        # LoRA (mmx.lora): adapters on the model, every other weight frozen; checkpoints hold checkpoint_names only
+        self.lora, self.checkpoint_names = None, None
+        if training.get("lora"):
+            self.lora, self.checkpoint_names = lora.setup_training(model, training, self.metadata)
+            self.metadata["lora"] = self.lora
         if training.get("load"):
             self._load_model(training["load"])
         # every rank read the same files; the broadcast also covers weights a model initialised at random
@@ -228,6 +233,7 @@ class Trainer:
         if not self.named_params:
             raise ConfigError("every parameter is frozen (model.*.freeze); nothing would train")
         self.params = [param for _, param in self.named_params]
+        self.sizes = lora.size_summary(self.model, self.params)   # trainable count, AdamW state bytes
         self.optimizer = self.steps.AdamW(self.named_params, (training["adam_beta1"], training["adam_beta2"]),
                                           training["adam_eps"], training["weight_decay"])
         if training.get("load") and self._loaded is not None:
@@ -244,7 +250,11 @@ class Trainer:
                                      f"iteration 0 from the model's initial weights")
             return
         loaded = ckpt.load_checkpoint(load_dir, recover=False)   # read_latest above recovered it
-        nn.load_state_dict(self.model, {name: ops.tensor(value) for name, value in loaded["model"].items()})
+        if self.lora is not None:   # adapters (+ modules_to_save) on the base model they were trained on
+            lora.check_base(self.lora, loaded["metadata"].get("lora"), load_dir)
+            lora.load_adapters(self.model, loaded["model"], self.lora["plan"], load_dir)
+        else:
+            nn.load_state_dict(self.model, {name: ops.tensor(value) for name, value in loaded["model"].items()})
         self._loaded = loaded
 
     def _load_state(self, loaded):
@@ -332,6 +342,8 @@ class Trainer:
         model_tensors, optimizer_state = {}, None
         if self.rank == 0 or self.sharded:
             for name, value in nn.state_dict(self.model).items():
+                if self.checkpoint_names is not None and name not in self.checkpoint_names:
+                    continue   # LoRA: the base model is named by metadata lora.base, not copied
                 whole = self.comm.full_tensor(value)  # a collective for a shard
                 if self.rank == 0:
                     model_tensors[name] = ops.to_numpy(whole)

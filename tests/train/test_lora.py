@@ -1,0 +1,112 @@
+"""LoRA training parity, 20 fp32 steps on the tiny Qwen2.5-VL and GLM-4.1V with real digit images: mmx-torch with
+``training.lora`` vs transformers + peft (same rank, alpha, targets, the same initial A / B copied over) + torch
+AdamW; mmx-MindSpore vs mmx-torch (torch in a subprocess). Qwen2.5-VL runs ``all-linear`` (the fused vision qkv and
+gate/up, the LLM's fused qkv and gate/up, the merger) with ``modules_to_save: [lm_head]``; GLM-4.1V runs HF names
+that take *parts* of fused Linears (q and v of ``linear_qkv``, up of ``linear_fc1``), so a LoRA inside a fused
+projection must equal PEFT's separate ones. Only adapters (+ modules_to_save) train; every base weight stays
+bit-identical."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lora_runner import LORA, _trainer, mmx_lora_run
+from parity_runner import STEPS, TRAINING, batches, prepare
+from tolerances import TRAIN_TOLERANCE
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+def peft_losses(work, family, initial):
+    """transformers + peft (LoRA of the same targets, ``initial`` {PEFT key: array} A / B copied in) + torch
+    AdamW (weight decay on ndim >= 2, as mmx) + clip_grad_norm_, over the Trainer's batches."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    hf_dir, _ = prepare(work, family)
+    model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
+    spec = LORA[family]
+    model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
+                                             target_modules=spec["target_modules"],
+                                             modules_to_save=spec.get("modules_to_save")))
+    state = model.state_dict()
+    copied = set()
+    with torch.no_grad():
+        for key, value in initial.items():
+            name = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                ".lora_B.weight", ".lora_B.default.weight")
+            if name not in state:   # modules_to_save: the trained copy
+                module, leaf = key.rsplit(".", 1)
+                name = f"{module}.modules_to_save.default.{leaf}"
+            state[name].copy_(torch.from_numpy(np.asarray(value)))
+            copied.add(name)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert sorted(trainable) == sorted(copied), sorted(set(trainable) ^ copied)[:5]
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": TRAINING["weight_decay"]},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=TRAINING["lr"])
+    image_token = model.base_model.model.config.image_token_id
+    losses = []
+    for batch in batches(work, family):
+        inputs = {key: torch.from_numpy(np.ascontiguousarray(batch[key])) for key in
+                  ("input_ids", "attention_mask", "labels", "pixel_values", "image_grid_thw") if key in batch}
+        inputs["mm_token_type_ids"] = torch.from_numpy(np.where(batch["input_ids"] == image_token, 1, 0))
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, TRAINING["clip_grad"])
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def initial_peft_adapters(work, family):
+    """The adapters mmx starts from, as PEFT keys (the reference copies them in)."""
+    from mmx import lora, nn, ops
+
+    trainer = _trainer(work, family, train_iters=1)
+    tensors = {name: ops.to_numpy(value) for name, value in nn.state_dict(trainer.model).items()
+               if name in trainer.checkpoint_names}
+    return lora.peft_state(tensors, trainer.lora["plan"], trainer.metadata)
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("family", sorted(LORA))
+def test_lora_matches_transformers_peft_adamw(tmp_path, family):
+    from mmx import nn, ops
+
+    work = str(tmp_path)
+    initial = initial_peft_adapters(work, family)
+    ours, trainer = mmx_lora_run(work, family)
+    reference = peft_losses(work, family, initial)
+    assert len(ours) == len(reference) == STEPS
+    assert reference[-1] < reference[0] * 0.9   # it trains
+    relative = [abs(a - b) / abs(b) for a, b in zip(ours, reference)]
+    assert max(relative) <= TRAIN_TOLERANCE["parity_vs_transformers_rel"], relative
+    # only adapters (+ modules_to_save) trained: every other weight is the base's, bit for bit
+    from mmx.train.finetune import read_weights
+
+    _, base = read_weights(prepare(work, family)[0])
+    after = {name: ops.to_numpy(value) for name, value in nn.state_dict(trainer.model).items()}
+    untouched = [name for name in base if name not in trainer.checkpoint_names]
+    assert untouched and all(np.array_equal(after[name], base[name]) for name in untouched)
+    assert sorted(trainer.optimizer.names) == sorted(trainer.checkpoint_names)
+    assert trainer.sizes["optimizer_state_bytes"] == 8 * trainer.sizes["trainable_parameters"]
+
+
+@pytest.mark.backend("mindspore")
+@pytest.mark.parametrize("family", sorted(LORA))
+def test_lora_mindspore_matches_torch(tmp_path, family):
+    ours, _ = mmx_lora_run(str(tmp_path), family)
+    run = subprocess.run([sys.executable, os.path.join(HERE, "lora_runner.py"), str(tmp_path),
+                          str(tmp_path / "torch.npz"), family], capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, MMX_BACKEND="torch"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    reference = np.load(str(tmp_path / "torch.npz"))["losses"]
+    assert len(ours) == len(reference) == STEPS
+    relative = [abs(a - b) / abs(b) for a, b in zip(ours, reference)]
+    assert max(relative) <= TRAIN_TOLERANCE["parity_mindspore_vs_torch_rel"], relative
