@@ -416,3 +416,65 @@ def size_summary(model, trainable):
     total = sum(int(np.prod(value.shape)) for value in nn.state_dict(model).values())
     count = sum(int(np.prod(param.shape)) for param in trainable)
     return {"trainable_parameters": count, "total_parameters": total, "optimizer_state_bytes": 8 * count}
+
+
+# -- exports -----------------------------------------------------------------------------------------------------
+
+def read_lora_checkpoint(mm_dir):
+    """(metadata, {mm name: float32 array}) of the latest iteration of an mmx LoRA checkpoint (a finetune save)."""
+    from mmx.train import checkpoint as ckpt
+
+    if not os.path.isdir(mm_dir) or ckpt.read_latest(mm_dir) is None:
+        raise LoRAConfigError(f"--mm-dir {mm_dir}: no mmx checkpoint there ({ckpt.LATEST} missing); point it at the "
+                              f"save directory of a finetune run with training.lora")
+    loaded = ckpt.load_checkpoint(mm_dir)
+    if not loaded["metadata"].get("lora"):
+        raise LoRAConfigError(f"--mm-dir {mm_dir}: a full checkpoint, not a LoRA one (its metadata has no lora "
+                              f"section); use `mmx convert mm_to_hf` without --merge-lora")
+    return loaded["metadata"], {name: np.asarray(value, np.float32) for name, value in loaded["model"].items()}
+
+
+def lora_to_peft(mm_dir, out_dir, base_path=None, overwrite=False):
+    """Write the LoRA checkpoint ``mm_dir`` as a PEFT adapter (adapter_config.json + adapter_model.safetensors) that
+    ``peft.PeftModel.from_pretrained`` loads on the transformers model of the base; returns ``out_dir``."""
+    from safetensors.numpy import save_file
+
+    from mmx.checkpoint.publish import publish_dir
+
+    metadata, tensors = read_lora_checkpoint(mm_dir)
+    recorded = metadata["lora"]
+    base = base_path or (recorded.get("base") or {}).get("path")
+    state = peft_state(tensors, recorded["plan"], metadata)
+    config = peft_config(recorded["plan"], metadata, base)
+
+    def build(staging):
+        save_file({key: np.ascontiguousarray(value) for key, value in state.items()},
+                  os.path.join(staging, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        with open(os.path.join(staging, ADAPTER_CONFIG), "w") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+
+    publish_dir(out_dir, build, overwrite)
+    return out_dir
+
+
+def merged_tensors(metadata, base, adapters):
+    """{mm name: array} of ``base`` (the base model's mm tensors) with the adapters merged into their Linears and
+    modules_to_save replaced: the full weights ``mm_to_hf --merge-lora`` writes."""
+    from mmx.nn.lora import merged_weight
+
+    recorded = metadata["lora"]
+    plan, rows_by_name = recorded["plan"], family_rows(metadata)
+    scaling = float(plan["alpha"]) / float(plan["rank"])
+    merged = dict(base)
+    for module_name, hf_modules in plan["targets"].items():
+        hf_all, transform = rows_by_name[module_name + ".weight"]
+        hf_all = [h[:-len(".weight")] for h in hf_all]
+        weight = base[module_name + ".weight"]
+        sizes = [shape[0] for shape in transform.hf_shapes(weight.shape)][:len(hf_all)]
+        flags = [hf in hf_modules for hf in hf_all]
+        pieces = [(adapters[f"{module_name}.lora.{hf.rsplit('.', 1)[-1]}.lora_A"],
+                   adapters[f"{module_name}.lora.{hf.rsplit('.', 1)[-1]}.lora_B"]) for hf in hf_modules]
+        merged[module_name + ".weight"] = merged_weight(weight, pieces, scaling, piece_rows(transform, sizes, flags))
+    for name in plan["modules_to_save"]:
+        merged[name] = adapters[name].astype(base[name].dtype)
+    return merged

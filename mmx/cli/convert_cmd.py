@@ -6,6 +6,7 @@
     mmx convert mm_to_hf --mm-dir MM --save-hf-dir OUT [--hf-dir HF]
     mmx convert export   --mm-dir MM --save-dir OUT --format torch|mindspore [--backend ...]
     mmx convert import   --native-dir DIR --mm-dir MM --format torch|mindspore [--allow-pickle] [--backend ...]
+    mmx convert lora_to_peft --mm-dir LORA_SAVE --save-dir PEFT_DIR [--base NAME]
 
 The layer lists also take the guides' ``[[5,12,12,11]]`` spelling. Conversion needs numpy only (no framework);
 export/import run the chosen backend's native writer/reader. Every command publishes its output directory whole
@@ -132,3 +133,16 @@ def import_command(native_dir, mm_dir, file_format, allow_pickle, overwrite):
     from mmx.convert.native import import_native
     final = _run(import_native, native_dir, mm_dir, file_format, allow_pickle, overwrite)
     click.echo(f"wrote {final}")
+
+
+@convert_group.command("lora_to_peft")
+@click.option("--mm-dir", required=True, type=click.Path(file_okay=False),
+              help="Save directory of a finetune run with training.lora.")
+@click.option("--save-dir", required=True, type=click.Path(file_okay=False), help="Output PEFT adapter directory.")
+@click.option("--base", default=None, help="base_model_name_or_path to record (default: the base the run trained on).")
+@_overwrite_option
+def lora_to_peft_command(mm_dir, save_dir, base, overwrite):
+    """mmx LoRA checkpoint → PEFT adapter (adapter_config.json + adapter_model.safetensors) for transformers."""
+    from mmx.lora import lora_to_peft
+    _run(lora_to_peft, mm_dir, save_dir, base, overwrite)
+    click.echo(f"wrote PEFT adapter {save_dir}")

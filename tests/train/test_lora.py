@@ -16,6 +16,8 @@ from lora_runner import LORA, _trainer, mmx_lora_run
 from parity_runner import STEPS, TRAINING, batches, prepare
 from tolerances import TRAIN_TOLERANCE
 
+LOGITS_ATOL = 1e-4   # the issue's bar for exported adapters (fp32)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 def peft_losses(work, family, initial):
@@ -110,3 +112,67 @@ def test_lora_mindspore_matches_torch(tmp_path, family):
     assert len(ours) == len(reference) == STEPS
     relative = [abs(a - b) / abs(b) for a, b in zip(ours, reference)]
     assert max(relative) <= TRAIN_TOLERANCE["parity_mindspore_vs_torch_rel"], relative
+
+
+def _logits_inputs(work, family):
+    return batches(work, family)[0]
+
+
+@pytest.mark.backend("torch")
+def test_lora_checkpoint_exports_to_peft_with_equal_logits(tmp_path):
+    """3 LoRA steps saved (adapters + lm_head only), ``mmx convert lora_to_peft``, then
+    ``peft.PeftModel.from_pretrained`` on the transformers model: logits equal mmx's (fp32, image batch)."""
+    import torch
+    from click.testing import CliRunner
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from mmx import ops
+    from mmx.cli import main
+    from mmx.train import checkpoint as ckpt
+    from mmx.train.loop import model_inputs
+
+    work, family = str(tmp_path), "qwen2_5_vl"
+    _, trainer = mmx_lora_run(work, family, train_iters=3, save=str(tmp_path / "lora"))
+    saved = ckpt.load_checkpoint(str(tmp_path / "lora"))
+    assert sorted(saved["model"]) == sorted(trainer.checkpoint_names)   # no base weight in the checkpoint
+    assert saved["metadata"]["lora"]["base"]["sha256"]
+    result = CliRunner().invoke(main, ["convert", "lora_to_peft", "--mm-dir", str(tmp_path / "lora"),
+                                       "--save-dir", str(tmp_path / "peft")])
+    assert result.exit_code == 0, result.output
+    batch = _logits_inputs(work, family)
+    ours = ops.to_numpy(trainer.model(**model_inputs(trainer.model, batch)))
+    hf_dir, _ = prepare(work, family)
+    base = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
+    peft = PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    inputs = {key: torch.from_numpy(np.ascontiguousarray(batch[key])) for key in
+              ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+    inputs["mm_token_type_ids"] = torch.from_numpy(np.where(batch["input_ids"] == base.config.image_token_id, 1, 0))
+    with torch.no_grad():
+        theirs = peft(**inputs).logits.numpy()
+    mask = batch["attention_mask"].astype(bool)
+    diff = float(np.abs(ours[mask] - theirs[mask]).max())
+    assert diff <= LOGITS_ATOL, diff
+    # the adapter changed the model: the base alone is far from it
+    with torch.no_grad(), peft.disable_adapter():
+        plain = peft(**inputs).logits.numpy()
+    assert float(np.abs(plain[mask] - theirs[mask]).max()) > 100 * LOGITS_ATOL
+
+
+def test_lora_checkpoint_of_the_other_backend_resumes_on_the_same_curve(tmp_path):
+    """2 LoRA steps on the other backend (adapters + AdamW state of the adapters), 2 more here == 4 uninterrupted."""
+    from mmx import backend
+
+    other = {"torch": "mindspore", "mindspore": "torch"}[backend.name()]
+    family = "glm4v"
+    run = subprocess.run([sys.executable, os.path.join(HERE, "lora_runner.py"), str(tmp_path),
+                          str(tmp_path / "first.npz"), family, "train_iters=2", f"save={tmp_path / 'other'}"],
+                         capture_output=True, text=True, timeout=900, env=dict(os.environ, MMX_BACKEND=other))
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = list(np.load(str(tmp_path / "first.npz"))["losses"])
+    resumed, _ = mmx_lora_run(str(tmp_path), family, train_iters=4, load=str(tmp_path / "other"),
+                              save=str(tmp_path / "here"))
+    uninterrupted, _ = mmx_lora_run(str(tmp_path), family, train_iters=4)
+    assert len(first) == 2 and len(resumed) == 2
+    relative = [abs(a - b) / abs(b) for a, b in zip(first + resumed, uninterrupted)]
+    assert max(relative) <= TRAIN_TOLERANCE["cross_backend_loss_rel"], relative
