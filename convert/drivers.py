@@ -95,13 +95,14 @@ def reshard(mm_dir, save_dir, tp_size=1, ep_size=1, vit_pp_layers=None, llm_pp_l
                       support_dir=mm_dir, overwrite=overwrite, in_place=in_place)
 
 
-def mm_to_hf(mm_dir, save_hf_dir, hf_dir=None, max_shard_bytes=5 * 1024 ** 3, progress=False, overwrite=False):
-    """Write the latest iteration of ``mm_dir`` (any layout) as an HF checkpoint in ``save_hf_dir``, with the HF
+def mm_to_hf(mm_dir, save_hf_dir, hf_dir=None, max_shard_bytes=5 * 1024 ** 3, progress=False, overwrite=False,
+             iteration=None):
+    """Write the latest iteration (or ``iteration``) of ``mm_dir`` (any layout) as an HF checkpoint in ``save_hf_dir``, with the HF
     names the source used and the support files (config, tokenizer, ...) of ``hf_dir`` or else of ``mm_dir``.
 
     The export is published whole (weights, index, support files); without a config.json to copy it is refused
     before anything is written (the metadata alone cannot rebuild one)."""
-    source = MMSource(mm_dir, streaming=True)
+    source = MMSource(mm_dir, iteration, streaming=True)
     names, _ = family(source.metadata["model_type"], str(source.directory))
     support = hf_dir or mm_dir
     if hf_dir is not None:

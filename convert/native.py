@@ -32,10 +32,11 @@ def _backend_io(file_format):
     return importlib.import_module(f"mmx.backends.{file_format}.io")
 
 
-def export_native(mm_dir, save_dir, file_format, overwrite=False):
-    """Write the latest iteration of ``mm_dir`` as per-rank native files under ``save_dir``; returns the paths."""
+def export_native(mm_dir, save_dir, file_format, overwrite=False, iteration=None):
+    """Write the latest iteration (or ``iteration``) of ``mm_dir`` as per-rank native files under ``save_dir``;
+    returns the paths."""
     io = _backend_io(file_format)
-    source = resolve_iteration(mm_dir)
+    source = resolve_iteration(mm_dir, iteration)
     metadata = read_json(source / META_FILE, "not an mm checkpoint")
     layout = Layout.from_dict(metadata["parallel"])
     written = []

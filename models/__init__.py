@@ -2,7 +2,8 @@
 
 ``build(hf_config, stage=None)`` reads a Hugging Face ``config.json`` (dict, file or directory), picks the family
 from its ``model_type`` and builds the model on the current backend (zero weights; fill them with
-``load_mm_state``). ``config_from_hf(hf_config)`` gives the plain-value config alone.
+``load_mm_state``); ``build_streamed(hf_config, mm_dir)`` builds it without weight storage and fills it tensor by
+tensor from an mm checkpoint (big models). ``config_from_hf(hf_config)`` gives the plain-value config alone.
 """
 import importlib
 
@@ -38,6 +39,25 @@ def build(hf_config, stage=None):
     package, class_name = FAMILIES[family_of(hf_config)]
     config = importlib.import_module(f"{package}.config").from_hf(hf_config)
     return getattr(importlib.import_module(f"{package}.model"), class_name)(config, stage)
+
+
+def build_streamed(hf_config, mm_dir, stage=None, iteration=None):
+    """The model of ``hf_config`` filled from the mm checkpoint ``mm_dir`` (any layout) without ever holding the
+    model twice: built under ``nn.empty_init()`` (no weight storage: torch's meta device, MindSpore's lazy
+    initializers), then each parameter gets its storage as its tensor streams from the shards
+    (:func:`mmx.models.common.weights.stream_mm_state`). ``stage``: keep only that pipeline stage's tensors (a
+    rank-local loader builds on this: it would pass its own stage and read only its shards).
+    """
+    from mmx import nn
+    from mmx.checkpoint.layout import stored_name
+    from mmx.checkpoint.store import MMSource
+    from mmx.models.common.weights import stream_mm_state
+
+    source = MMSource(mm_dir, iteration, streaming=True)
+    with nn.empty_init():
+        model = build(hf_config, stage)
+    names = None if stage is None else (lambda name: stored_name(name, stage, source.plan, source.tied))
+    return stream_mm_state(model, source, names)
 
 
 def load_mm_state(model, tensors, strict=True):

@@ -125,3 +125,30 @@ def inference_mode():
     """A context manager without autograd bookkeeping (MindSpore's ``_no_grad``) for generation."""
     with mindspore._no_grad():  # noqa: SLF001 - the public no-grad context of MindSpore 2.x PyNative
         yield
+
+
+@contextlib.contextmanager
+def empty_init():
+    """Parameters created inside hold MindSpore lazy initializers (shape and dtype, no storage) until
+    :func:`fill_parameter` gives each its values: ops' zeros / ones / full return ``initializer`` tensors for the
+    block."""
+    previous = ms_backend.ops._EMPTY_INIT[0]  # noqa: SLF001 - one package
+    ms_backend.ops._EMPTY_INIT[0] = True  # noqa: SLF001
+    try:
+        yield
+    finally:
+        ms_backend.ops._EMPTY_INIT[0] = previous  # noqa: SLF001
+
+
+def fill_parameter(module, name, value):
+    """Give the parameter ``name`` of ``module`` the values of ``value`` (numpy array of its shape) in its dtype
+    (``set_data`` with a fresh tensor: a lazy parameter gets its first storage)."""
+    params = state_dict(module)
+    if name not in params:
+        raise KeyError(f"fill_parameter: {type(module).__name__} has no parameter {name!r}")
+    param = params[name]
+    if tuple(np.shape(value)) != tuple(param.shape):
+        raise ValueError(f"fill_parameter: {name} has shape {tuple(np.shape(value))} but the model expects "
+                         f"{tuple(param.shape)}; the checkpoint and the config disagree")
+    param.set_data(ms_backend.ops.tensor(np.asarray(value), param.dtype))
+

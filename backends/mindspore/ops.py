@@ -90,15 +90,33 @@ def to_numpy(x):
     return array.copy()
 
 
+# nn.empty_init(): creation functions return lazy initializer tensors (no storage until set_data)
+_EMPTY_INIT = [False]
+
+
+def _lazy(kind, shape, dtype):
+    from mindspore.common.initializer import initializer
+
+    return initializer(kind, tuple(shape), dtype or float32)
+
+
 def zeros(shape, dtype=None):
+    if _EMPTY_INIT[0]:
+        return _lazy("zeros", shape, dtype)
     return P.zeros(tuple(shape), dtype or float32)
 
 
 def ones(shape, dtype=None):
+    if _EMPTY_INIT[0]:
+        return _lazy("ones", shape, dtype)
     return P.ones(tuple(shape), dtype or float32)
 
 
 def full(shape, value, dtype=None):
+    if _EMPTY_INIT[0]:
+        from mindspore.common.initializer import Constant
+
+        return _lazy(Constant(value), shape, dtype)
     dtype = dtype or float32
     # P.full has no bf16 CPU kernel: fill in float32, then cast (exact for any bf16-representable value).
     fill_dtype = float32 if dtype == bfloat16 else dtype

@@ -140,3 +140,11 @@ def set_rng_state(state):
         return False
     ms.set_rng_state(ms.Tensor(np.asarray(state["mindspore_default"], np.uint8)))
     return True
+
+
+def evaluate_loss(loss_fn, micro_batches, precision="fp32", params=()):
+    """Sum of ``loss_fn(micro_batch)`` over ``micro_batches`` (float) with no gradient recorded (PyNative records
+    none outside ``value_and_grad``): the eval split's loss (mmx.train.evaluate)."""
+    if precision != "fp32":
+        raise ValueError(f"precision {precision!r}: the MindSpore backend trains in fp32; set training.precision: fp32")
+    return float(sum(float(loss_fn(micro_batch).asnumpy()) for micro_batch in micro_batches))

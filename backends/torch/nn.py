@@ -4,6 +4,8 @@
 State-dict keys are the dotted attribute paths (``layers.0.self_attn.q_proj.weight``), parameters and persistent
 buffers, identical to the MindSpore backend's, so checkpoints are backend-neutral.
 """
+import contextlib
+
 import numpy as np
 import torch
 
@@ -71,3 +73,30 @@ def to_device(module, device):
 def inference_mode():
     """A context manager without autograd bookkeeping (``torch.inference_mode``) for generation."""
     return torch.inference_mode()
+
+
+@contextlib.contextmanager
+def empty_init():
+    """Parameters created inside live on torch's meta device (shape and dtype, no storage) until
+    :func:`fill_parameter` gives each its values; ops' creation functions use the backend device, so it is switched
+    to meta for the block."""
+    previous = torch_backend._device  # noqa: SLF001 - one package
+    torch_backend._device = torch.device("meta")  # noqa: SLF001
+    try:
+        yield
+    finally:
+        torch_backend._device = previous  # noqa: SLF001
+
+
+def fill_parameter(module, name, value):
+    """Replace the (meta or real) parameter ``name`` of ``module`` by one holding ``value`` (numpy array of its
+    shape) in its dtype on the backend device, keeping ``requires_grad``."""
+    path, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(path) if path else module
+    old = owner._parameters[leaf]  # noqa: SLF001 - the slot itself is replaced (meta tensors cannot be copied into)
+    if tuple(np.shape(value)) != tuple(old.shape):
+        raise ValueError(f"fill_parameter: {name} has shape {tuple(np.shape(value))} but the model expects "
+                         f"{tuple(old.shape)}; the checkpoint and the config disagree")
+    data = torch_backend.ops.tensor(np.asarray(value)).to(old.dtype)
+    owner._parameters[leaf] = torch.nn.Parameter(data, requires_grad=old.requires_grad)  # noqa: SLF001
+

@@ -192,3 +192,14 @@ def _autocast(precision, params):
         raise ValueError(f"precision {precision!r} is not supported; use fp32 or bf16")
     device_type = params[0].device.type if params else "cpu"
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def evaluate_loss(loss_fn, micro_batches, precision="fp32", params=()):
+    """Sum of ``loss_fn(micro_batch)`` over ``micro_batches`` (float) with no gradient recorded, in the training
+    precision (``params``: where the autocast device is read): the eval split's loss (mmx.train.evaluate)."""
+    total = 0.0
+    with torch.no_grad():
+        for micro_batch in micro_batches:
+            with _autocast(precision, list(params)):
+                total += float(loss_fn(micro_batch).detach())
+    return total

@@ -42,6 +42,16 @@ def resolve_iteration(mm_dir, iteration=None):
     names."""
     mm_dir = Path(mm_dir)
     recover(mm_dir)
+    if iteration is not None:   # asked for by the user (--iteration): name the ones there are
+        try:
+            directory = mm_dir / iteration_dir_name(iteration)
+        except ValueError:
+            directory = None
+        if directory is None or not directory.is_dir():
+            there = sorted(int(p.name[5:]) for p in mm_dir.glob("iter_*") if p.is_dir()) if mm_dir.is_dir() else []
+            there = [str(n) for n in there] + (["release"] if (mm_dir / "release").is_dir() else [])
+            raise CheckpointError(f"--iteration {iteration}: {mm_dir} has no such checkpoint; it holds "
+                                  f"{', '.join(there) or 'none'}")
     if iteration is None:
         latest = mm_dir / LATEST_FILE
         if not latest.exists():

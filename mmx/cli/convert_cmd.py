@@ -98,11 +98,13 @@ def reshard_command(mm_dir, save_dir, tp_size, ep_size, llm_pp_layers, vit_pp_la
               help="Take config/tokenizer/processor files from here (default: those stored in --mm-dir).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@click.option("--iteration", default=None,
+              help="Iteration of the mm checkpoint to use, e.g. 200 (default: latest_checkpointed_iteration.txt).")
 @_overwrite_option
-def mm_to_hf_command(mm_dir, save_hf_dir, hf_dir, max_shard_size, progress, overwrite):
+def mm_to_hf_command(mm_dir, save_hf_dir, hf_dir, max_shard_size, progress, iteration, overwrite):
     """mm checkpoint (any layout) → HF checkpoint that transformers' from_pretrained loads."""
     from mmx.convert.drivers import mm_to_hf
-    files = _run(mm_to_hf, mm_dir, save_hf_dir, hf_dir, _size(max_shard_size), progress, overwrite)
+    files = _run(mm_to_hf, mm_dir, save_hf_dir, hf_dir, _size(max_shard_size), progress, overwrite, iteration)
     click.echo(f"wrote {len(files)} weight files to {save_hf_dir}")
 
 
@@ -112,11 +114,13 @@ def mm_to_hf_command(mm_dir, save_hf_dir, hf_dir, max_shard_size, progress, over
 @click.option("--save-dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--format", "file_format", type=click.Choice(["torch", "mindspore"]), required=True,
               help="torch: model_optim_rng.pt per rank; mindspore: model_optim_rng.ckpt per rank.")
+@click.option("--iteration", default=None,
+              help="Iteration of the mm checkpoint to use, e.g. 200 (default: latest_checkpointed_iteration.txt).")
 @_overwrite_option
-def export_command(mm_dir, save_dir, file_format, overwrite):
+def export_command(mm_dir, save_dir, file_format, iteration, overwrite):
     """mm checkpoint → framework-native files per rank (run with the matching --backend)."""
     from mmx.convert.native import export_native
-    paths = _run(export_native, mm_dir, save_dir, file_format, overwrite)
+    paths = _run(export_native, mm_dir, save_dir, file_format, overwrite, iteration)
     click.echo(f"wrote {len(paths)} {file_format} files under {save_dir}")
 
 

@@ -32,6 +32,8 @@ def _overrides(max_new_tokens, temperature, top_p, top_k, seed, repetition_penal
 @click.command("infer")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="mm checkpoint (any TP/PP layout, merged on load) or HF checkpoint (converted in memory).")
+@click.option("--iteration", default=None,
+              help="With an mm checkpoint (a training save): the iteration to load, e.g. 200 (default: the latest).")
 @click.option("--prompt", default=None, help="The user message.")
 @click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An image for the message (repeat for several).")
@@ -58,7 +60,7 @@ def _overrides(max_new_tokens, temperature, top_p, top_k, seed, repetition_penal
               help="With --config: requests per batch (default: the config's batch_size, else 4).")
 @click.option("--chat", is_flag=True, help="Interactive multi-turn chat on stdin; earlier images stay in context.")
 @backend_option
-def infer_command(model_dir, prompt, images, videos, config_path, output, batch_size, chat, **generation):
+def infer_command(model_dir, iteration, prompt, images, videos, config_path, output, batch_size, chat, **generation):
     """Generate text with a vision-language model; only the generated text goes to stdout."""
     modes = sum([prompt is not None, config_path is not None, chat])
     if modes != 1:
@@ -70,12 +72,14 @@ def infer_command(model_dir, prompt, images, videos, config_path, output, batch_
     # Anything a library prints while loading or generating goes to stderr; stdout is for results only.
     with contextlib.redirect_stdout(sys.stderr):
         try:
-            _run(model_dir, prompt, images, videos, config_path, output, batch_size, chat, overrides, results)
+            _run(model_dir, prompt, images, videos, config_path, output, batch_size, chat, overrides, results,
+                 iteration)
         except ValueError as err:
             raise click.ClickException(str(err)) from err
 
 
-def _run(model_dir, prompt, images, videos, config_path, output, batch_size, chat, overrides, results):
+def _run(model_dir, prompt, images, videos, config_path, output, batch_size, chat, overrides, results,
+         iteration=None):
     from mmx import backend, infer
 
     requests = options = None
@@ -83,7 +87,7 @@ def _run(model_dir, prompt, images, videos, config_path, output, batch_size, cha
         from mmx.infer import batch
         requests, options = batch.read_requests(config_path)   # validate before the (slow) model load
     print(f"mmx infer: loading {model_dir} on {backend.name()}", file=sys.stderr)
-    pipeline = infer.load(model_dir)
+    pipeline = infer.load(model_dir, iteration)
     if chat:
         from mmx.infer import chat as chat_mode
         chat_mode.run(pipeline, sys.stdin, results, images, videos, **overrides)

@@ -44,6 +44,7 @@ KEYS = {
     "pad_to_multiple_of": (1, "pad each batch's sequence length to a multiple of this"),
     "seed": (1234, "shuffle seed (map-style order and the streaming buffer)"),
     "shuffle": (True, "shuffle samples"),
+    "val_size": (0, "hold out this fraction (< 1) or number (>= 1) of samples as the eval split (finetune)"),
 }
 
 # MindSpeed-MM / LLaMA-Factory data.json keys that mmx reads elsewhere or has no use for.
@@ -84,6 +85,7 @@ class DataConfig:
     pad_to_multiple_of: int = 1
     seed: int = 1234
     shuffle: bool = True
+    val_size: float = 0
     source: str = "<dict>"
     ignored: list = field(default_factory=list)
 
@@ -169,6 +171,11 @@ def _coerce(key, value, source):
         return value
     if key in ("video_fps", "frame_folder_fps"):
         return float(value)
+    if key == "val_size":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{source}: val_size must be a fraction below 1 (0.1) or a number of samples, got "
+                             f"{value!r}")
+        return value
     if key in ("max_samples", "cutoff_len", "image_max_pixels", "image_min_pixels", "video_max_pixels",
                "video_min_pixels", "video_maxlen", "preprocessing_num_workers", "buffer_size", "seed",
                "pad_to_multiple_of"):

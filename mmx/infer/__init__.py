@@ -51,10 +51,11 @@ class Pipeline:
         return self.processor.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
-def load(model_dir):
-    """A :class:`Pipeline` for the mm or HF checkpoint in ``model_dir`` on the current backend."""
+def load(model_dir, iteration=None):
+    """A :class:`Pipeline` for the mm or HF checkpoint in ``model_dir`` on the current backend (an mm checkpoint's
+    ``iteration``: default the latest)."""
     from mmx.infer import loading
 
-    loading.checkpoint_kind(model_dir)          # a clear error for a directory that is no checkpoint at all
+    loading.checkpoint_kind(model_dir, iteration)   # a clear error for a directory that is no checkpoint at all
     processor = loading.load_processor(model_dir)
-    return Pipeline(model_dir, loading.load_model(model_dir), processor)
+    return Pipeline(model_dir, loading.load_model(model_dir, iteration), processor)

@@ -11,32 +11,35 @@ from pathlib import Path
 MM_MARKER = "latest_checkpointed_iteration.txt"
 
 
-def checkpoint_kind(model_dir):
-    """``"mm"`` or ``"hf"``; a ValueError naming what is missing otherwise."""
+def checkpoint_kind(model_dir, iteration=None):
+    """``"mm"`` or ``"hf"``; a ValueError naming what is missing otherwise (or an ``iteration`` an HF one lacks)."""
     path = Path(model_dir)
     if not path.is_dir():
         raise ValueError(f"--model {model_dir}: no such directory")
     if (path / MM_MARKER).exists():
         return "mm"
     if (path / "config.json").exists():
+        if iteration is not None:
+            raise ValueError(f"--iteration {iteration}: {model_dir} is an HF checkpoint, which holds one set of "
+                             f"weights; --iteration picks an iteration of an mm checkpoint (a training save)")
         return "hf"
     raise ValueError(f"--model {model_dir}: neither an mm checkpoint ({MM_MARKER}) nor an HF checkpoint "
                      f"(config.json); pass the directory `mmx convert` or `save_pretrained` wrote")
 
 
-def read_tensors(model_dir):
-    """{mm name: numpy array} of the checkpoint in ``model_dir`` (mm or HF)."""
-    if checkpoint_kind(model_dir) == "mm":
+def read_tensors(model_dir, iteration=None):
+    """{mm name: numpy array} of the checkpoint in ``model_dir`` (mm: the latest iteration or ``iteration``; HF)."""
+    if checkpoint_kind(model_dir, iteration) == "mm":
         from mmx.checkpoint import load_mm
 
-        _, tensors = load_mm(model_dir)
+        _, tensors = load_mm(model_dir, iteration=iteration)
         return tensors
     from mmx.convert.drivers import read_hf_as_mm
 
     return read_hf_as_mm(model_dir)[1]
 
 
-def load_model(model_dir):
+def load_model(model_dir, iteration=None):
     """The model of ``model_dir`` on the current backend with its weights loaded (float32 parameters)."""
     from mmx import models
 
@@ -44,7 +47,7 @@ def load_model(model_dir):
         raise ValueError(f"--model {model_dir}: config.json is missing; an mm checkpoint made by `mmx convert "
                          f"hf_to_mm` carries the HF config, tokenizer and processor files at its root")
     model = models.build(str(model_dir))
-    models.load_mm_state(model, read_tensors(model_dir))
+    models.load_mm_state(model, read_tensors(model_dir, iteration))
     return model
 
 

@@ -7,12 +7,17 @@ the dotted attribute paths and are identical on both backends.
 
 Functions over modules (the backend's): ``state_dict(module)`` → {name: tensor}, ``load_state_dict(module, tensors,
 strict=True)`` → (missing, unexpected), ``named_parameters(module)`` → [(name, Parameter)], ``set_requires_grad(param,
-flag)``, ``to_device(module, device)``, ``inference_mode()`` (a context manager that disables autograd bookkeeping).
+flag)``, ``to_device(module, device)``, ``inference_mode()`` (a context manager that disables autograd bookkeeping),
+``empty_init()`` (a context manager: modules built inside hold parameters of the right shape and dtype without
+storage — torch's meta device, MindSpore's lazy initializers) and ``fill_parameter(module, name, array)`` (give one
+such parameter its values from a numpy array, cast to its dtype, on the process device; see
+``mmx.models.build_streamed``).
 """
 from mmx import backend as _backend
 
 _BACKEND_NAMES = ("Module", "Parameter", "ModuleDict", "ModuleList", "state_dict", "load_state_dict",
-                  "named_parameters", "set_requires_grad", "to_device", "inference_mode")
+                  "named_parameters", "set_requires_grad", "to_device", "inference_mode", "empty_init",
+                  "fill_parameter")
 
 
 def __getattr__(attr):

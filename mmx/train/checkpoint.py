@@ -176,6 +176,28 @@ def prepare_save_dir(training, rank=0):
             f"run's first checkpoint is complete")
 
 
+def prune_checkpoints(save_dir, keep):
+    """``training.save_total_limit``: remove all but the ``keep`` newest ``iter_*`` checkpoints of ``save_dir`` (the
+    one ``latest_checkpointed_iteration.txt`` names always stays); returns the removed directories. None / 0 keeps
+    every one."""
+    import re
+    import shutil
+
+    if not keep:
+        return []
+    latest = read_latest(save_dir, recover=False)
+    found = sorted(int(match.group(1)) for name in os.listdir(save_dir)
+                   for match in [re.fullmatch(r"iter_(\d+)", name)] if match)
+    removed = []
+    for iteration in found[:-keep] if len(found) > keep else []:
+        if iteration == latest:
+            continue
+        path = iteration_dir(save_dir, iteration)
+        shutil.rmtree(path)
+        removed.append(path)
+    return removed
+
+
 def finish_overwrite(save):
     """After a checkpoint of this run is complete: remove what prepare_save_dir set aside (if anything)."""
     return publish.drop_set_aside(save)

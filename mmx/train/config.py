@@ -51,6 +51,9 @@ TRAINING_DEFAULTS = {
     "save": None,                   # checkpoint directory
     "load": None,                   # resume from this checkpoint directory (latest_checkpointed_iteration.txt)
     "save_interval": 0,             # 0: only at the end
+    "save_total_limit": None,       # keep only the newest K iter_* checkpoints in save (null: every one)
+    "num_train_epochs": None,       # set: train_iters = ceil(epochs x training samples / global_batch_size)
+    "eval_interval": 0,             # evaluate data.val_size's eval split every N iterations (0: at the end only)
     "overwrite": False,             # replace a checkpoint already in `save` that this run does not resume
     "allow_changed": [],            # RESUME_SETTINGS keys a resumed run may change (e.g. [lr, data.cutoff_len])
     "log_interval": 1,
@@ -98,7 +101,8 @@ RESUME_SETTINGS = ("seed", "global_batch_size", "micro_batch_size", "loss_type",
                    "lr_warmup_fraction", "lr_decay_style", "lr_decay_iters", "weight_decay", "adam_beta1",
                    "adam_beta2", "adam_eps", "clip_grad", "router_aux_loss_coef", "lora")
 DATA_RESUME_SETTINGS = ("dataset", "max_samples", "cutoff_len", "packing", "skip_bad_samples", "train_on_prompt",
-                        "mask_history", "image_max_pixels", "image_min_pixels", "seed", "shuffle", "buffer_size")
+                        "mask_history", "image_max_pixels", "image_min_pixels", "seed", "shuffle", "buffer_size",
+                        "val_size")
 LEGACY_RUN_SETTINGS = ("seed", "global_batch_size", "loss_type")   # trainer_state keys before run_settings existed
 WHY_SETTING = {"seed": "it reshuffles the sample order exact resume rests on",
                "global_batch_size": "the batches and the consumed-sample position change",
@@ -260,6 +264,9 @@ def check_training(training, where="config"):
     if training["min_lr"] > training["lr"]:
         raise ConfigError(f"{where}: training.min_lr ({training['min_lr']}) is larger than training.lr "
                           f"({training['lr']}); the schedule decays from lr to min_lr: lower min_lr")
+    for key in ("eval_interval", "save_total_limit", "num_train_epochs"):
+        if training[key] is not None and training[key] < 0 or (key != "eval_interval" and training[key] == 0):
+            raise ConfigError(f"{where}: training.{key} {training[key]!r} must be positive (or null / remove it)")
     if training["precision"] not in ("fp32", "bf16"):
         raise ConfigError(f"{where}: training.precision {training['precision']!r}: use fp32 or bf16")
     if training["train_iters"] < 1:

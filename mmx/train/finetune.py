@@ -20,6 +20,7 @@ the whole model, a streaming source reads the process's own shard, and only rank
 family's plan (``FULLY_SHARD_UNITS``: vision blocks and decoder layers).
 """
 import importlib
+import math
 import os
 
 import numpy as np
@@ -116,8 +117,10 @@ def finetune(config, echo=print):
     if note:
         echo(note)
     model, metadata, frozen = build_model(config["model"])
-    if frozen:
-        echo(f"frozen: {len(frozen)} parameters ({', '.join(sorted({n.rsplit('.', 3)[0] for n in frozen})[:6])} ...)")
+    if frozen:   # counted in parameters (elements), not tensors
+        sizes = {name: int(np.prod(param.shape)) for name, param in nn_named_parameters(model)}
+        echo(f"frozen: {sum(sizes.get(name, 0) for name in frozen):,} parameters in {len(frozen)} tensors "
+             f"({', '.join(sorted({n.rsplit('.', 3)[0] for n in frozen})[:6])} ...)")
     pipeline = build_data(config)
     report_data(pipeline, echo)
     if training["save"] and rank == 0:
@@ -126,8 +129,11 @@ def finetune(config, echo=print):
     if pipeline.dataset is None:
         stream = pipeline.streaming_loader(training["micro_batch_size"], rank, world_size)
     data_settings = {key: getattr(pipeline.config, key) for key in DATA_RESUME_SETTINGS}
-    trainer = Trainer(model, pipeline.dataset, pipeline.collate, training, metadata, stream=stream,
-                      shard_units=shard_units(config["model"]["init_from_hf_path"]), data_settings=data_settings)
+    train_set, eval_set = split_data(pipeline, training, world_size)
+    trainer = Trainer(model, train_set, pipeline.collate, training, metadata, stream=stream,
+                      shard_units=shard_units(config["model"]["init_from_hf_path"]), data_settings=data_settings,
+                      eval_dataset=eval_set)
+    echo(run_summary(trainer, train_set, eval_set, world_size))
     sizes, what = trainer.sizes, " (LoRA adapters + modules_to_save)" if trainer.lora else ""
     echo(f"trainable: {sizes['trainable_parameters']:,} of {sizes['total_parameters']:,} parameters{what}, AdamW "
          f"state {sizes['optimizer_state_bytes'] / 2 ** 20:.1f} MiB")
@@ -140,6 +146,50 @@ def finetune(config, echo=print):
         echo(f"data: {sum(trainer.dropped.values())} samples dropped while streaming: "
              f"{describe_drops(trainer.dropped, pipeline.config.cutoff_len)}")
     return trainer
+
+
+def nn_named_parameters(model):
+    from mmx import nn
+
+    return nn.named_parameters(model)
+
+
+def split_data(pipeline, training, world_size):
+    """(training dataset, eval dataset or None) of ``data.val_size`` (mmx.train.evaluate), and ``train_iters`` from
+    ``training.num_train_epochs`` when that is set (ceil(epochs x training samples / global batch))."""
+    from mmx.train.evaluate import split_eval
+
+    val_size = pipeline.config.val_size
+    if pipeline.dataset is None:
+        for key, value in (("data.val_size", val_size), ("training.num_train_epochs", training["num_train_epochs"])):
+            if value:
+                raise ConfigError(f"{key} needs a map-style dataset (its size is known up front); with "
+                                  f"data.streaming: true set training.train_iters instead, and hold an eval file out "
+                                  f"yourself")
+        return None, None
+    train_set, eval_set = split_eval(pipeline.dataset, val_size, pipeline.config.seed)
+    if training["num_train_epochs"]:
+        training["train_iters"] = max(1, math.ceil(training["num_train_epochs"] * len(train_set) /
+                                                   training["global_batch_size"]))
+    return train_set, eval_set
+
+
+def run_summary(trainer, train_set, eval_set, world_size):
+    """The start-up line: samples (training / eval), the effective batch, iterations and epochs."""
+    training = trainer.training
+    micro, global_batch = training["micro_batch_size"], training["global_batch_size"]
+    accumulation = global_batch // (micro * world_size)
+    line = "run: "
+    if train_set is not None:
+        line += f"{len(train_set)} training samples" + (f" + {len(eval_set)} eval (data.val_size)" if eval_set else "")
+        line += "; "
+    line += (f"global batch {global_batch} = micro-batch {micro} x {accumulation} accumulation steps x "
+             f"{world_size} process{'es' if world_size > 1 else ''}; {training['train_iters']} iterations")
+    if train_set is not None:
+        line += f" = {training['train_iters'] * global_batch / len(train_set):.2f} epochs"
+    if eval_set is not None:
+        line += f"; eval every {training['eval_interval'] or training['train_iters']} iterations"
+    return line
 
 
 def report_data(pipeline, echo):

@@ -187,7 +187,7 @@ class Trainer:
     """
 
     def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None, stream=None, shard_units=(),
-                 data_settings=None):
+                 data_settings=None, eval_dataset=None):
         self.backend = _backend.get()
         self.comm = self.backend.distributed
         self.rank, self.world_size = self.comm.init()
@@ -199,6 +199,7 @@ class Trainer:
         # recorded in every checkpoint, compared on resume; data_settings: the data keys of DATA_RESUME_SETTINGS
         self.run_settings = run_settings(training, data_settings)
         self.model, self.dataset, self.collate, self.stream = model, dataset, collate, stream
+        self.eval_dataset = eval_dataset   # data.val_size's held-out samples (mmx.train.evaluate), or None
         self.training = training
         self.metadata = dict(metadata or {})
         # logs go in SAVE/logs: files at the save dir's top are the checkpoint's support files (mm_to_hf copies them)
@@ -366,6 +367,7 @@ class Trainer:
                 training["save"], self.iteration, model_tensors, dict(self.metadata, backend=self.backend.NAME),
                 trainer_state, optimizer_state, None if training["no_save_rng"] else self.steps.get_rng_state())
             ckpt.finish_overwrite(training["save"])   # a replaced run's directory goes once this one is complete
+            ckpt.prune_checkpoints(training["save"], training["save_total_limit"])   # the newest K stay
         self.comm.barrier()
         self.last_saved = self.iteration
         return str(ckpt.iteration_dir(training["save"], self.iteration))
@@ -451,6 +453,17 @@ class Trainer:
         trainable = sum(int(np.prod(param.shape)) for param in self.params)
         return 6.0 * trainable + 4.0 * (total - trainable)
 
+    evaluated = None
+
+    def evaluate(self):
+        """The eval split's loss now (mmx.train.evaluate), logged as ``eval_loss``; returns its record."""
+        from mmx.train.evaluate import eval_loss
+
+        start = time.perf_counter()
+        loss, samples = eval_loss(self, self.eval_dataset)
+        self.evaluated = self.iteration
+        return self.logger.log_eval(self.iteration, loss, samples, time.perf_counter() - start)
+
     def run(self):
         """Train until ``train_iters``, saving every ``save_interval`` steps and at the end; the step records."""
         training = self.training
@@ -467,8 +480,13 @@ class Trainer:
         try:
             while self.iteration < training["train_iters"]:
                 records.append(self.step())
+                if self.eval_dataset is not None and training["eval_interval"] and \
+                        self.iteration % training["eval_interval"] == 0:
+                    self.evaluate()
                 if training["save"] and training["save_interval"] and self.iteration % training["save_interval"] == 0:
                     self.save()
+            if self.eval_dataset is not None and self.evaluated != self.iteration:
+                self.evaluate()   # the end of every run with an eval split
             if training["save"] and self.last_saved != self.iteration:
                 self.save()
         finally:

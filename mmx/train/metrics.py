@@ -76,6 +76,7 @@ class MetricsLogger:
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.log_tps = log_tps
         self.records, self.previous, self.cut = [], [], 0
+        self.eval_records = []
         self.jsonl, self.bar, self.tensorboard = None, None, None
         if not output:
             return
@@ -133,6 +134,20 @@ class MetricsLogger:
             self._print(line)
         return record
 
+    def log_eval(self, step, loss, samples, seconds):
+        """Record the eval split's loss after optimizer step ``step``: its own metrics.jsonl record (``eval_loss``,
+        ``eval_samples``), TensorBoard ``eval/loss``, a log line and points on the loss curve."""
+        record = {"step": step, "eval_loss": loss, "eval_samples": int(samples), "eval_seconds": round(seconds, 6)}
+        self.eval_records.append(record)
+        if not self.output:
+            return record
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("eval/loss", loss, step)
+        self._print(f"eval step {step} | eval_loss {loss:.6f} | {samples} samples | {seconds:.2f} s")
+        return record
+
     def _print(self, line):
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
@@ -158,8 +173,13 @@ class MetricsLogger:
 
     def curve(self):
         """(steps, losses) of the loss curve: the records kept from before a resume, then this run's."""
-        records = self.previous + self.records
+        records = [r for r in self.previous if "loss" in r] + self.records
         return [r["step"] for r in records], [r["loss"] for r in records]
+
+    def eval_curve(self):
+        """(steps, eval losses): the eval records kept from before a resume, then this run's."""
+        records = [r for r in self.previous if "eval_loss" in r] + self.eval_records
+        return [r["step"] for r in records], [r["eval_loss"] for r in records]
 
     def plot(self):
         import matplotlib
@@ -175,6 +195,9 @@ class MetricsLogger:
             window = max(len(losses) // 20, 2)
             smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
             axis.plot(steps[window - 1:], smooth, lw=2, label=f"mean of {window}")
+        eval_steps, eval_losses = self.eval_curve()
+        if eval_steps:
+            axis.plot(eval_steps, eval_losses, "o-", lw=1.5, label="eval loss")
         axis.set_xlabel("step")
         axis.set_ylabel("loss")
         axis.legend()

@@ -29,3 +29,32 @@ def load_mm_state(model, tensors, strict=True):
         state[name] = ops.tensor(np.asarray(array), params[name].dtype)
     nn.load_state_dict(model, state, strict=False)
     return model
+
+
+def stream_mm_state(model, source, names=None):
+    """Fill ``model`` — built under ``nn.empty_init()``, so its parameters have no storage yet — one tensor at a
+    time from ``source`` (``entries`` {mm name: (dtype, shape)} + ``read(name)`` → row blocks, e.g.
+    mmx.checkpoint.store.MMSource with ``streaming=True``): each tensor is read into a reused buffer, copied into
+    its parameter (cast to the parameter's dtype) and dropped, so host memory peaks at the filled parameters plus
+    one tensor, never the model twice. ``names`` maps a source name to the parameter that holds it (None: this
+    model does not, e.g. another pipeline stage's layer); default the name itself. Every parameter must be filled.
+    """
+    from mmx.checkpoint.rows import as_array
+
+    params = {name for name, _ in nn.named_parameters(model)}
+    filled = set()
+    for name in source.entries:
+        held = name if names is None else names(name)
+        if held is None:
+            continue
+        if held not in params:
+            raise ValueError(f"stream_mm_state: the checkpoint holds {name}, which the model has no parameter for; "
+                             f"convert the checkpoint with `mmx convert hf_to_mm` for this model family and stage")
+        nn.fill_parameter(model, held, as_array(source.read(name)))
+        filled.add(held)
+    missing = sorted(params - filled)
+    if missing:
+        raise ValueError(f"stream_mm_state: the checkpoint has no tensor for {len(missing)} parameters (first: "
+                         f"{missing[:4]}); convert the checkpoint with `mmx convert hf_to_mm` for this model")
+    return model
+
