@@ -12,8 +12,8 @@ distributed training). Its gradient is exactly zero.
 
 Packed batches (``packing``): all samples of the batch go into ONE row (B = 1, as the model's packed path takes):
 ``cu_seqlens`` (N+1,) int32 marks the samples, ``position_ids`` (3, 1, T) restart at 0 in each sample (computed with
-the model family's ``rope_index``), and the model attends within each sample only, so packed logits equal unpacked
-ones. A dummy image becomes its own final segment (labels -100).
+the model family's ``rope_index``; InternVL's are 1-D), and the model attends within each sample only, so packed
+logits equal unpacked ones. A dummy image becomes its own final segment (labels -100).
 """
 import importlib
 import json
@@ -121,6 +121,8 @@ class Collator:
                 pixels, grids = pixels + [dummy_pixels], grids + [dummy_grid]
             if pixels:
                 out[pixels_key] = np.concatenate(pixels).astype(np.float32, copy=False)
+            grids = [grid for grid in grids if grid is not None]       # tiles (InternVL) carry no grid
+            if grids:
                 out[grid_key] = np.concatenate(grids).astype(np.int64, copy=False)
         seconds = [s["second_per_grid_ts"] for s in samples if "second_per_grid_ts" in s]
         if seconds:

@@ -15,6 +15,10 @@ Messages without media reach the template as plain strings (GLM's renders assist
 ``train_on_prompt`` supervises every token; ``mask_history`` only the last assistant turn. Image / video placeholder
 tokens are never supervised.
 
+InternVL3's processor (GotOcr2 tiles) writes ``<img>`` + ``<IMG_CONTEXT>`` x ``image_seq_length`` per tile +
+``</img>`` per image and ``Frame{i}: <img>...</img>`` lines per video, all tiles in one ``pixel_values``
+(N_tiles, 3, S, S) with no grid; ``<img>`` / ``</img>`` are its wrappers (truncation, the dummy image).
+
 Truncation at ``cutoff_len`` keeps the first tokens; a sample whose vision tokens reach past the cut is dropped
 (kind ``cut_through_image``), never cut, and one with no supervised token left is dropped too.
 """
@@ -82,19 +86,24 @@ class Preprocessor:
                              f"(chat_template.jinja); use an instruct model dir")
         self.config, self.processor, self.tokenizer = config, processor, processor.tokenizer
         self.image_token_id = processor.image_token_id
-        self.video_token_id = processor.video_token_id
+        self.video_token_id = getattr(processor, "video_token_id", None)      # InternVL: frames are image tiles
         vocab = self.tokenizer.get_vocab()
-        self.wrapper_ids = [vocab[token] for pair in VISION_WRAPPERS for token in pair if token in vocab]
+        # InternVLProcessor names its own wrappers (<img> / </img>); elsewhere the known pairs the vocabulary has
+        tiles = getattr(processor, "start_image_token", None), getattr(processor, "end_image_token", None)
+        wrappers = (tiles,) if all(tiles) else VISION_WRAPPERS
+        self.wrapper_ids = [vocab[token] for pair in wrappers for token in pair if token in vocab]
         # the first pair the vocabulary has wraps images (the dummy image's placeholders)
-        start, end = next((pair for pair in VISION_WRAPPERS if all(t in vocab for t in pair)), (None, None))
+        start, end = next((pair for pair in wrappers if all(t in vocab for t in pair)), (None, None))
         self.vision_start_id, self.vision_end_id = vocab.get(start), vocab.get(end)
         self.turn_end = self._turn_end()
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.merge_size = processor.image_processor.merge_size
+        self.merge_size = getattr(processor.image_processor, "merge_size", None)      # None: tiles (InternVL)
         self.images_kwargs = _size_kwargs(processor.image_processor, config.image_min_pixels,
-                                          config.image_max_pixels)
+                                          config.image_max_pixels, config.source)
         self.videos_kwargs = dict(_size_kwargs(processor.video_processor, config.video_min_pixels,
-                                               config.video_max_pixels), do_sample_frames=False)
+                                               config.video_max_pixels, config.source), do_sample_frames=False)
+        # InternVLProcessor flattens video frames with torch's Tensor.flatten: it needs "pt" tensors back
+        self.return_tensors = "pt" if type(processor).__name__ == "InternVLProcessor" else "np"
         self._dummy = None
 
     # -- identity ------------------------------------------------------------------------------------------------
@@ -181,10 +190,10 @@ class Preprocessor:
             kwargs.update(images=images, images_kwargs=self.images_kwargs)
         if videos:
             kwargs.update(videos=videos, videos_kwargs=dict(self.videos_kwargs, video_metadata=metadata))
-        out = self.processor(text=[text], return_tensors="np", return_offsets_mapping=True,
+        out = self.processor(text=[text], return_tensors=self.return_tensors, return_offsets_mapping=True,
                              return_text_replacement_offsets=True, add_special_tokens=False, **kwargs)
-        input_ids = np.asarray(out["input_ids"][0], dtype=np.int64)
-        labels = self._labels(input_ids, np.asarray(out["offset_mapping"][0]), spans,
+        input_ids = np.asarray(_numpy(out["input_ids"])[0], dtype=np.int64)
+        labels = self._labels(input_ids, np.asarray(_numpy(out["offset_mapping"])[0]), spans,
                               out.get("text_replacement_offsets", [[]])[0])
         input_ids, labels = self._truncate(sample, input_ids, labels)
         encoded = {"id": sample["id"], "input_ids": input_ids, "labels": labels}
@@ -192,7 +201,7 @@ class Preprocessor:
                            ("pixel_values_videos", np.float32), ("video_grid_thw", np.int64),
                            ("second_per_grid_ts", np.float32)):
             if key in out and out[key] is not None and len(out[key]):
-                encoded[key] = np.asarray(out[key], dtype=dtype)
+                encoded[key] = np.asarray(_numpy(out[key]), dtype=dtype)
         if "video_grid_thw" in encoded and "second_per_grid_ts" not in encoded:
             # Qwen2-VL's processor has no second_per_grid_ts; one temporal patch per 1/fps*temporal_patch seconds.
             temporal = self.processor.video_processor.temporal_patch_size
@@ -237,13 +246,24 @@ class Preprocessor:
     # -- the dummy image of mixed batches --------------------------------------------------------------------------
 
     def dummy_image(self):
-        """(token ids, pixel_values, image_grid_thw) of the smallest image the processor makes (a black square)."""
+        """(token ids, pixel_values, image_grid_thw) of the smallest image the processor makes (a black square);
+        tiles (InternVL): one tile, ``image_seq_length`` tokens, grid None."""
         if self._dummy is None:
             from PIL import Image
 
-            side = self.processor.image_processor.patch_size * self.merge_size
-            out = self.processor.image_processor(images=[Image.new("RGB", (side, side))], return_tensors="np",
-                                                 **self.images_kwargs)
+            image_processor = self.processor.image_processor
+            if self.merge_size is None:
+                side = image_processor.size["height"]
+                out = image_processor(images=[Image.new("RGB", (side, side))], return_tensors="np",
+                                      **self.images_kwargs)
+                pixels = np.asarray(out["pixel_values"], np.float32)
+                count = self.processor.image_seq_length * len(pixels)
+                ids = np.asarray([self.vision_start_id] + [self.image_token_id] * count + [self.vision_end_id],
+                                 np.int64)
+                self._dummy = (ids, pixels, None)
+                return self._dummy
+            side = image_processor.patch_size * self.merge_size
+            out = image_processor(images=[Image.new("RGB", (side, side))], return_tensors="np", **self.images_kwargs)
             grid = np.asarray(out["image_grid_thw"], dtype=np.int64)
             count = int(grid.prod()) // self.merge_size ** 2
             ids = np.asarray([self.vision_start_id] + [self.image_token_id] * count + [self.vision_end_id], np.int64)
@@ -251,10 +271,19 @@ class Preprocessor:
         return self._dummy
 
 
-def _size_kwargs(image_or_video_processor, min_pixels, max_pixels):
+def _numpy(value):
+    return value.numpy() if hasattr(value, "numpy") else value
+
+
+def _size_kwargs(image_or_video_processor, min_pixels, max_pixels, source):
     """The processor's ``size`` with the config's min/max pixels, when given."""
     if min_pixels is None and max_pixels is None:
         return {}
+    if "shortest_edge" not in image_or_video_processor.size:
+        name = type(image_or_video_processor).__name__
+        raise ValueError(f"{source}: image/video min/max pixels do not apply to {name} (fixed "
+                         f"{image_or_video_processor.size} tiles); remove them and set max_patches in the model dir's "
+                         f"preprocessor_config.json to bound the tiles per image")
     size = dict(image_or_video_processor.size)
     if min_pixels is not None:
         size["shortest_edge"] = min_pixels

@@ -90,6 +90,7 @@ class ModelConfig:
                                          # (a text timestamp before each), so positions take one grid row per run
     video_span_token_ids: tuple = ()     # GLM: (<|begin_of_video|>, <|end_of_video|>) ids; video frames are image
                                          # tokens between them (HF Glm4vProcessor.create_mm_token_type_ids)
+    positions_1d: bool = False           # InternVL: plain 1-D RoPE, all three rows the token's index in its sample
 
     # rope_index reads these (and split_video_frames) from the config it is given
     @property

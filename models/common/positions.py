@@ -82,6 +82,8 @@ def rope_index(input_ids, attention_mask, image_grid_thw, video_grid_thw, config
     (N_vid,) seconds per temporal grid step (Qwen2.5-VL). ``cu_seqlens`` (N+1,): the rows are packed, each segment
     is one sample whose positions start at 0. ``mm_token_type_ids`` (B, S): the processor's modality of each token
     (HF groups runs of it); default :func:`token_types` of the ids, which is what the processors compute.
+    ``config.positions_1d`` (InternVL): every row is the index of the real token in its sample (HF: the attention
+    mask's cumsum - 1, what generate passes), whatever the modality; no grids are read.
     → (position_ids (3, B, S) int64, next_position (B, N_segments) int64 = max position + 1 of each sample).
     """
     input_ids = np.asarray(input_ids)
@@ -111,7 +113,10 @@ def rope_index(input_ids, attention_mask, image_grid_thw, video_grid_thw, config
     for row in range(batch):
         for segment, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
             real = np.nonzero(mask[row, start:end])[0] + start
-            positions = _segment_positions(token_type[row, real], grids, config.spatial_merge_size, intervals)
+            if getattr(config, "positions_1d", False):
+                positions = np.broadcast_to(np.arange(len(real)), (3, len(real)))
+            else:
+                positions = _segment_positions(token_type[row, real], grids, config.spatial_merge_size, intervals)
             position_ids[:, row, real] = positions
             next_position[row, segment] = positions.max() + 1 if positions.size else 0
     return position_ids, next_position

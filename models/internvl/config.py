@@ -88,4 +88,4 @@ def from_hf(source):
     text = text_config(raw)
     vision = vision_config(raw.get("vision_config") or {}, raw, text.hidden_size)
     return ModelConfig(family=FAMILY, text=text, vision=vision, image_token_id=raw.get("image_token_id", 151667),
-                       video_token_id=-1, vision_start_token_id=-1)
+                       video_token_id=-1, vision_start_token_id=-1, positions_1d=True)

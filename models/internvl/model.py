@@ -24,7 +24,7 @@ import numpy as np
 from mmx import nn, ops
 from mmx.models.common.positions import _bicubic_taps
 from mmx.models.common.vision import VisionMLP
-from mmx.models.common.vlm import QwenVLModel, _host
+from mmx.models.common.vlm import QwenVLModel
 from mmx.nn.layers import LayerNorm, Linear, RMSNorm
 
 
@@ -179,7 +179,8 @@ class InternVLVisionEncoder(nn.Module):
 
 class InternVLForConditionalGeneration(QwenVLModel):
     """InternVL3: ``forward(input_ids, ...)`` → float32 logits (B, S, V); see QwenVLModel.forward. Images and video
-    frames are all tiles in ``pixel_values`` at the ``<IMG_CONTEXT>`` tokens (no grids); positions are 1-D."""
+    frames are all tiles in ``pixel_values`` at the ``<IMG_CONTEXT>`` tokens (no grids); positions are 1-D
+    (``config.positions_1d``: rope_index gives every real token its index in its sample, padding 0)."""
 
     image_encoder_class = InternVLVisionEncoder
 
@@ -187,20 +188,3 @@ class InternVLForConditionalGeneration(QwenVLModel):
         if kind == "image" and pixels is not None and grid_thw is None:
             grid_thw = np.zeros((0, 3), np.int64)        # InternVL tiles carry no grid
         return super()._insert(hidden, deepstack, slots, pixels, grid_thw, token_id, kind, decoding)
-
-    def _positions(self, ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts, position_ids, cache,
-                   cu_seqlens, mm_token_type_ids=None):
-        """(3, B, S) numpy 1-D positions (three equal rows): the mask's cumsum - 1 (padding 0), restarting at 0 in
-        each packed sample; records the cache's next positions on prefill."""
-        length = ids.shape[1]
-        if position_ids is not None or (cache is not None and cache.length > 0):
-            return super()._positions(ids, mask, None, None, None, position_ids, cache, cu_seqlens)
-        current = np.ones(ids.shape, np.int64) if mask is None else np.asarray(mask[:, -length:], np.int64)
-        bounds = [0, length] if cu_seqlens is None else [int(b) for b in np.asarray(_host(cu_seqlens))]
-        positions = np.zeros(ids.shape, np.int64)
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            segment = current[:, start:end]
-            positions[:, start:end] = np.where(segment == 1, np.cumsum(segment, -1) - 1, 0)
-        if cache is not None:
-            cache.next_position = positions.max(axis=1) + 1
-        return np.broadcast_to(positions, (3,) + positions.shape).copy()

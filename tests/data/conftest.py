@@ -9,10 +9,10 @@ from mmx.tiny import make_tiny_checkpoint
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory):
-    """{family: tiny HF dir} for qwen2_vl, qwen2_5_vl, qwen3_vl and glm4v."""
+    """{family: tiny HF dir} for qwen2_vl, qwen2_5_vl, qwen3_vl, glm4v and internvl."""
     root = tmp_path_factory.mktemp("tiny")
     return {family: make_tiny_checkpoint(str(root / family), family=family)
-            for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v")}
+            for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "internvl")}
 
 
 @pytest.fixture(scope="session")

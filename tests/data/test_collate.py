@@ -96,7 +96,7 @@ def _error(got, want):
     return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v", "internvl"])
 def test_packed_logits_equal_unpacked(model_dirs, mixed_dir, tmp_path_factory, family):
     pre, samples = _encode(model_dirs, mixed_dir, family)
     model = _model(model_dirs, tmp_path_factory, family)
@@ -118,7 +118,7 @@ def test_packed_logits_equal_unpacked(model_dirs, mixed_dir, tmp_path_factory, f
     assert _error(logits[0, start:start + length], alone[0]) <= FORWARD["float32"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v", "internvl"])
 def test_dummy_image_changes_no_logit(model_dirs, mixed_dir, tmp_path_factory, family):
     """A text-only row gets a masked dummy image (so every rank's vision tower runs); with Qwen3-VL its deepstack
     features land on the masked positions only."""
@@ -130,7 +130,7 @@ def test_dummy_image_changes_no_logit(model_dirs, mixed_dir, tmp_path_factory, f
     assert _error(with_dummy[0, :length], without[0]) <= FORWARD["float32"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "internvl"])
 def test_packed_positions_are_each_samples_own(model_dirs, mixed_dir, family):
     """Each packed segment's 3-D positions equal the family's rope_index of that sample alone."""
     from mmx.data.collate import load_position_config
@@ -149,3 +149,28 @@ def test_packed_positions_are_each_samples_own(model_dirs, mixed_dir, family):
         alone, _ = rope_index(sample["input_ids"][None], None, sample.get("image_grid_thw"),
                               sample.get("video_grid_thw"), position_config, sample.get("second_per_grid_ts"))
         np.testing.assert_array_equal(packed["position_ids"][:, :, bounds[i]:bounds[i + 1]], alone)
+
+
+def test_internvl_tiles_batch_and_dummy_tile(model_dirs, mixed_dir):
+    """InternVL: every image's tiles (the 60x90 one: 2 + thumbnail) and every video frame (one tile each) go into
+    one pixel_values in row order, with no grids; a text-only batch gets one masked dummy tile wrapped in
+    <img> ... </img>, and packing gives each sample 1-D positions 0..n-1."""
+    pre, samples = _encode(model_dirs, mixed_dir, "internvl")
+    batch = Collator(pre)([samples[name] for name in ORDER])
+    assert "image_grid_thw" not in batch and "pixel_values_videos" not in batch
+    tiles = [len(samples[name].get("pixel_values", ())) for name in ORDER]
+    assert tiles == [1, 3, 4, 0, 4]
+    np.testing.assert_array_equal(batch["pixel_values"], np.concatenate([samples[n]["pixel_values"]
+                                                                         for n in ORDER if n != "text"]))
+    assert batch["pixel_values"].shape == (12, 3, 56, 56)
+    assert int((batch["input_ids"] == pre.image_token_id).sum()) == 12 * pre.processor.image_seq_length
+    dummy_ids, dummy_pixels, dummy_grid = pre.dummy_image()
+    vocab = pre.tokenizer.get_vocab()
+    assert dummy_grid is None and dummy_pixels.shape == (1, 3, 56, 56)
+    assert dummy_ids.tolist() == [vocab["<img>"]] + [pre.image_token_id] * 4 + [vocab["</img>"]]
+    text = Collator(pre)([samples["text"]])
+    np.testing.assert_array_equal(text["input_ids"][0, -len(dummy_ids):], dummy_ids)
+    assert text["attention_mask"][0, -len(dummy_ids):].sum() == 0 and "image_grid_thw" not in text
+    packed = Collator(pre, packing=True)([samples[name] for name in ORDER])
+    for start, end in zip(packed["cu_seqlens"][:-1], packed["cu_seqlens"][1:]):
+        assert packed["position_ids"][:, 0, start:end].tolist() == [list(range(end - start))] * 3

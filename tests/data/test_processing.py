@@ -184,3 +184,37 @@ def test_glm4v_video_frames_are_image_runs_with_integer_timestamps(model_dirs, m
     types = token_types(encoded["input_ids"][None], models.config_from_hf(model_dirs["glm4v"]))[0]
     assert int((types == VIDEO).sum()) == 8 and (encoded["labels"][types == VIDEO] == IGNORE_INDEX).all()
     assert _supervised_runs(pre, encoded) == ["A red ball.<|user|>"]
+
+
+def test_internvl_tiles_and_video_frames(model_dirs, mixed_dir):
+    """InternVL3's processor through the pipeline: a 60x90 image is 2 tiles + a thumbnail, <img> + <IMG_CONTEXT> x
+    image_seq_length per tile + </img>; a video is one `FrameN: <img>...</img>` line per frame, its tiles in
+    pixel_values; labels as for Qwen2 (the answer and <|im_end|>\\n), the ids and pixels the processor's own."""
+    from PIL import Image
+
+    record = dict(TWO_TURNS, image="wide.png")
+    pre, encoded = _encode(model_dirs["internvl"], mixed_dir, record)
+    assert _supervised_runs(pre, encoded) == ["two dogs<|im_end|>\n", "no<|im_end|>\n"]
+    context = "<IMG_CONTEXT>" * pre.processor.image_seq_length
+    text = pre.tokenizer.decode(encoded["input_ids"])
+    assert f"<|im_start|>user\n<img>{context * 3}</img>\nWhat is in the picture?<|im_end|>" in text
+    assert encoded["pixel_values"].shape == (3, 3, 56, 56) and "image_grid_thw" not in encoded
+    rendered = pre.render([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                           "text": "What is in the picture?"}]},
+                           {"role": "assistant", "content": "two dogs"}, {"role": "user", "content": "yes?"},
+                           {"role": "assistant", "content": "no"}])
+    reference = pre.processor(text=[rendered], images=[Image.open(mixed_dir / "wide.png").convert("RGB")],
+                              return_tensors="np")
+    np.testing.assert_array_equal(encoded["input_ids"], reference["input_ids"][0])
+    np.testing.assert_array_equal(encoded["pixel_values"], reference["pixel_values"])
+    video = {"id": "v", "video": "clip", "conversations": [{"from": "human", "value": "<video>Describe."},
+                                                           {"from": "gpt", "value": "A red ball."}]}
+    pre, encoded = _encode(model_dirs["internvl"], mixed_dir, video, frame_folder_fps=2.0)
+    frames = "\n".join(f"Frame{i}: <img>{context}</img>" for i in (1, 2, 3, 4))
+    assert f"<|im_start|>user\n{frames}\nDescribe.<|im_end|>" in pre.tokenizer.decode(encoded["input_ids"])
+    assert encoded["pixel_values"].shape == (4, 3, 56, 56)
+    assert _supervised_runs(pre, encoded) == ["A red ball.<|im_end|>\n"]
+    _, history = _encode(model_dirs["internvl"], mixed_dir, record, mask_history=True)
+    assert _supervised_runs(pre, history) == ["no<|im_end|>\n"]
+    with pytest.raises(ValueError, match="max_patches"):
+        _encode(model_dirs["internvl"], mixed_dir, record, image_max_pixels=100000)
