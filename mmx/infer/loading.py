@@ -46,6 +46,8 @@ def load_model(model_dir, iteration=None):
     if not (Path(model_dir) / "config.json").exists():
         raise ValueError(f"--model {model_dir}: config.json is missing; an mm checkpoint made by `mmx convert "
                          f"hf_to_mm` carries the HF config, tokenizer and processor files at its root")
+    if checkpoint_kind(model_dir, iteration) == "mm":     # no second copy of the weights: streamed in
+        return models.build_streamed(str(model_dir), model_dir, iteration=iteration)
     model = models.build(str(model_dir))
     models.load_mm_state(model, read_tensors(model_dir, iteration))
     return model
