@@ -478,3 +478,58 @@ def merged_tensors(metadata, base, adapters):
     for name in plan["modules_to_save"]:
         merged[name] = adapters[name].astype(base[name].dtype)
     return merged
+
+
+class _MemorySource:
+    """An mm source (``entries`` + ``read``, as mmx.checkpoint's MMSource) over tensors in memory."""
+
+    def __init__(self, tensors):
+        from mmx.checkpoint.safetensors_io import dtype_name
+
+        self.tensors = tensors
+        self.entries = {name: (dtype_name(value.dtype), tuple(value.shape)) for name, value in tensors.items()}
+
+    def read(self, name):
+        return [self.tensors[name]]
+
+
+def read_base(base_dir):
+    """(metadata, {mm name: array in its stored dtype}) of a base model: an mm checkpoint or an HF directory."""
+    from mmx.checkpoint import load_mm
+    from mmx.convert.drivers import read_hf_as_mm
+    from mmx.train import checkpoint as ckpt
+
+    if os.path.exists(os.path.join(base_dir, ckpt.LATEST)):
+        metadata, tensors = load_mm(base_dir)
+    else:
+        metadata, tensors = read_hf_as_mm(base_dir)
+    return metadata, {name: np.asarray(value) for name, value in tensors.items()}
+
+
+def merge_lora_to_hf(mm_dir, save_hf_dir, base_dir=None, max_shard_bytes=5 * 1024 ** 3, overwrite=False):
+    """``mmx convert mm_to_hf --merge-lora``: the LoRA checkpoint ``mm_dir`` merged into its base (``base_dir``,
+    default the base the run recorded; its sha256 must match) and written as a full HF checkpoint in the base's
+    dtype, with the base's support files (config, tokenizer, processor). Returns the weight files written."""
+    from mmx.checkpoint.families import family
+    from mmx.checkpoint.publish import publish_dir
+    from mmx.convert.hf import copy_support_files, write_hf
+
+    metadata, adapters = read_lora_checkpoint(mm_dir)
+    recorded = metadata["lora"]
+    base_dir = base_dir or (recorded.get("base") or {}).get("path")
+    if not base_dir or not os.path.isdir(base_dir):
+        raise LoRAConfigError(f"--mm-dir {mm_dir}: its base model {base_dir!r} is not a directory; pass it with "
+                              f"--hf-dir (the HF or mm checkpoint the adapters were trained on)")
+    check_base({"base": base_identity(base_dir)}, recorded, f"--mm-dir {mm_dir}")
+    base_metadata, base = read_base(base_dir)
+    merged = merged_tensors(metadata, base, adapters)
+    names, _ = family(base_metadata["model_type"])
+    support = base_dir if os.path.isfile(os.path.join(base_dir, "config.json")) else mm_dir
+
+    def build(staging):
+        files = write_hf(_MemorySource(merged), names, base_metadata["model"], base_metadata["hf_names"], staging,
+                         max_shard_bytes)
+        copy_support_files(support, staging, atomic=False)
+        return files
+
+    return publish_dir(save_hf_dir, build, overwrite)

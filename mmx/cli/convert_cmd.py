@@ -3,7 +3,7 @@
     mmx convert hf_to_mm --hf-dir HF --mm-dir MM [--dtype keep|bf16|fp32] [--tp-size N] [--ep-size N]
                          [--llm-pp-layers 5,12,12,11] [--vit-pp-layers 24,0,0,0] [--expert-layout hub|transformers]
     mmx convert reshard  --mm-dir SRC --save-dir DST [same layout options]
-    mmx convert mm_to_hf --mm-dir MM --save-hf-dir OUT [--hf-dir HF]
+    mmx convert mm_to_hf --mm-dir MM --save-hf-dir OUT [--hf-dir HF] [--merge-lora]
     mmx convert export   --mm-dir MM --save-dir OUT --format torch|mindspore [--backend ...]
     mmx convert import   --native-dir DIR --mm-dir MM --format torch|mindspore [--allow-pickle] [--backend ...]
     mmx convert lora_to_peft --mm-dir LORA_SAVE --save-dir PEFT_DIR [--base NAME]
@@ -13,6 +13,8 @@ export/import run the chosen backend's native writer/reader. Every command publi
 (mmx.checkpoint.publish) and refuses one that already holds a checkpoint (or anything) unless ``--overwrite``.
 Source directories are not checked by click: a reader first recovers what a killed writer left half done.
 """
+import functools
+
 import click
 
 from mmx.cli.common import backend_option
@@ -40,6 +42,24 @@ def _layout_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _merge_lora_option(command):
+    """``mm_to_hf --merge-lora``: the --mm-dir is a training.lora save; its adapters are merged into the base model
+    (``--hf-dir``, default the base the run recorded) and the full HF weights written (mmx.lora.merge_lora_to_hf)."""
+    @functools.wraps(command)
+    def run(merge_lora=False, **options):
+        if not merge_lora:
+            return command(**options)
+        from mmx.lora import merge_lora_to_hf
+        files = _run(merge_lora_to_hf, options["mm_dir"], options["save_hf_dir"], options["hf_dir"],
+                     _size(options["max_shard_size"]), options["overwrite"])
+        click.echo(f"wrote {len(files)} merged weight files to {options['save_hf_dir']}")
+        return None
+
+    return click.option("--merge-lora", is_flag=True,
+                        help="--mm-dir is a LoRA save: merge its adapters into the base (--hf-dir, default the one "
+                             "it was trained on) and write the full HF weights.")(run)
 
 
 def _run(function, *args, **kwargs):
@@ -92,6 +112,7 @@ def reshard_command(mm_dir, save_dir, tp_size, ep_size, llm_pp_layers, vit_pp_la
 
 
 @convert_group.command("mm_to_hf")
+@_merge_lora_option
 @click.option("--mm-dir", required=True, type=click.Path(file_okay=False), help="mm checkpoint.")
 @click.option("--save-hf-dir", required=True, type=click.Path(file_okay=False), help="Output HF directory.")
 @click.option("--hf-dir", default=None, type=click.Path(file_okay=False),

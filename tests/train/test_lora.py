@@ -119,9 +119,10 @@ def _logits_inputs(work, family):
 
 
 @pytest.mark.backend("torch")
-def test_lora_checkpoint_exports_to_peft_with_equal_logits(tmp_path):
+def test_lora_checkpoint_exports_to_peft_and_merged_hf_with_equal_logits(tmp_path):
     """3 LoRA steps saved (adapters + lm_head only), ``mmx convert lora_to_peft``, then
-    ``peft.PeftModel.from_pretrained`` on the transformers model: logits equal mmx's (fp32, image batch)."""
+    ``peft.PeftModel.from_pretrained`` on the transformers model: logits equal mmx's (fp32, image batch); the same
+    for ``mmx convert mm_to_hf --merge-lora`` loaded by transformers alone."""
     import torch
     from click.testing import CliRunner
     from peft import PeftModel
@@ -157,6 +158,17 @@ def test_lora_checkpoint_exports_to_peft_with_equal_logits(tmp_path):
     with torch.no_grad(), peft.disable_adapter():
         plain = peft(**inputs).logits.numpy()
     assert float(np.abs(plain[mask] - theirs[mask]).max()) > 100 * LOGITS_ATOL
+    # mm_to_hf --merge-lora: full HF weights (the adapters merged into the fused and plain Linears, lm_head
+    # replaced) that transformers loads alone
+    result = CliRunner().invoke(main, ["convert", "mm_to_hf", "--merge-lora", "--mm-dir", str(tmp_path / "lora"),
+                                       "--save-hf-dir", str(tmp_path / "merged")])
+    assert result.exit_code == 0, result.output
+    merged = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32,
+                                                         attn_implementation="eager").eval()
+    with torch.no_grad():
+        merged_logits = merged(**inputs).logits.numpy()
+    diff = float(np.abs(ours[mask] - merged_logits[mask]).max())
+    assert diff <= LOGITS_ATOL, diff
 
 
 def test_lora_checkpoint_of_the_other_backend_resumes_on_the_same_curve(tmp_path):
