@@ -11,8 +11,12 @@ the other rank. So host arrays travel as int32 words through AllGather, the barr
 parameters are overwritten with ``ops.assign`` (in-place Tensor methods silently do nothing in PyNative,
 ARCHITECTURE.md).
 
-Fully sharded data parallel is torch-only: MindSpore's counterpart (optimizer parallel in semi-auto / auto parallel
-mode) needs graph mode on Ascend and is not available on CPU, so :func:`fully_shard` refuses it.
+``training.data_parallel: fully_shard`` on MindSpore shards the optimizer state (ZeRO stage 1, on these
+collectives: MindSpore's own optimizer parallel needs semi-auto / auto parallel graph mode on Ascend and is not
+available on CPU). Weights and gradients stay whole on every rank and the gradients are all-reduced as in replicate;
+each trainable parameter belongs to one rank (sizes balanced greedily), whose AdamW alone holds its moments and
+updates it; the updated weights then go out from their owners (one broadcast per owner, of their weights
+concatenated), so every rank continues with the same weights. The AdamW state per process is ~1/N of the whole.
 """
 import os
 
@@ -24,6 +28,7 @@ import mmx.backends.mindspore as backend
 from mmx.parallel import launched_world_size
 
 _group = {"rank": 0, "size": 1, "all_reduce": None, "all_gather": None}
+SHARDED = "optimizer state (weights and gradients whole)"   # what fully_shard splits over the ranks
 
 
 def init():
@@ -91,15 +96,108 @@ def barrier():
 
 
 def fully_shard(model, unit_names):
-    """Refused: on MindSpore, sharding weights and optimizer state is its optimizer parallel (semi-auto / auto
-    parallel, graph mode on Ascend), which mmx does not drive and which is not available on CPU."""
-    raise NotImplementedError(
-        "training.data_parallel: fully_shard is implemented on the torch backend only (torch FSDP2). MindSpore's "
-        "equivalent is optimizer parallel in semi-auto / auto parallel mode (graph mode on Ascend), which mmx does "
-        "not drive and which is not available on CPU. Use training.data_parallel: replicate (every device holds the "
-        "whole model and AdamW state) or train with --backend torch.")
+    """``model`` itself: on MindSpore fully_shard shards the optimizer state only (:func:`shard_optimizer`), the
+    weights stay whole on every rank (module docstring), so there are no units to shard."""
+    return model
+
+
+def shard_optimizer(make, named_params, *args):
+    """The optimizer of a ``fully_shard`` run: ``make(named_params, *args)`` (the backend's AdamW) over this rank's
+    share of the parameters, the weights of the others received from their owners after every step (ZeRO-1, module
+    docstring). In a single process, ``make(named_params, *args)`` itself."""
+    if _group["size"] == 1:
+        return make(named_params, *args)
+    return _ShardedOptimizer(make, named_params, *args)
+
+
+def sum_gradients(grads, sharded):
+    """The gradients of the global batch, summed over the ranks: weights and gradients are never sharded here, so
+    ``sharded`` changes nothing."""
+    return all_reduce_sum(grads)
 
 
 def full_tensor(tensor):
     """The whole of ``tensor``: MindSpore tensors here are never sharded, so ``tensor`` itself."""
     return tensor
+
+
+def _broadcast(src, tensor):
+    """Rank ``src``'s ``tensor`` on every rank (a collective)."""
+    return ops.Broadcast(src)((tensor,))[0]
+
+
+def _owners(sizes, ranks):
+    """The owning rank of each parameter: largest first, each to the least loaded rank (lowest on ties)."""
+    load, owners = [0] * ranks, [0] * len(sizes)
+    for k in sorted(range(len(sizes)), key=lambda k: (-sizes[k], k)):
+        owners[k] = min(range(ranks), key=lambda r: (load[r], r))
+        load[owners[k]] += sizes[k]
+    return owners
+
+
+class _ShardedOptimizer:
+    """AdamW with its moments split over the ranks (:func:`shard_optimizer`); the same ``step`` / ``state_dict`` /
+    ``load_state_dict`` as the backend's AdamW, over all of ``named_params``."""
+
+    def __init__(self, make, named_params, *args):
+        self.rank, self.size = _group["rank"], _group["size"]
+        self.names = [name for name, _ in named_params]
+        self.params = [param for _, param in named_params]
+        self.owners = _owners([int(np.prod(param.shape)) for param in self.params], self.size)
+        self.mine = [k for k, owner in enumerate(self.owners) if owner == self.rank]
+        self.local = make([named_params[k] for k in self.mine], *args)
+        # the parameters each rank sends after a step, in groups of one dtype (one broadcast each)
+        self.groups = []
+        for owner in range(self.size):
+            members = [k for k in range(len(self.params)) if self.owners[k] == owner]
+            for dtype in sorted({self.params[k].dtype for k in members}, key=str):
+                self.groups.append((owner, [k for k in members if self.params[k].dtype == dtype]))
+
+    def step(self, grads, lr):
+        """Update this rank's parameters with their (all-reduced) ``grads``, then take every other parameter's new
+        value from its owner."""
+        self.local.step([grads[k] for k in self.mine], lr)
+        for owner, members in self.groups:
+            flat = _broadcast(owner, ops.cat([self.params[k].value().reshape(-1) for k in members]))
+            if owner == self.rank:
+                continue
+            offset = 0
+            for k in members:
+                size = int(np.prod(self.params[k].shape))
+                ops.assign(self.params[k], flat[offset:offset + size].reshape(self.params[k].shape))
+                offset += size
+
+    def local_state_bytes(self):
+        """Bytes of AdamW moments this rank holds (measured on its optimizer's state)."""
+        state = self.local.state_dict()
+        return sum(value.nbytes for kind in ("exp_avg", "exp_avg_sq") for value in state[kind].values())
+
+    def state_dict(self, gather_only=False):
+        """The whole moments (every rank calls this: each owner broadcasts its own; ``gather_only`` ranks keep
+        nothing and get None), in the backend-neutral layout of AdamW.state_dict."""
+        local = self.local.state_dict()
+        if not local["step"]:
+            return None if gather_only else local
+        whole = {"step": local["step"], "exp_avg": {}, "exp_avg_sq": {}}
+        for owner, members in self.groups:
+            sizes = [int(np.prod(self.params[k].shape)) for k in members]
+            for kind in ("exp_avg", "exp_avg_sq"):
+                if owner == self.rank:
+                    flat = np.concatenate([local[kind][self.names[k]].reshape(-1) for k in members])
+                else:
+                    flat = np.zeros(sum(sizes), np.float32)
+                flat = _broadcast(owner, ms.Tensor(flat.astype(np.float32))).asnumpy()
+                if gather_only:
+                    continue
+                for k, part in zip(members, np.split(flat, np.cumsum(sizes)[:-1])):
+                    whole[kind][self.names[k]] = part.reshape(self.params[k].shape).copy()
+        return None if gather_only else whole
+
+    def load_state_dict(self, state):
+        """Restore whole moments (every rank read the same arrays): each rank keeps its own parameters' share."""
+        missing = [name for name in self.names if name not in state["exp_avg"]] if state["step"] else []
+        if missing:  # checked for all parameters, so every rank refuses together
+            raise KeyError(f"optimizer state has no moments for {len(missing)} trainable parameters, e.g. "
+                           f"{missing[:3]}; was the checkpoint trained with other freeze flags? Resume with "
+                           f"no_load_optim: true to start the optimizer fresh.")
+        self.local.load_state_dict(state)

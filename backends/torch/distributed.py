@@ -8,7 +8,7 @@ reads them (``env://``). The communication backend follows the device: gloo on C
 (torch_npu is imported by the backend's device selection, never here).
 
 Fully sharded data parallel (``training.data_parallel: fully_shard``) is torch's FSDP2 (``fully_shard``): each
-parameter, its gradient and its AdamW moments become DTensors sharded on dim 0 over the ranks; a unit's full
+parameter, its gradient and its AdamW moments become DTensors sharded on dim 0 over the ranks (ZeRO-3); a unit's full
 weights exist only while its forward / backward runs. Gradients are reduce-scattered as SUMS (mmx's loss weights are
 already the global batch's): divide factor 1 with sum-only collectives, which gloo supports (the default factor-1
 path asks for ``ReduceOp.PREMUL_SUM``, which gloo refuses).
@@ -26,6 +26,7 @@ import mmx.backends.torch as backend
 from mmx.parallel import launched_world_size
 
 PROCESS_GROUP_BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+SHARDED = "weights, gradients and optimizer state"   # what fully_shard splits over the ranks
 
 
 def init():
@@ -117,6 +118,18 @@ def fully_shard(model, unit_names):
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
     return model
+
+
+def shard_optimizer(make, named_params, *args):
+    """The optimizer of a fully sharded model: ``make(named_params, *args)`` (the backend's AdamW). The parameters
+    are already DTensor shards (:func:`fully_shard`), so each rank's moments are shards of the whole ones."""
+    return make(named_params, *args)
+
+
+def sum_gradients(grads, sharded):
+    """The gradients of the global batch: summed over the ranks (:func:`all_reduce_sum`), except a fully sharded
+    (``sharded``) model's, whose backward already reduce-scattered them as sums."""
+    return list(grads) if sharded else all_reduce_sum(grads)
 
 
 def full_tensor(tensor):

@@ -66,8 +66,9 @@ TRAINING_DEFAULTS = {
     "peak_tflops": None,            # for MFU; default: measured with a matmul at start
     "progress_bar": True,
     # How the processes of a torchrun / msrun launch hold the model: replicate (each holds the whole model, gradients
-    # and AdamW state: ~16 bytes per trainable parameter per device) or fully_shard (torch only, FSDP2: each holds
-    # 1/N of them, a decoder layer / vision block is gathered whole only while it computes).
+    # and AdamW state: ~16 bytes per trainable parameter per device) or fully_shard (torch, FSDP2: each holds 1/N of
+    # them, a decoder layer / vision block is gathered whole only while it computes; MindSpore, ZeRO-1: each holds
+    # 1/N of the AdamW state, the weights and gradients whole).
     "data_parallel": "replicate",
     # Megatron's model-parallel sizes, accepted as 1 only: mmx trains data parallel (training.data_parallel);
     # tensor / pipeline / context / expert parallel training are not implemented.
@@ -276,7 +277,7 @@ def check_training(training, where="config"):
     if training["data_parallel"] not in DATA_PARALLEL_MODES:
         raise ConfigError(f"{where}: training.data_parallel {training['data_parallel']!r}: use replicate (every "
                           f"process holds the whole model and optimizer) or fully_shard (torch: weights, gradients "
-                          f"and AdamW state sharded over the processes)")
+                          f"and AdamW state sharded over the processes; MindSpore: the AdamW state)")
     if training["lora"] is not None:
         from mmx.lora import LoRAConfigError, lora_config
 

@@ -16,8 +16,8 @@ anything is written there. The start-up summary counts every sample the data pip
 
 Launched by torchrun / msrun with several processes, it trains data parallel (mmx.train.loop): each process builds
 the whole model, a streaming source reads the process's own shard, and only rank 0 prints and writes files. With
-``training.data_parallel: fully_shard`` (torch) the Trainer shards the model over the processes in the units of the
-family's plan (``FULLY_SHARD_UNITS``: vision blocks and decoder layers).
+``training.data_parallel: fully_shard`` the Trainer shards the model over the processes: on torch in the units of
+the family's plan (``FULLY_SHARD_UNITS``: vision blocks and decoder layers), on MindSpore only the AdamW state.
 """
 import importlib
 import math
@@ -108,8 +108,8 @@ def finetune(config, echo=print):
         def echo(text):  # one process reports
             return None
     elif world_size > 1 and training["data_parallel"] == "fully_shard":
-        echo(f"fully sharded data parallel: {world_size} processes, each holding 1/{world_size} of the weights, "
-             f"gradients and optimizer state")
+        echo(f"fully sharded data parallel: {world_size} processes, each holding 1/{world_size} of the "
+             f"{backend.get().distributed.SHARDED}")
     elif world_size > 1:
         echo(f"data parallel: {world_size} processes, each with the whole model")
     check_data_files(config)   # a mistyped dataset path fails before the (slow) model build

@@ -21,12 +21,14 @@ changes one is refused with the change named, unless ``training.allow_changed`` 
 only when its weights and moments are usable (finite, weights below UNUSABLE_MAGNITUDE); dropped samples are counted
 in the first metrics record of the run (``dropped_samples``; streaming: also each record where the count grew).
 
-Fully sharded (``training.data_parallel: fully_shard``, torch): after loading and broadcasting the weights, the backend
-shards the model (``distributed.fully_shard``) with the model's units (its plan's ``FULLY_SHARD_UNITS``: decoder
-layers, vision blocks) and the root; every rank holds 1/N of the weights, gradients and AdamW moments. The sharded
-backward already sums the gradients over the ranks (reduce-scatter), so the step sums only the loss; the clip uses
-the whole gradients' norm. Checkpoints are the same whole tensors: every rank takes part in gathering them, rank 0
-writes; loading fills the model before it is sharded, and the optimizer shards the moments like their parameters.
+Fully sharded (``training.data_parallel: fully_shard``): after loading and broadcasting the weights, the backend
+shards what it shards (``distributed.fully_shard`` with the model's units, its plan's ``FULLY_SHARD_UNITS``: decoder
+layers, vision blocks, and the root; then ``distributed.shard_optimizer``). On torch (FSDP2, ZeRO-3) every rank holds
+1/N of the weights, gradients and AdamW moments, and the sharded backward already sums the gradients over the ranks
+(reduce-scatter), so the step sums only the loss; on MindSpore (ZeRO-1) every rank holds the whole weights and
+gradients and 1/N of the moments, updates its own parameters and sends them to the others. The clip uses the whole
+gradients' norm. Checkpoints are the same whole tensors: every rank takes part in gathering them, rank 0 writes;
+loading fills the model before it is sharded, and the optimizer keeps each rank's share of the moments.
 """
 import inspect
 import json
@@ -57,15 +59,14 @@ def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_no
 
     ``comm`` (the backend's distributed module; None in one process): ``micro_batches`` are this rank's share, and
     the gradients and the loss are summed over the ranks before clipping, so the norm, the clip and the update are
-    the global batch's, identical on every rank. ``sharded``: the parameters are shards of a fully sharded model,
-    whose backward already summed the gradients over the ranks (each rank holds its shard of the sum), so only the
-    loss is summed here. A non-finite loss or gradient norm skips the update and is returned as is (on every rank),
+    the global batch's, identical on every rank. ``sharded``: a ``fully_shard`` run; the backend decides what is
+    still to sum (``comm.sum_gradients``: torch's sharded backward already reduce-scattered the gradients, MindSpore
+    shards only the optimizer state and all-reduces them as in replicate). A non-finite loss or gradient norm skips the update and is returned as is (on every rank),
     so the loop can stop with the last good weights.
     """
     loss, grads = steps.accumulate_grads(params, loss_fn, micro_batches, precision)
     if comm is not None:
-        if not sharded:
-            grads = comm.all_reduce_sum(grads)
+        grads = comm.sum_gradients(grads, sharded)
         loss = float(comm.all_reduce_numpy(np.array([loss], np.float64))[0])
     grads, norm = steps.clip_grad_norm(grads, max_grad_norm)
     if np.isfinite(loss) and np.isfinite(norm):
@@ -235,8 +236,11 @@ class Trainer:
             raise ConfigError("every parameter is frozen (model.*.freeze); nothing would train")
         self.params = [param for _, param in self.named_params]
         self.sizes = lora.size_summary(self.model, self.params)   # trainable count, AdamW state bytes
-        self.optimizer = self.steps.AdamW(self.named_params, (training["adam_beta1"], training["adam_beta2"]),
-                                          training["adam_eps"], training["weight_decay"])
+        adamw = (self.named_params, (training["adam_beta1"], training["adam_beta2"]), training["adam_eps"],
+                 training["weight_decay"])
+        # fully_shard: torch's moments follow their sharded parameters, MindSpore's are split over the ranks (ZeRO-1)
+        self.optimizer = (self.comm.shard_optimizer(self.steps.AdamW, *adamw) if self.sharded
+                          else self.steps.AdamW(*adamw))
         if training.get("load") and self._loaded is not None:
             self._load_state(self._loaded)
         self._loaded = None

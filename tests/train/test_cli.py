@@ -28,6 +28,32 @@ def _setup(tmp_path):
     return str(path)
 
 
+def _mixed_setup(tmp_path, world_size=2):
+    """:func:`_setup`'s config, its 8 digits re-written so that, trained with micro-batches of 1, global batches of 4
+    and 2 steps (one epoch) by ``world_size`` processes, every micro-batch of ranks 1.. is text-only (the digit
+    asked about without its image) and rank 0's all have images: the mixed batches that must not hang a
+    multi-process run."""
+    from mmx.train.config import TRAINING_DEFAULTS
+    from mmx.train.loop import Sampler
+
+    path = _setup(tmp_path)
+    config = json.loads(open(path).read())
+    records = json.loads(open(config["data"]["dataset"]).read())
+    order = Sampler(len(records), TRAINING_DEFAULTS["seed"]).indices(0, len(records))
+    for position, index in enumerate(order):
+        if position % world_size:   # micro-batch `position` (size 1) goes to rank position % world_size
+            record = records[index]
+            record.pop("image")
+            record["conversations"][0]["value"] = record["conversations"][0]["value"].replace("<image>", "")
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps(records))
+    config["data"]["dataset"] = str(mixed)
+    config["training"].update(micro_batch_size=1, global_batch_size=4, train_iters=2, loss_type="per_token")
+    path = tmp_path / "mixed_finetune.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
 def test_finetune_cli_end_to_end(tmp_path):
     config = _setup(tmp_path)
     result = CliRunner().invoke(main, ["finetune", "--backend", backend.name(), "--config", config,

@@ -1,6 +1,8 @@
 """Data parallel: the tiny training job (train_runner.py: per_token loss, global batch 4 of micro-batches of 1) launched
 as 2 processes by this backend's launcher (torchrun with gloo / msrun, on CPU) gives the 1-process run's per-step
-losses and final weights, writes one checkpoint and one log, and continues a 1-process checkpoint on the same curve.
+losses and final weights, writes one checkpoint and one log, and continues a 1-process checkpoint on the same curve;
+so does ``fully_shard`` (torch FSDP2 / MindSpore's sharded AdamW state, each process holding half of it). A rank
+whose micro-batches are all text-only still runs the vision encoder, in both modes, and the run equals 1 process.
 Streaming data (each rank its own stream) resumes with every rank's position; a NaN names the samples and their ranks;
 ``mmx finetune`` on the tiny Qwen2.5-VL trains the same weights in 2 processes as in 1. A global batch that does not
 split over the ranks and model-parallel sizes are refused with the fix.
@@ -26,11 +28,13 @@ from mmx.train.loop import Sampler, Trainer
 from mmx.train.loss import loss_counts, token_weights
 from tolerances import TRAIN_TOLERANCE
 from train_reference import collate, make_dataset, make_model, random_weights
+from test_cli import _mixed_setup as mixed_setup
 from test_cli import _setup as cli_setup
 from train_runner import BASE, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOB = {"train_iters": 3, "micro_batch_size": 1, "global_batch_size": 4, "loss_type": "per_token"}
+SHARD = {"data_parallel": "fully_shard"}
 
 
 def _free_port():
@@ -57,12 +61,16 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp")
     single_losses, single_weights, single = train(save=str(root / "single"), **JOB)
     first_losses, _, _ = train(save=str(root / "resume"), **dict(JOB, train_iters=2))
+    train(save=str(root / "shard_from_single"), **dict(JOB, train_iters=2))
     # sample on rank 1 (micro-batch 1) at step 2
     nan_sample = Sampler(12, BASE["seed"]).indices(JOB["global_batch_size"], JOB["global_batch_size"])[1]
     cli_config = cli_setup(root / "cli")
     cli_args = ["finetune", "--backend", backend.name(), "--config", cli_config, "training.micro_batch_size=1",
                 "training.loss_type=per_token"]
     result = CliRunner().invoke(mmx_command, cli_args + [f"training.save={root / 'cli_single'}"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    mixed_args = ["finetune", "--backend", backend.name(), "--config", mixed_setup(root / "mixed")]
+    result = CliRunner().invoke(mmx_command, mixed_args + [f"training.save={root / 'mixed_single'}"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     # msrun starts its workers as `python`: the one of this interpreter
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", TQDM_DISABLE="1")
@@ -74,7 +82,14 @@ def runs(tmp_path_factory):
                + _job(str(root / "stream_b.npz"), str(root / "stream_part"), streaming=True,
                       load=str(root / "stream_part")) + ["then"]
                + _job(str(root / "nan.npz"), str(root / "nan"), nan_sample=nan_sample, save_interval=1) + ["then"]
+               + _job(str(root / "shard.npz"), str(root / "shard"), **SHARD) + ["then"]
+               + _job(str(root / "shard_part.npz"), str(root / "shard_part"), train_iters=2, **SHARD) + ["then"]
+               + _job(str(root / "shard_from_single.npz"), str(root / "shard_from_single"),
+                      load=str(root / "shard_from_single"), **SHARD) + ["then"]
                + ["cli"] + cli_args + [f"training.save={root / 'cli_dp'}"] + ["then"]
+               + ["cli"] + mixed_args + [f"training.save={root / 'mixed_dp'}"] + ["then"]
+               + ["cli"] + mixed_args + [f"training.save={root / 'mixed_shard'}", "training.data_parallel=fully_shard"]
+               + ["then"]
                + ["cli"] + cli_args + [f"training.save={root / 'cli_stream'}", "data.streaming=true",
                                           "training.train_iters=1"])
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=400)
@@ -118,6 +133,40 @@ def test_two_processes_train_like_one(runs):
     assert [r["step"] for r in records] == [1, 2, 3]
     assert [r["tokens"] for r in records] == [r["tokens"] for r in runs["single_records"]]
     assert (save / "loss_curve.png").exists()
+
+
+def test_sharded_optimizer_state_trains_like_one_process(runs):
+    """fully_shard (torch: FSDP2; MindSpore: the AdamW state split over the ranks): the 1-process curve and weights,
+    the whole moments in the checkpoint, and checkpoints that continue across the modes and process counts."""
+    root = runs["root"]
+    losses, weights = _load(root / "shard.rank0.npz")
+    _assert_close_curve(losses, runs["single_losses"])
+    for name, want in runs["single_weights"].items():
+        error = np.abs(weights[name] - want).max() / max(1.0, np.abs(want).max())
+        assert error <= TRAIN_TOLERANCE["data_parallel_weights"], (name, error)
+    got = checkpoint.load_checkpoint(str(root / "shard"))["optimizer"]
+    want = checkpoint.load_checkpoint(str(root / "single"))["optimizer"]
+    assert got["step"] == want["step"] == 3 and set(got["exp_avg"]) == set(want["exp_avg"])
+    for kind in ("exp_avg", "exp_avg_sq"):
+        for name, moment in want[kind].items():
+            error = np.abs(got[kind][name] - moment).max() / max(np.abs(moment).max(), 1e-12)
+            assert error <= TRAIN_TOLERANCE["fully_shard_moments_rel"], (kind, name, error)
+    # a sharded 2-step checkpoint continued by 1 process, a 1-process one continued sharded: the same curve
+    first, _ = _load(root / "shard_part.rank0.npz")
+    last, _, _ = train(save=str(root / "shard_part"), load=str(root / "shard_part"), **JOB)
+    _assert_close_curve(first + last, runs["single_losses"])
+    continued, _ = _load(root / "shard_from_single.rank0.npz")
+    _assert_close_curve(runs["first_losses"] + continued, runs["single_losses"])
+
+
+@pytest.mark.backend("mindspore")
+def test_mindspore_sharded_optimizer_state_halves(runs):
+    """Each of the 2 MindSpore processes holds about half of the AdamW moments (measured on its optimizer), together
+    exactly the whole (8 bytes per trainable parameter)."""
+    whole = 8 * sum(value.size for value in runs["single_weights"].values())
+    shares = [int(np.load(runs["root"] / f"shard.rank{rank}.npz")["local_state_bytes"]) for rank in (0, 1)]
+    assert sum(shares) == whole, (shares, whole)
+    assert max(shares) <= 0.6 * whole, (shares, whole)
 
 
 def test_two_processes_continue_a_one_process_checkpoint(runs):
@@ -194,6 +243,27 @@ def test_finetune_command_trains_the_same_in_two_processes(runs):
     losses = [[json.loads(line)["loss"] for line in open(save / "logs" / "metrics.jsonl")] for save in (dp, single)]
     _assert_close_curve(*losses)
     assert sorted(os.listdir(dp)) == sorted(os.listdir(single))  # support files, one iteration, logs
+
+
+@pytest.mark.parametrize("mode", ["mixed_dp", "mixed_shard"])
+def test_a_rank_with_only_text_only_batches_trains_like_one_process(runs, mode):
+    """Every micro-batch of rank 1 is text-only, rank 0's have images (test_cli._mixed_setup): the vision encoder
+    still runs on rank 1 (a zero-weighted dummy image), so the gradient sums (replicate) and the sharded vision units'
+    collectives (fully_shard) see the same calls on both ranks; the run completes with the 1-process curve and
+    weights."""
+    single, parallel = runs["root"] / "mixed_single", runs["root"] / mode
+    _, want = load_mm(str(single))
+    metadata, got = load_mm(str(parallel))
+    assert metadata["iteration"] == 2 and set(got) == set(want)
+    for name in want:
+        error = np.abs(got[name] - want[name]).max() / max(1.0, np.abs(want[name]).max())
+        assert error <= TRAIN_TOLERANCE["data_parallel_weights"], (name, error)
+    _, initial = load_mm(str(runs["root"] / "mixed" / "mm"))
+    name = "image_encoder.encoder.patch_embed.proj.weight"
+    assert np.abs(got[name] - initial[name]).max() > 1e-4   # the images of rank 0 trained the vision encoder
+    losses = [[json.loads(line)["loss"] for line in open(save / "logs" / "metrics.jsonl")]
+              for save in (parallel, single)]
+    _assert_close_curve(*losses)
 
 
 def test_finetune_command_streams_a_shard_per_rank(runs):

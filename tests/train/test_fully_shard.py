@@ -2,8 +2,8 @@
 Qwen2.5-VL as 2 torchrun processes (gloo, CPU) with FSDP2 units from the model's plan (vision blocks, decoder layers)
 gives the 1-process run's per-step losses, gradient norms (clipping active) and final weights, with gradient
 accumulation (global batch 4 of micro-batches of 1: 2 per rank); its checkpoint holds the same whole tensors as the
-1-process one, and checkpoints move between the modes in both directions on the same curve. MindSpore refuses the mode
-with the alternative; an unknown mode is a config error listing the choices.
+1-process one, and checkpoints move between the modes in both directions on the same curve. (MindSpore's fully_shard,
+the sharded AdamW state, is tested in test_data_parallel.py.) An unknown mode is a config error listing the choices.
 
 One launch runs the 2-process jobs (train_runner.py ``cli`` jobs), the 1-process runs are in this process.
 """
@@ -157,12 +157,3 @@ def test_shard_units_come_from_the_plan():
 def test_unknown_data_parallel_mode_is_refused():
     with pytest.raises(ConfigError, match=r"training.data_parallel 'zero3': use replicate .* or fully_shard"):
         load_config(base={"training": {"data_parallel": "zero3"}})
-
-
-@pytest.mark.backend("mindspore")
-def test_mindspore_refuses_fully_shard(tmp_path):
-    training = load_config(base={"training": dict(BASE, data_parallel="fully_shard")})["training"]
-    with pytest.raises(NotImplementedError, match=r"fully_shard is implemented on the torch backend only .* "
-                                                  r"optimizer parallel .* Use training.data_parallel: replicate"):
-        Trainer(make_model(), make_dataset(8), collate, training, log_dir=str(tmp_path),
-                shard_units=FULLY_SHARD_UNITS)

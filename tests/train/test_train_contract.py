@@ -31,7 +31,8 @@ def test_backend_distributed_modules_mirror_each_other():
     assert list(torch_distributed) == list(mindspore_distributed)
     assert torch_distributed == mindspore_distributed
     assert list(torch_distributed) == ["init", "all_reduce_sum", "all_gather_numpy", "all_reduce_numpy",
-                                       "broadcast_parameters", "barrier", "fully_shard", "full_tensor"]
+                                       "broadcast_parameters", "barrier", "fully_shard", "shard_optimizer",
+                                       "sum_gradients", "full_tensor"]
 
 
 def test_single_process_communication_is_the_identity():

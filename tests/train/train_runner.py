@@ -41,7 +41,9 @@ def train(save=None, load=None, log_dir=None, streaming=False, nan_sample=None, 
     trainer = Trainer(make_model(), dataset, collate, training, {"model_type": "tiny"}, log_dir=log_dir or save,
                       stream=stream)
     records = trainer.run()
-    weights = {name: ops.to_numpy(value) for name, value in nn.state_dict(trainer.model).items()}
+    # whole tensors (a fully sharded model's are gathered: a collective, every rank in the same order)
+    weights = {name: ops.to_numpy(trainer.comm.full_tensor(value))
+               for name, value in nn.state_dict(trainer.model).items()}
     return [r["loss"] for r in records], weights, trainer
 
 
@@ -67,12 +69,15 @@ def main(args):
     if world_size > 1:
         out = out.replace(".npz", f".rank{rank}.npz")
     try:
-        losses, weights, _ = train(save=save, **options)
+        losses, weights, trainer = train(save=save, **options)
     except NonFiniteLossError as error:
         with open(out.replace(".npz", ".txt"), "w") as handle:
             handle.write(str(error))
         return
-    np.savez(out, losses=np.array(losses), **{f"w/{name}": value for name, value in weights.items()})
+    # a sharded optimizer's measured share of the AdamW state (MindSpore fully_shard)
+    local_bytes = getattr(trainer.optimizer, "local_state_bytes", None)
+    extra = {"local_state_bytes": np.array(local_bytes())} if local_bytes else {}
+    np.savez(out, losses=np.array(losses), **extra, **{f"w/{name}": value for name, value in weights.items()})
 
 
 if __name__ == "__main__":
