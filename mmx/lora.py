@@ -533,3 +533,34 @@ def merge_lora_to_hf(mm_dir, save_hf_dir, base_dir=None, max_shard_bytes=5 * 102
         return files
 
     return publish_dir(save_hf_dir, build, overwrite)
+
+
+# -- inference ---------------------------------------------------------------------------------------------------
+
+def model_metadata(model_dir):
+    """{"model_type", "model": dims} of the HF or mm checkpoint in ``model_dir`` (its config.json)."""
+    from mmx.checkpoint.families import family
+    from mmx.convert.hf import read_config
+
+    config = read_config(model_dir)
+    names, _ = family(config.get("model_type"), os.path.join(model_dir, "config.json"))
+    return {"model_type": config["model_type"], "model": names.dimensions(config)}
+
+
+def attach_adapter(model, model_dir, adapter_dir):
+    """Give ``model`` (the base in ``model_dir``, weights loaded) the adapters in ``adapter_dir``: a PEFT adapter
+    (adapter_config.json + adapter_model.safetensors) or an mmx LoRA save (checked against the base by sha256).
+    Returns the plan (targets, modules_to_save)."""
+    if not os.path.isdir(adapter_dir):
+        raise LoRAConfigError(f"--adapter {adapter_dir}: no such directory")
+    metadata = model_metadata(model_dir)
+    if is_peft_dir(adapter_dir):
+        config, saved, adapters = from_peft(adapter_dir, metadata)
+        plan = apply_lora(model, config, metadata)
+        load_adapters(model, import_peft(model, plan, metadata, saved, adapters), plan, f"--adapter {adapter_dir}")
+        return plan
+    recorded, tensors = read_mmx_adapter(adapter_dir)
+    check_base({"base": base_identity(model_dir)}, recorded, f"--adapter {adapter_dir}")
+    plan = apply_lora(model, recorded["config"], metadata)
+    load_adapters(model, tensors, plan, f"--adapter {adapter_dir}")
+    return plan

@@ -1,6 +1,6 @@
 """``mmx infer``: generate text from an mm or HF checkpoint — one prompt, a batch config, or a chat.
 
-    mmx infer --model DIR [--image P ...] [--video P] --prompt TEXT [--max-new-tokens N]
+    mmx infer --model DIR [--image P ...] [--video P] --prompt TEXT [--max-new-tokens N] [--adapter LORA_DIR]
               [--temperature T --top-p P --top-k K --seed S | --greedy] [--stop STR ...] [--no-cache]
     mmx infer --model DIR --config inference.json [--output results.jsonl] [--batch-size N]
     mmx infer --model DIR --chat [--image P ...]
@@ -34,6 +34,8 @@ def _overrides(max_new_tokens, temperature, top_p, top_k, seed, repetition_penal
               help="mm checkpoint (any TP/PP layout, merged on load) or HF checkpoint (converted in memory).")
 @click.option("--iteration", default=None,
               help="With an mm checkpoint (a training save): the iteration to load, e.g. 200 (default: the latest).")
+@click.option("--adapter", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A LoRA adapter on --model: a PEFT adapter directory or an mmx training.lora save.")
 @click.option("--prompt", default=None, help="The user message.")
 @click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An image for the message (repeat for several).")
@@ -60,7 +62,8 @@ def _overrides(max_new_tokens, temperature, top_p, top_k, seed, repetition_penal
               help="With --config: requests per batch (default: the config's batch_size, else 4).")
 @click.option("--chat", is_flag=True, help="Interactive multi-turn chat on stdin; earlier images stay in context.")
 @backend_option
-def infer_command(model_dir, iteration, prompt, images, videos, config_path, output, batch_size, chat, **generation):
+def infer_command(model_dir, iteration, adapter, prompt, images, videos, config_path, output, batch_size, chat,
+                  **generation):
     """Generate text with a vision-language model; only the generated text goes to stdout."""
     modes = sum([prompt is not None, config_path is not None, chat])
     if modes != 1:
@@ -73,13 +76,13 @@ def infer_command(model_dir, iteration, prompt, images, videos, config_path, out
     with contextlib.redirect_stdout(sys.stderr):
         try:
             _run(model_dir, prompt, images, videos, config_path, output, batch_size, chat, overrides, results,
-                 iteration)
+                 iteration, adapter)
         except ValueError as err:
             raise click.ClickException(str(err)) from err
 
 
 def _run(model_dir, prompt, images, videos, config_path, output, batch_size, chat, overrides, results,
-         iteration=None):
+         iteration=None, adapter=None):
     from mmx import backend, infer
 
     requests = options = None
@@ -87,7 +90,7 @@ def _run(model_dir, prompt, images, videos, config_path, output, batch_size, cha
         from mmx.infer import batch
         requests, options = batch.read_requests(config_path)   # validate before the (slow) model load
     print(f"mmx infer: loading {model_dir} on {backend.name()}", file=sys.stderr)
-    pipeline = infer.load(model_dir, iteration)
+    pipeline = infer.load(model_dir, iteration, adapter)
     if chat:
         from mmx.infer import chat as chat_mode
         chat_mode.run(pipeline, sys.stdin, results, images, videos, **overrides)

@@ -51,11 +51,15 @@ class Pipeline:
         return self.processor.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
-def load(model_dir, iteration=None):
+def load(model_dir, iteration=None, adapter=None):
     """A :class:`Pipeline` for the mm or HF checkpoint in ``model_dir`` on the current backend (an mm checkpoint's
-    ``iteration``: default the latest)."""
+    ``iteration``: default the latest), with the LoRA ``adapter`` (a PEFT adapter or an mmx LoRA save) on it."""
     from mmx.infer import loading
 
     loading.checkpoint_kind(model_dir, iteration)   # a clear error for a directory that is no checkpoint at all
     processor = loading.load_processor(model_dir)
-    return Pipeline(model_dir, loading.load_model(model_dir, iteration), processor)
+    model = loading.load_model(model_dir, iteration)
+    if adapter is not None:
+        from mmx.lora import attach_adapter
+        attach_adapter(model, model_dir, adapter)
+    return Pipeline(model_dir, model, processor)

@@ -122,7 +122,8 @@ def _logits_inputs(work, family):
 def test_lora_checkpoint_exports_to_peft_and_merged_hf_with_equal_logits(tmp_path):
     """3 LoRA steps saved (adapters + lm_head only), ``mmx convert lora_to_peft``, then
     ``peft.PeftModel.from_pretrained`` on the transformers model: logits equal mmx's (fp32, image batch); the same
-    for ``mmx convert mm_to_hf --merge-lora`` loaded by transformers alone."""
+    for ``mmx convert mm_to_hf --merge-lora`` loaded by transformers alone; ``mmx infer --adapter SAVE`` decodes
+    greedily like transformers + peft."""
     import torch
     from click.testing import CliRunner
     from peft import PeftModel
@@ -169,6 +170,20 @@ def test_lora_checkpoint_exports_to_peft_and_merged_hf_with_equal_logits(tmp_pat
         merged_logits = merged(**inputs).logits.numpy()
     diff = float(np.abs(ours[mask] - merged_logits[mask]).max())
     assert diff <= LOGITS_ATOL, diff
+    # mmx infer --adapter with the mmx save itself: greedy tokens equal transformers + peft's on the export
+    from transformers import AutoProcessor
+
+    from mmx import infer
+    from mmx.infer.prompts import encode
+
+    conversations = [[infer.user_message("The quick brown fox jumps over the lazy dog.")]]
+    encoded = encode(AutoProcessor.from_pretrained(hf_dir), conversations)
+    with torch.no_grad():
+        expected = peft.generate(**{k: torch.tensor(v) for k, v in encoded.items()}, max_new_tokens=6,
+                                 do_sample=False)[0, encoded["input_ids"].shape[1]:].tolist()
+    reply = infer.load(hf_dir, adapter=str(tmp_path / "lora")).generate(conversations, do_sample=False,
+                                                                         max_new_tokens=6)[0]
+    assert list(map(int, reply.token_ids)) == expected[:len(reply.token_ids)] and reply.token_ids
 
 
 def test_lora_checkpoint_of_the_other_backend_resumes_on_the_same_curve(tmp_path):
