@@ -68,3 +68,31 @@ def test_glm4v_freeze_groups(glm4v_dir, flag):
     if flag == "text_decoder":
         assert "text_decoder.decoder.layers.1.post_mlp_layernorm.weight" in frozen
 
+
+
+@pytest.fixture(scope="module")
+def internvl_dir(tmp_path_factory):
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("internvl")), "internvl", tied=False)
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGS))
+def test_internvl_freeze_groups(internvl_dir, flag):
+    """InternVL3: the vision encoder group is InternViT (patch embed, CLS token, position table, blocks with their
+    layer scales), the projector group the original ``mlp1`` (LayerNorm, linear_fc1, linear_fc2)."""
+    model = models.build(internvl_dir)
+    names = [name for name, _ in nn.named_parameters(model)]
+    frozen = set(apply_freeze(model, FLAGS[flag]))
+    want = {
+        "vision_encoder": {n for n in names if n.startswith("image_encoder.encoder.")},
+        "vision_projector": {n for n in names if n.startswith("image_encoder.projector.")},
+        "text_decoder": {n for n in names if n.startswith("text_decoder.")
+                         and not n.startswith("text_decoder.output_layer.")},
+        "lm_head": {"text_decoder.output_layer.weight"},
+    }[flag]
+    assert frozen == want
+    if flag == "vision_encoder":
+        assert {"image_encoder.encoder.embeddings.class_embedding", "image_encoder.encoder.encoder.layers.1.ls2",
+                "image_encoder.encoder.embeddings.position_embedding"} <= frozen
+    if flag == "vision_projector":
+        assert sorted(frozen) == [f"image_encoder.projector.{part}.{kind}" for part in
+                                  ("linear_fc1", "linear_fc2", "norm") for kind in ("bias", "weight")]

@@ -1,5 +1,5 @@
 """Training parity, 20 fp32 steps on the tiny Qwen2.5-VL, Qwen3-VL, GLM-4.1V, Qwen3-VL-MoE and GLM-4.5V (with their
-load-balancing loss) and real digit images: mmx-torch vs a plain transformers + torch.optim.AdamW loop (same weights,
+load-balancing loss) and InternVL3 (1-D RoPE: transformers' default positions) and real digit images: mmx-torch vs a plain transformers + torch.optim.AdamW loop (same weights,
 batches, lr, clipping): ≤ 1e-4 relative; mmx-MindSpore vs mmx-torch (torch in a subprocess): ≤ 1e-3 relative; a
 checkpoint trained on the other backend resumes here on the uninterrupted curve."""
 import os
@@ -15,7 +15,7 @@ from tolerances import TRAIN_TOLERANCE
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-FAMILIES = ("qwen2_5_vl", "qwen3_vl", "glm4v", "qwen3_vl_moe", "glm4v_moe")
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "glm4v", "qwen3_vl_moe", "glm4v_moe", "internvl")
 # Training overrides per family: the MoE families train with the load-balancing loss, weighted high enough to matter.
 OVERRIDES = {"qwen3_vl_moe": {"router_aux_loss_coef": 0.05}, "glm4v_moe": {"router_aux_loss_coef": 0.05}}
 
@@ -45,7 +45,8 @@ def transformers_losses(work, family):
         inputs = {key: torch.from_numpy(np.ascontiguousarray(batch[key])) for key in
                   ("input_ids", "attention_mask", "labels", "pixel_values", "image_grid_thw") if key in batch}
         ids = batch["input_ids"]
-        inputs["mm_token_type_ids"] = torch.from_numpy(np.where(ids == config.image_token_id, 1, 0))
+        if config.model_type != "internvl":      # InternVL's 1-D RoPE: arange positions (right padding)
+            inputs["mm_token_type_ids"] = torch.from_numpy(np.where(ids == config.image_token_id, 1, 0))
         loss = model(**inputs, **({"output_router_logits": True} if aux else {})).loss
         optimizer.zero_grad()
         loss.backward()
@@ -81,10 +82,11 @@ def test_mmx_mindspore_matches_mmx_torch(tmp_path, family):
 
 
 @pytest.mark.parametrize("family,first_steps,total_steps", [("qwen3_vl", STEPS // 2, STEPS), ("glm4v", 2, 4),
-                                                             ("qwen3_vl_moe", 2, 4), ("glm4v_moe", 2, 4)])
+                                                             ("qwen3_vl_moe", 2, 4), ("glm4v_moe", 2, 4),
+                                                             ("internvl", 2, 4)])
 def test_checkpoint_of_the_other_backend_resumes_on_the_same_curve(tmp_path, family, first_steps, total_steps):
     """``first_steps`` on the other backend (its checkpoint: weights + AdamW state), the rest here (GLM-4.1V,
-    Qwen3-VL-MoE and GLM-4.5V shortened to 2 + 2 steps)."""
+    Qwen3-VL-MoE, GLM-4.5V and InternVL3 shortened to 2 + 2 steps)."""
     from mmx import backend
 
     other = {"torch": "mindspore", "mindspore": "torch"}[backend.name()]
