@@ -1,7 +1,8 @@
 """Training parity, 20 fp32 steps on the tiny Qwen2.5-VL, Qwen3-VL, GLM-4.1V, Qwen3-VL-MoE and GLM-4.5V (with their
-load-balancing loss) and InternVL3 (1-D RoPE: transformers' default positions) and real digit images: mmx-torch vs a plain transformers + torch.optim.AdamW loop (same weights,
-batches, lr, clipping): ≤ 1e-4 relative; mmx-MindSpore vs mmx-torch (torch in a subprocess): ≤ 1e-3 relative; a
-checkpoint trained on the other backend resumes here on the uninterrupted curve."""
+load-balancing loss) and InternVL3 (1-D RoPE: transformers' default positions), on real digit images: mmx-torch vs
+a plain transformers + torch.optim.AdamW loop (same weights, batches, lr, clipping): ≤ 1e-4 relative; mmx-MindSpore
+vs mmx-torch (torch in a subprocess): ≤ 1e-3 relative; a checkpoint trained on the other backend resumes here on the
+uninterrupted curve."""
 import os
 import subprocess
 import sys
