@@ -10,15 +10,19 @@ def data_group():
 
 
 @data_group.command("convert")
-@click.option("--from", "source", type=click.Choice(["llava", "qwen-vl"]), required=True,
-              help="Input layout: LLaVA-Instruct-150K or the Qwen-VL fine-tuning format.")
+@click.option("--from", "source", type=click.Choice(["auto", "llava", "qwen-vl"]), default="auto", show_default=True,
+              help="Input layout: LLaVA-Instruct-150K, the Qwen-VL fine-tuning format, or auto (detected); a layout "
+                   "that does not match the file is refused.")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--output", "output_path", type=click.Path(dir_okay=False), required=True,
               help="Output .json (array) or .jsonl in the messages format.")
-@click.option("--image-dir", default=None, help="Folder joined to each record's image path (e.g. COCO train2017).")
-@click.option("--target", type=click.Choice(["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]), default="qwen2_5_vl",
-              show_default=True, help="Box convention of the model to train (qwen-vl only): qwen2_vl and qwen3_vl keep "
-              "the 0-1000 relative numbers, qwen2_5_vl writes pixels of the resized image (mmx/data/convert.py).")
+@click.option("--image-dir", default=None,
+              help="Folder joined to each record's image path (e.g. COCO train2017); default: the input file's "
+                   "folder. The output holds the images relative to its own folder (docs/data.md).")
+@click.option("--target", type=click.Choice(["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]), default=None,
+              help="Box convention of the model to train (qwen-vl only): qwen2_vl and qwen3_vl keep the 0-1000 "
+              "relative numbers, qwen2_5_vl writes pixels of the resized image (mmx/data/convert.py). Default: "
+              "--model-dir's model type, else qwen2_5_vl.")
 @click.option("--model-dir", default=None, help="HF dir whose image processor sizes images (qwen2_5_vl boxes only).")
 @click.option("--image-min-pixels", type=int, default=None)
 @click.option("--image-max-pixels", type=int, default=None)
@@ -35,7 +39,13 @@ def convert_command(source, input_path, output_path, image_dir, target, model_di
         raise click.ClickException(str(err)) from None
     for message in result["errors"]:
         click.echo(f"skipped: {message}")
-    click.echo(f"wrote {result['converted']} records to {output_path} ({result['skipped']} skipped)")
+    click.echo(f"wrote {result['converted']} records to {output_path} ({result['skipped']} skipped; from "
+               f"{result['from']})")
+    if "box_pixels" in result:
+        pixels = result["box_pixels"]
+        click.echo(f"note: the boxes are pixels of each image resized with min_pixels {pixels['image_min_pixels']} and "
+                   f"max_pixels {pixels['image_max_pixels']}: train with data.image_min_pixels: "
+                   f"{pixels['image_min_pixels']} and data.image_max_pixels: {pixels['image_max_pixels']}")
     click.echo(json.dumps(result))
 
 
@@ -45,7 +55,7 @@ def convert_command(source, input_path, output_path, image_dir, target, model_di
 @click.option("--model-name-or-path", default=None, help="Override model_name_or_path.")
 def check_command(config_path, model_name_or_path):
     """Validate every sample of a dataset and print counts; the last line is a JSON summary. Exit 1 if any sample
-    is bad."""
+    is bad or its text holds another format's image tags (e.g. Qwen-VL's <img>...</img>)."""
     from mmx.data.check import check_dataset
     from mmx.data.config import load_data_config
 
@@ -57,5 +67,5 @@ def check_command(config_path, model_name_or_path):
         click.echo(f"note: {key} is not used by mmx data")
     summary = check_dataset(config, echo=click.echo)
     click.echo(json.dumps(summary))
-    if summary["bad"]:
+    if summary["bad"] or summary["foreign_image_tags"]:
         raise SystemExit(1)

@@ -7,7 +7,7 @@ line is one JSON object with the totals, for scripts.
 """
 from mmx.data.dataset import encode_samples, length_stats, sample_counts
 from mmx.data.errors import BadSampleLog
-from mmx.data.formats import load_samples
+from mmx.data.formats import foreign_image_tags, load_samples
 from mmx.data.processing import Preprocessor
 
 
@@ -16,6 +16,7 @@ def check_dataset(config, preprocessor=None, echo=print):
     preprocessor = preprocessor or Preprocessor(config)
     totals = {"samples": 0, "images": 0, "videos": 0, "text_only": 0}
     all_bad, all_dropped, lengths, files = BadSampleLog(True, keep=1000), BadSampleLog(True, keep=1000), [], []
+    foreign = 0
     for file in config.dataset:
         bad, dropped = BadSampleLog(True, keep=1000), BadSampleLog(True, keep=1000)
         samples = load_samples(file, bad, config.attr, config.dataset_dir, config.max_samples)
@@ -28,6 +29,12 @@ def check_dataset(config, preprocessor=None, echo=print):
              f"tokens {length_stats(file_lengths)}")
         for message in bad.messages + dropped.messages:
             echo(f"  {message}")
+        for sample in samples:   # text that looks like another format's image tags trains as plain text
+            found = foreign_image_tags(sample)
+            if found:
+                foreign += 1
+                echo(f"  {file} sample {sample['id']!r}: its text holds {found[0]} ({len(sample['images'])} images "
+                     f"placed by <image>); {found[1]}")
         for key in totals:
             totals[key] += counts[key]
         all_bad.merge(bad)
@@ -36,7 +43,7 @@ def check_dataset(config, preprocessor=None, echo=print):
         files.append({"file": file, **counts, "bad": bad.total, "dropped": dropped.total})
     summary = dict(totals, bad=all_bad.total, bad_by_kind=dict(all_bad.counts), dropped=all_dropped.total,
                    dropped_by_kind=dict(all_dropped.counts), usable=len(lengths), tokens=length_stats(lengths),
-                   cutoff_len=config.cutoff_len, files=files)
+                   cutoff_len=config.cutoff_len, files=files, foreign_image_tags=foreign)
     return summary
 
 

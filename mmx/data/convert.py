@@ -26,8 +26,17 @@ file names are joined to ``image_dir`` (e.g. ``./data/COCO2017/train2017``), as 
 For ``qwen2_5_vl`` and ``qwen3_vl``, boxes that follow one another make one object each, joined by ``, ``; the
 ``label`` is the ``<ref>`` before them, and an object has no ``label`` when there is no ``<ref>``.
 
-A box refers to the latest image placed at or before its turn. For ``qwen2_5_vl``, relative image paths (after joining
-``image_dir``) are read, for their sizes, from the input file's folder.
+A box refers to the latest image placed at or before its turn.
+
+The input layout is checked before anything is written (:func:`detect_layout`; ``source="auto"`` takes it): a
+Qwen-VL file given as ``llava`` (its ``<img>`` tags would stay text) or a LLaVA file given as ``qwen-vl`` is refused,
+and so is a file already in the messages format. ``target`` defaults to the ``--model-dir``'s model type, else
+``qwen2_5_vl``; the processor is read only when a ``qwen2_5_vl`` box is rewritten.
+
+Paths follow the one rule of docs/data.md: a relative image path of the input is relative to the input file's folder,
+or to ``image_dir`` when given (itself relative to the working directory, like any command-line path); the output
+holds each image relative to the output file's folder, which is where the loader (finetune, ``mmx data check``)
+looks when ``dataset_dir`` is not set.
 """
 import json
 import os
@@ -37,6 +46,9 @@ from mmx.data.errors import DataError
 from mmx.data.formats import IMAGE_PLACEHOLDER, ROLE_ALIASES, iter_records
 
 SOURCES = ("llava", "qwen-vl")
+LAYOUT_HINTS = {"llava": "LLaVA-Instruct (an 'image' key and <image> in the human turn)",
+                "qwen-vl": "Qwen-VL (<img>path</img> in the turns)",
+                "messages": "the messages format mmx reads already ('messages' turns)"}
 TARGETS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 _IMG_RE = re.compile(r"(?:Picture \d+:\s*)?<img>(.*?)</img>\n?")
 _BOX = r"<box>\((\d+),(\d+)\),\((\d+),(\d+)\)</box>"
@@ -60,6 +72,29 @@ def _read(path):
         return records
     except DataError as err:
         raise ConvertError(str(err)) from None
+
+
+def detect_layout(records):
+    """(layout, evidence) of a file's records: ``"qwen-vl"`` when a turn holds ``<img>...</img>``, ``"llava"`` when a
+    record has an ``image`` key or ``<image>`` in a turn, ``"messages"`` when records have ``messages`` turns; (None,
+    "") when nothing tells."""
+    counts = {"qwen-vl": 0, "llava": 0, "messages": 0}
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        if "messages" in record and "conversations" not in record:
+            counts["messages"] += 1
+            continue
+        turns = record.get("conversations") if isinstance(record.get("conversations"), list) else []
+        values = [turn.get("value") for turn in turns if isinstance(turn, dict) and isinstance(turn.get("value"), str)]
+        if any(_IMG_RE.search(value) for value in values):
+            counts["qwen-vl"] += 1
+        elif record.get("image") or any(IMAGE_PLACEHOLDER in value for value in values):
+            counts["llava"] += 1
+    layout = max(counts, key=counts.get)
+    if not counts[layout]:
+        return None, ""
+    return layout, f"{counts[layout]} of {len(records)} records look like {LAYOUT_HINTS[layout]}"
 
 
 def _turns(record, path, index):
@@ -98,23 +133,32 @@ class BoxWriter:
         if target not in TARGETS:
             raise ValueError(f"unknown box target {target!r}; choose one of {', '.join(TARGETS)}")
         self.target, self.image_root = target, image_root
+        self.model_dir, self.min_pixels, self.max_pixels = model_dir, min_pixels, max_pixels
         self.factor = None
-        if target == "qwen2_5_vl":
-            if model_dir is None:
-                raise ValueError("--target qwen2_5_vl writes absolute pixel boxes of the resized image, so it needs "
-                                 "--model-dir (the HF dir whose image processor resizes the images)")
-            from transformers import AutoImageProcessor
+        self.resized = False   # whether a box was written in pixels of a resized image
 
-            processor = AutoImageProcessor.from_pretrained(model_dir)
-            self.factor = processor.patch_size * processor.merge_size
-            self.min_pixels = min_pixels or processor.size["shortest_edge"]
-            self.max_pixels = max_pixels or processor.size["longest_edge"]
+    def _processor(self):
+        """The resize parameters of the model dir's image processor, read at the first qwen2_5_vl box."""
+        if self.factor is not None:
+            return
+        if self.model_dir is None:
+            raise ConvertError("--target qwen2_5_vl writes boxes in pixels of the image as the processor resizes "
+                               "it, so it needs --model-dir (the HF dir whose image processor resizes the images); "
+                               "or choose --target qwen2_vl / qwen3_vl, which keep the 0-1000 numbers")
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(self.model_dir)
+        self.factor = processor.patch_size * processor.merge_size
+        self.min_pixels = self.min_pixels or processor.size["shortest_edge"]
+        self.max_pixels = self.max_pixels or processor.size["longest_edge"]
 
     def resized_size(self, image_path):
         """(height, width) the processor resizes ``image_path`` to (transformers' smart_resize)."""
         from PIL import Image
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+        self._processor()
+        self.resized = True
         path = image_path if os.path.isabs(image_path) or not self.image_root else os.path.join(self.image_root,
                                                                                               image_path)
         with Image.open(path) as image:
@@ -148,7 +192,7 @@ def qwen_vl_record(record, path, index, boxes, image_dir=None):
     images, messages = [], []
     for role, value in turns:
         found = _IMG_RE.findall(value)
-        images.extend(os.path.join(image_dir, p) if image_dir and not os.path.isabs(p) else p for p in found)
+        images.extend(_absolute(p, path, image_dir) for p in found)
         text = _IMG_RE.sub(IMAGE_PLACEHOLDER, value)
         try:
             text = boxes.rewrite(text, images[-1] if images else None)
@@ -161,21 +205,64 @@ def qwen_vl_record(record, path, index, boxes, image_dir=None):
     return out
 
 
-def convert_file(source, input_path, output_path, image_dir=None, target="qwen2_5_vl", model_dir=None,
+def _absolute(image, input_path, image_dir=None):
+    """An input image path made absolute: joined to ``image_dir`` when given (a command-line path: relative to the
+    working directory), else relative to the input file's folder."""
+    if image_dir and not os.path.isabs(image):
+        return os.path.abspath(os.path.join(image_dir, image))
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(input_path)), image))
+
+
+def _relative_to_output(record, output_path):
+    """``record`` with its images relative to the output file's folder (where the loader reads them from)."""
+    if "images" in record:
+        folder = os.path.dirname(os.path.abspath(output_path))
+        record["images"] = [os.path.relpath(os.path.abspath(path), folder) for path in record["images"]]
+    return record
+
+
+def model_target(model_dir):
+    """The box target of an HF model dir (its config.json model_type), or qwen2_5_vl when it names none of them."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as handle:
+            model_type = json.load(handle).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    return model_type if model_type in TARGETS else "qwen2_5_vl"
+
+
+def convert_file(source, input_path, output_path, image_dir=None, target=None, model_dir=None,
                  min_pixels=None, max_pixels=None, skip_bad=False):
-    """Convert ``input_path`` to ``output_path``; returns ``{"converted": n, "skipped": m, "errors": [...]}``."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown source format {source!r}; choose one of {', '.join(SOURCES)}")
+    """Convert ``input_path`` to ``output_path``; returns ``{"converted": n, "skipped": m, "errors": [...], "from":
+    layout, "target": ...}``. ``source``: ``llava``, ``qwen-vl`` or ``auto`` (detected)."""
+    if source not in SOURCES + ("auto",):
+        raise ValueError(f"unknown source format {source!r}; choose one of {', '.join(SOURCES)} or auto")
+    records = _read(input_path)
+    detected, evidence = detect_layout(records)
+    if detected == "messages":
+        raise ConvertError(f"{input_path}: {evidence}; nothing to convert: train on it directly "
+                           f"(data.dataset: {input_path})")
+    if source == "auto":
+        if detected is None:
+            raise ConvertError(f"{input_path}: cannot tell its layout (no <img> tags, 'image' keys or <image> "
+                               f"placeholders); give --from llava or --from qwen-vl")
+        source = detected
+    elif detected is not None and detected != source:
+        raise ConvertError(f"{input_path}: --from {source}, but {evidence}; use --from {detected} (or --from auto)")
+    target = target or (model_target(model_dir) if model_dir else "qwen2_5_vl")
     # relative image paths (after joining image_dir) are read from the input file's folder for their sizes
     boxes = BoxWriter(target, model_dir, min_pixels, max_pixels, image_root=os.path.dirname(
         os.path.abspath(input_path))) if source == "qwen-vl" else None
     converted, errors = [], []
-    for index, record in enumerate(_read(input_path)):
+    for index, record in enumerate(records):
         try:
             if source == "llava":
-                converted.append(llava_record(record, input_path, index, image_dir))
+                out = llava_record(record, input_path, index)
+                if "images" in out:
+                    out["images"] = [_absolute(p, input_path, image_dir) for p in out["images"]]
             else:
-                converted.append(qwen_vl_record(record, input_path, index, boxes, image_dir))
+                out = qwen_vl_record(record, input_path, index, boxes, image_dir)
+            converted.append(_relative_to_output(out, output_path))
         except ConvertError as err:
             if not skip_bad:
                 raise
@@ -188,4 +275,9 @@ def convert_file(source, input_path, output_path, image_dir=None, target="qwen2_
         else:
             json.dump(converted, f, ensure_ascii=False, indent=1)
     os.replace(tmp, output_path)
-    return {"converted": len(converted), "skipped": len(errors), "errors": errors[:20]}
+    result = {"converted": len(converted), "skipped": len(errors), "errors": errors[:20], "from": source}
+    if boxes is not None:
+        result["target"] = target
+        if boxes.resized:   # the pixels the boxes are in: training must resize the same way
+            result["box_pixels"] = {"image_min_pixels": boxes.min_pixels, "image_max_pixels": boxes.max_pixels}
+    return result

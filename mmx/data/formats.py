@@ -26,6 +26,7 @@ their line number).
 """
 import json
 import os
+import re
 
 from mmx.data.errors import (BAD_RECORD, MALFORMED_JSON, MISSING_MEDIA, PLACEHOLDER_MISMATCH, DataError)
 
@@ -215,6 +216,26 @@ def to_sample(record, file, index, line=None, attr=None, media_root=None, check_
                                              f"dataset_dir {root!r})")
     return {"id": sample_id, "file": file, "line": line, "index": index, "messages": messages,
             "images": media["images"], "videos": media["videos"]}
+
+
+# Image tags of other formats that mean nothing to mmx (only <image> / <video> placeholders place media): text holding
+# them trains as text. `mmx data check` reports them (mmx.data.check).
+FOREIGN_IMAGE_TAGS = (("<img>...</img>", re.compile(r"<img>.*?</img>", re.S), "Qwen-VL's image tags: convert the file "
+                       "with mmx data convert --from qwen-vl"),
+                      ("<|vision_start|> / <|image_pad|>", re.compile(r"<\|(?:vision_start|image_pad|video_pad)\|>"),
+                       "Qwen2-VL chat-template tokens: write one <image> per image instead"),
+                      ("<IMG_CONTEXT>", re.compile(r"<IMG_CONTEXT>"), "InternVL's image token: write <image> instead"),
+                      ("<|begin_of_image|>", re.compile(r"<\|begin_of_image\|>"),
+                       "GLM's image token: write <image> instead"))
+
+
+def foreign_image_tags(sample):
+    """(tag, fix) of the first other format's image tag in ``sample``'s messages, or None."""
+    for message in sample["messages"]:
+        for name, pattern, fix in FOREIGN_IMAGE_TAGS:
+            if pattern.search(message["content"]):
+                return name, fix
+    return None
 
 
 def load_samples(file, bad_log, attr=None, media_root=None, max_samples=None):

@@ -7,6 +7,10 @@ The keys MindSpeed-MM users know::
      "prompts": "Describe the image."   (or a list: one request per prompt),
      "max_new_tokens": 64, "batch_size": 4, "output_path": "results.jsonl"   (optional, mmx additions)}
 
+and mmx's own generation settings (:mod:`mmx.infer.settings`; optional, the command line's options win):
+``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``, ``seed``, ``stop_strings``,
+``use_cache``.
+
 A list of prompts with a single file asks every prompt about that file; a list of files with a single prompt asks
 the prompt about every file; two lists of the same length are paired. Other keys of the guides' files
 (``model_id``, ``from_pretrained``, ``tokenizer``, ...) describe the model, which ``--model`` gives here: they are
@@ -20,7 +24,12 @@ from pathlib import Path
 from mmx.infer.prompts import user_message
 
 DATA_TYPES = ("image", "video", "text")
-USED_KEYS = {"infer_data_type", "file_path", "prompts", "max_new_tokens", "batch_size", "output_path"}
+# mmx's generation settings a config may hold, with the types they take
+GENERATION_KEYS = {"max_new_tokens": int, "do_sample": bool, "temperature": (int, float), "top_k": int,
+                   "top_p": (int, float), "repetition_penalty": (int, float), "seed": int, "stop_strings": (str, list),
+                   "use_cache": bool}
+OPTION_KEYS = {"batch_size": int, "output_path": str, **GENERATION_KEYS}
+USED_KEYS = {"infer_data_type", "file_path", "prompts", *OPTION_KEYS}
 
 
 def _as_list(value):
@@ -29,8 +38,8 @@ def _as_list(value):
 
 def read_requests(config_path):
     """(requests, options): requests are dicts with ``infer_data_type``, ``file_path``, ``prompt``; options hold
-    ``max_new_tokens``, ``batch_size``, ``output_path`` when the file sets them. A relative file path is used as is
-    when it exists from the current directory, else it is taken relative to the config file's directory."""
+    ``batch_size``, ``output_path`` and the generation settings (``GENERATION_KEYS``) the file sets. A relative file path is relative to the
+    config file's folder (the one rule of docs/data.md: relative to the file that names it)."""
     path = Path(config_path)
     try:
         config = json.loads(path.read_text())
@@ -63,15 +72,17 @@ def read_requests(config_path):
     if ignored:
         print(f"mmx infer: {config_path}: keys {ignored} describe the model in the guides' scripts; mmx takes the "
               f"model from --model and ignores them", file=sys.stderr)
-    options = {key: config[key] for key in ("max_new_tokens", "batch_size", "output_path") if key in config}
+    options = {key: config[key] for key in OPTION_KEYS if key in config}
+    for key, value in options.items():
+        kinds = OPTION_KEYS[key] if isinstance(OPTION_KEYS[key], tuple) else (OPTION_KEYS[key],)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ValueError(f"{config_path}: {key} {value!r} must be {' or '.join(k.__name__ for k in kinds)}")
     return requests, options
 
 
 def _resolve(file_path, base):
     candidate = Path(file_path)
-    if candidate.exists() or candidate.is_absolute():
-        return str(candidate)
-    return str(base / candidate)
+    return str(candidate if candidate.is_absolute() else base / candidate)
 
 
 def conversation_of(request):

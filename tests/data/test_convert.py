@@ -32,25 +32,27 @@ QWEN_VL = [
 ]
 
 
-def test_llava(tmp_path):
+def test_llava(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # --image-dir is a command-line path: relative to the working directory
     source = write_json(tmp_path / "llava_instruct_150k.json", LLAVA)
     out = tmp_path / "out" / "mllm_format_llava_instruct_data.json"
     result = CliRunner().invoke(main, ["data", "convert", "--from", "llava", "--input", source, "--output",
                                        str(out), "--image-dir", "COCO2017/train2017"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output.strip().splitlines()[-1]) == {"converted": 2, "skipped": 0, "errors": []}
-    records = json.loads(out.read_text())
-    assert records[0] == {"id": "000000033471", "images": ["COCO2017/train2017/000000033471.jpg"], "messages": [
+    assert json.loads(result.output.strip().splitlines()[-1]) == {"converted": 2, "skipped": 0, "errors": [],
+                                                                  "from": "llava"}
+    records = json.loads(out.read_text())   # images relative to the output file's folder (docs/data.md)
+    assert records[0] == {"id": "000000033471", "images": ["../COCO2017/train2017/000000033471.jpg"], "messages": [
         {"role": "user", "content": "<image>\nWhat are the colors of the bus in the image?"},
         {"role": "assistant", "content": "The bus in the image is white and red."},
         {"role": "user", "content": "What feature can be seen on the back of the bus?"},
         {"role": "assistant", "content": "The back of the bus features an advertisement."}]}
     assert records[1] == {"id": "text-1", "messages": [{"role": "user", "content": "Hi"},
                                                        {"role": "assistant", "content": "Hello"}]}
-    # the converted file reads back as samples (images resolved against dataset_dir)
+    # the converted file reads back as samples (no dataset_dir: images relative to the dataset file)
     (tmp_path / "COCO2017" / "train2017").mkdir(parents=True)
     write_image(tmp_path / "COCO2017" / "train2017" / "000000033471.jpg", 28, 28)
-    samples = load_samples(str(out), BadSampleLog(False), media_root=str(tmp_path))
+    samples = load_samples(str(out), BadSampleLog(False))
     assert samples[0]["images"] == [str(tmp_path / "COCO2017" / "train2017" / "000000033471.jpg")]
 
 
@@ -127,7 +129,8 @@ def test_qwen_vl_boxes_for_qwen3_vl_stay_relative_0_1000(tmp_path):
     result = CliRunner().invoke(main, ["data", "convert", "--from", "qwen-vl", "--target", "qwen3_vl", "--input",
                                        source, "--output", out])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output.strip().splitlines()[-1]) == {"converted": 5, "skipped": 0, "errors": []}
+    assert json.loads(result.output.strip().splitlines()[-1]) == {"converted": 5, "skipped": 0, "errors": [],
+                                                                  "from": "qwen-vl", "target": "qwen3_vl"}
     converted = [json.loads(line) for line in open(out)]
     assert converted[0] == {"id": "identity_0", "messages": [
         {"role": "user", "content": "你好"}, {"role": "assistant", "content": "我是Qwen-VL,一个支持视觉输入的大模型。"}]}
