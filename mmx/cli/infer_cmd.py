@@ -95,8 +95,9 @@ def _run(model_dir, prompt, images, videos, config_path, output, batch_size, cha
         from mmx.infer import chat as chat_mode
         chat_mode.run(pipeline, sys.stdin, results, images, videos, **overrides)
     elif config_path:
-        if overrides.get("max_new_tokens") is None and "max_new_tokens" in options:
-            overrides["max_new_tokens"] = options["max_new_tokens"]
+        for key in batch.GENERATION_KEYS:       # the config's generation settings, unless an option set them
+            if overrides.get(key) is None and key in options:
+                overrides[key] = options[key]
         destination = output or options.get("output_path")
         size = batch_size or options.get("batch_size", 4)
         with (open(destination, "w") if destination else contextlib.nullcontext(results)) as out:

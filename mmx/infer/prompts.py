@@ -76,5 +76,7 @@ def encode(processor, conversations):
     kwargs = {"images": images or None}
     if videos:
         kwargs.update(videos=videos, video_metadata=metadata)
-    inputs = processor(text=texts, padding=True, padding_side="left", return_tensors="np", **kwargs)
-    return {key: np.asarray(value) for key, value in inputs.items()}
+    # InternVLProcessor flattens video frames with torch's Tensor.flatten: it needs "pt" tensors back
+    tensors = "pt" if type(processor).__name__ == "InternVLProcessor" else "np"
+    inputs = processor(text=texts, padding=True, padding_side="left", return_tensors=tensors, **kwargs)
+    return {key: np.asarray(value.numpy() if hasattr(value, "numpy") else value) for key, value in inputs.items()}

@@ -1,6 +1,6 @@
 """Tiny checkpoints, media and loaded pipelines shared by the inference tests, built once per session.
 
-The variants cover the families and both output-layer forms: Qwen2.5-VL, Qwen3-VL-MoE and GLM-4.1V untied,
+The variants cover the families and both output-layer forms: Qwen2.5-VL, Qwen3-VL-MoE, GLM-4.1V and InternVL3 untied,
 Qwen2-VL and Qwen3-VL tied.
 """
 import pytest
@@ -10,7 +10,7 @@ from mmx.tiny import make_tiny_checkpoint
 from infer_helpers import Reference, write_media
 
 VARIANTS = {"qwen2_5_vl": False, "qwen2_vl": True, "qwen3_vl": True, "qwen3_vl_moe": False,  # family → tied
-            "glm4v": False, "glm4v_moe": False}
+            "glm4v": False, "glm4v_moe": False, "internvl": False}
 
 _pipelines, _references, _checkpoints = {}, {}, {}
 

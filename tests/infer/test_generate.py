@@ -6,7 +6,7 @@ from mmx.infer.prompts import encode
 
 from infer_helpers import KINDS, MAX_NEW_TOKENS, SAMPLING, conversation
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe")
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe", "internvl")
 _runs = {}
 
 

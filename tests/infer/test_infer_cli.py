@@ -129,3 +129,47 @@ def test_bad_model_dir_and_media_are_named(tmp_path):
         prompts.load_video(str(bad))
     with pytest.raises(ValueError, match="missing.png does not exist"):
         prompts.load_image(str(tmp_path / "missing.png"))
+
+
+def _text_image(path):
+    """An OCR-style image: dark text on a light 40x150 strip (InternVL cuts it into several tiles + a thumbnail)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (150, 40), (235, 235, 225))
+    ImageDraw.Draw(image).text((4, 12), "INVOICE 2026-12", fill=(10, 10, 10))
+    image.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["image", "ocr", "video"])
+def test_internvl_guide_inference_json(tmp_path, hf_dir, reference, media, kind):
+    """The InternVL3 guide's inference_8B.json (infer_data_type / file_path / prompts, its model keys reported and
+    not used) plus mmx's own generation keys: image, OCR-style and video prompts decode like transformers."""
+    from mmx.infer import user_message
+
+    file_path, prompt = {"image": (media["a"], "Please describe the image shortly."),
+                         "ocr": (_text_image(tmp_path / "invoice.png"), "Read all the text in the image."),
+                         "video": (media["clip"], "Please describe the video shortly.")}[kind]
+    config = tmp_path / "inference_8B.json"
+    config.write_text(json.dumps({
+        "infer_data_type": "video" if kind == "video" else "image", "file_path": file_path, "prompts": prompt,
+        "model_id": "InternVLPipeline", "from_pretrained": "./pretrained/InternVL3-8B/release/mp_rank_00/x.pt",
+        "tokenizer": {"autotokenizer_name": "AutoTokenizer", "from_pretrained": hf_dir("internvl")},
+        "max_new_tokens": MAX_NEW_TOKENS, "do_sample": False}))
+    out = tmp_path / "results.jsonl"
+    result = run_cli("--model", hf_dir("internvl"), "--config", config, "--output", out)
+    assert "['from_pretrained', 'model_id', 'tokenizer']" in result.stderr
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    media_key = "videos" if kind == "video" else "images"
+    want = reference("internvl").greedy([[user_message(prompt, **{media_key: [file_path]})]])[0]
+    assert record["token_ids"] == want and len(want) == MAX_NEW_TOKENS
+    assert record["prompt"] == prompt and record["file_path"] == file_path
+
+
+def test_inference_json_generation_keys_are_type_checked(tmp_path):
+    config = tmp_path / "inference.json"
+    config.write_text(json.dumps({"infer_data_type": "text", "prompts": "x", "temperature": "hot"}))
+    with pytest.raises(ValueError, match="temperature 'hot' must be int or float"):
+        batch.read_requests(config)
+    config.write_text(json.dumps({"infer_data_type": "text", "prompts": "x", "top_k": 5, "seed": 3}))
+    assert batch.read_requests(config)[1] == {"top_k": 5, "seed": 3}
