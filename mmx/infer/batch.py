@@ -38,8 +38,9 @@ def _as_list(value):
 
 def read_requests(config_path):
     """(requests, options): requests are dicts with ``infer_data_type``, ``file_path``, ``prompt``; options hold
-    ``batch_size``, ``output_path`` and the generation settings (``GENERATION_KEYS``) the file sets. A relative file path is relative to the
-    config file's folder (the one rule of docs/data.md: relative to the file that names it)."""
+    ``batch_size``, ``output_path`` and the generation settings (``GENERATION_KEYS``) the file sets. A relative
+    file path is relative to the config file's folder (the one rule of docs/data.md: relative to the file that
+    names it)."""
     path = Path(config_path)
     try:
         config = json.loads(path.read_text())
