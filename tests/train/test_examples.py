@@ -21,7 +21,7 @@ CONFIGS = sorted(glob.glob(os.path.join(EXAMPLES, "*", "*", "*.yaml")))
 def test_every_backend_and_family_has_examples():
     for backend in ("torch", "mindspore"):
         for family, sizes in (("qwen2_5_vl", 2), ("qwen2_vl", 2), ("qwen3_vl", 4), ("qwen3_vl_moe", 2),
-                              ("glm4v", 1)):
+                              ("glm4v", 1), ("glm4v_moe", 1)):
             folder = os.path.join(EXAMPLES, backend, family)
             assert os.path.exists(os.path.join(folder, "tiny.yaml")), folder
             assert len(glob.glob(os.path.join(folder, "finetune_*.sh"))) == sizes, folder

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Build a tiny GLM-4.5V checkpoint (8 routed experts top-2, a shared expert, layer 0 dense) and the digits set,
+# convert, fine-tune with tiny.yaml on mindspore, export to HF.
+# Run from the directory you want the files in; extra arguments are config overrides (training.train_iters=10).
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/../../launch.sh"
+run_tiny mindspore glm4v_moe "$HERE/tiny.yaml" "$@"
