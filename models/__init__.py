@@ -17,11 +17,31 @@ FAMILIES = {
     "glm4v_moe": ("mmx.models.glm4v_moe", "Glm4vMoeForConditionalGeneration"),
 }
 
+# model_type values of configs written for another project's remote code → what that config is and the fix
+FOREIGN_CONFIGS = {
+    "internvl_chat": "OpenGVLab's remote-code InternVL config (InternVLChatConfig: llm_config / vision_config), "
+                     "which transformers and mmx do not read; copy config.json, preprocessor_config.json, "
+                     "processor_config.json, video_preprocessor_config.json, the tokenizer files and "
+                     "chat_template.jinja from the matching -hf repo (e.g. OpenGVLab/InternVL3-8B-hf) into this "
+                     "directory: mmx reads the original vision_model.* / mlp1.* safetensors as they are",
+}
+
+
+def foreign_config_error(model_type, source="config.json"):
+    """The one-line error for a ``model_type`` of :data:`FOREIGN_CONFIGS`, else None."""
+    if model_type in FOREIGN_CONFIGS:
+        return f"{source}: model_type {model_type!r} is {FOREIGN_CONFIGS[model_type]}"
+    return None
+
 
 def family_of(hf_config):
     from mmx.models.common.config import read_hf_config
 
     model_type = read_hf_config(hf_config).get("model_type")
+    source = str(hf_config) if isinstance(hf_config, str) and hf_config.endswith(".json") else "config.json"
+    foreign = foreign_config_error(model_type, source)
+    if foreign:
+        raise ValueError(foreign)
     if model_type not in FAMILIES:
         raise ValueError(f"config.json: model_type {model_type!r} is not supported; mmx models: "
                          f"{', '.join(FAMILIES)}")

@@ -5,7 +5,7 @@ and ``plan.py`` beside its model.
 """
 import importlib
 
-from mmx.models import FAMILIES
+from mmx.models import FAMILIES, foreign_config_error
 
 
 class UnknownModelError(ValueError):
@@ -14,6 +14,8 @@ class UnknownModelError(ValueError):
 
 def family(model_type, source="config.json"):
     """(hf_names module, plan module) of ``model_type``; an error listing the supported types otherwise."""
+    if foreign_config_error(model_type, source):
+        raise UnknownModelError(foreign_config_error(model_type, source))
     if model_type not in FAMILIES:
         raise UnknownModelError(f"{source}: model_type {model_type!r} is not supported by mmx convert; supported: "
                                 f"{', '.join(FAMILIES)}")

@@ -80,6 +80,7 @@ class Preprocessor:
             if not config.model_name_or_path or not os.path.isdir(config.model_name_or_path):
                 raise ValueError(f"{config.source}: model_name_or_path {config.model_name_or_path!r} is not a "
                                  f"directory; point it at the HF model dir (the one before conversion)")
+            _refuse_foreign_config(config.model_name_or_path)
             processor = AutoProcessor.from_pretrained(config.model_name_or_path)
         if not getattr(processor, "chat_template", None):
             raise ValueError(f"{config.model_name_or_path}: the processor has no chat template "
@@ -269,6 +270,17 @@ class Preprocessor:
             ids = np.asarray([self.vision_start_id] + [self.image_token_id] * count + [self.vision_end_id], np.int64)
             self._dummy = (ids, np.asarray(out["pixel_values"], np.float32), grid)
         return self._dummy
+
+
+def _refuse_foreign_config(model_dir):
+    from mmx.models import foreign_config_error
+
+    path = os.path.join(model_dir, "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            foreign = foreign_config_error(json.load(f).get("model_type"), path)
+        if foreign:
+            raise ValueError(foreign)
 
 
 def _numpy(value):

@@ -57,6 +57,14 @@ def load_processor(model_dir):
     """The checkpoint's own processor (image/video processors, tokenizer, chat template)."""
     from transformers import AutoProcessor
 
+    from mmx.models import foreign_config_error
+    from mmx.models.common.config import read_hf_config
+
+    config = Path(model_dir) / "config.json"
+    foreign = config.exists() and foreign_config_error(read_hf_config(str(config)).get("model_type"), str(config))
+    if foreign:
+        raise ValueError(foreign)
+
     try:
         return AutoProcessor.from_pretrained(str(model_dir))
     except (OSError, ValueError) as err:

@@ -116,3 +116,40 @@ def test_internvl_vision_heads_that_tp_does_not_divide_are_refused(tmp_path):
     hf_to_mm(hf_dir, tmp_path / "tp2", tp_size=2)        # 4 heads: TP 2 splits them evenly
     with pytest.raises(ValueError, match=r"vision attention heads"):
         hf_to_mm(hf_dir, tmp_path / "tp3", tp_size=3)
+
+
+def test_internvl_chat_config_is_refused_naming_the_fix(internvl, tmp_path):
+    """An original OpenGVLab directory's own config.json (model_type internvl_chat, llm_config / vision_config)
+    is refused by convert, build, infer and the data pipeline with one line naming the -hf files to copy; with the
+    -hf config.json beside the original safetensors it converts (the tensors read as they are)."""
+    from mmx import infer
+    from mmx.data.config import load_data_config
+    from mmx.checkpoint.families import UnknownModelError
+    from mmx.data.processing import Preprocessor
+
+    ckpt = internvl("300m", "original", True)
+    directory = tmp_path / "InternVL3-1B"
+    shutil.copytree(ckpt.hf_dir, directory)
+    hf_config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({
+        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "downsample_ratio": 0.5,
+        "ps_version": "v2", "select_layer": -1, "template": "internvl2_5", "force_image_size": 56,
+        "llm_config": dict(hf_config["text_config"], architectures=["Qwen2ForCausalLM"]),
+        "vision_config": {"architectures": ["InternVisionModel"], "model_type": "intern_vit_6b", "qkv_bias": True,
+                          "qk_normalization": False, "norm_type": "layer_norm", "hidden_size": 32}}))
+    message = (r"config.json: model_type 'internvl_chat' is OpenGVLab's remote-code InternVL config .* copy "
+               r"config.json, preprocessor_config.json, .* from the matching -hf repo "
+               r"\(e.g. OpenGVLab/InternVL3-8B-hf\)")
+    with pytest.raises(UnknownModelError, match=message):
+        hf_to_mm(str(directory), tmp_path / "mm")
+    from mmx import models
+    with pytest.raises(ValueError, match=message):
+        models.build(str(directory))
+    with pytest.raises(ValueError, match=message):
+        infer.load(str(directory))
+    with pytest.raises(ValueError, match=message):
+        Preprocessor(load_data_config({"model_name_or_path": str(directory), "dataset": "x.json"}))
+    shutil.copy(os.path.join(ckpt.hf_dir, "config.json"), directory / "config.json")     # the fix
+    hf_to_mm(str(directory), tmp_path / "mm_fixed")
+    _, tensors = load_mm(tmp_path / "mm_fixed")
+    assert all(tensors[name].tobytes() == ckpt.tensors[name].tobytes() for name in ckpt.tensors)
