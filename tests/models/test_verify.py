@@ -28,13 +28,19 @@ OTHER_SHAPES = {
     # a 4x4 position table (the small image's own grid: bicubic at the cell centres) and merger width 80
     "glm4v": dict(text_hidden_size=96, text_num_hidden_layers=3, partial_rotary_factor=0.75, mrope_section=[3, 3, 3],
                   vision_depth=3, vision_num_heads=4, vision_image_size=56, vision_intermediate_size=80),
+    # 4 routed experts in 2 groups of which 1 is kept, top-2 without renormalising, routed_scaling_factor 2.5, a
+    # shared expert twice the expert width, layers 0-1 dense of 4
+    "glm4v_moe": dict(text_n_routed_experts=4, text_n_group=2, text_topk_group=1, text_norm_topk_prob=False,
+                      text_routed_scaling_factor=2.5, text_n_shared_experts=2, text_num_hidden_layers=4,
+                      text_first_k_dense_replace=2),
 }
 
 
 LAYOUTS = {"qwen2_vl": None, "qwen2_5_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="1,1"),
            "qwen3_vl": dict(tp_size=2, vit_pp_layers="4,0", llm_pp_layers="3,1"),
            "qwen3_vl_moe": dict(tp_size=2, vit_pp_layers="3,0", llm_pp_layers="2,2"),
-           "glm4v": dict(tp_size=2, vit_pp_layers="3,0", llm_pp_layers="1,2")}
+           "glm4v": dict(tp_size=2, vit_pp_layers="3,0", llm_pp_layers="1,2"),
+           "glm4v_moe": dict(tp_size=2, ep_size=2, vit_pp_layers="2,0", llm_pp_layers="2,2")}
 
 
 @pytest.mark.parametrize("family", sorted(OTHER_SHAPES))
