@@ -45,6 +45,7 @@ KEYS = {
     "seed": (1234, "shuffle seed (map-style order and the streaming buffer)"),
     "shuffle": (True, "shuffle samples"),
     "val_size": (0, "hold out this fraction (< 1) or number (>= 1) of samples as the eval split (finetune)"),
+    "mix_ratios": (None, "one weight per dataset file: the share of each file in an epoch (null: each file as is)"),
 }
 
 # MindSpeed-MM / LLaMA-Factory data.json keys that mmx reads elsewhere or has no use for.
@@ -86,6 +87,7 @@ class DataConfig:
     seed: int = 1234
     shuffle: bool = True
     val_size: float = 0
+    mix_ratios: tuple = None
     source: str = "<dict>"
     ignored: list = field(default_factory=list)
 
@@ -171,6 +173,16 @@ def _coerce(key, value, source):
         return value
     if key in ("video_fps", "frame_folder_fps"):
         return float(value)
+    if key == "mix_ratios":
+        items = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+        try:
+            ratios = tuple(float(item) for item in items)
+        except (TypeError, ValueError):
+            ratios = ()
+        if not ratios or any(not ratio >= 0 for ratio in ratios) or not sum(ratios) > 0:
+            raise ValueError(f"{source}: mix_ratios must be one non-negative weight per dataset file, e.g. [0.7, "
+                             f"0.3], got {value!r}")
+        return ratios
     if key == "val_size":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{source}: val_size must be a fraction below 1 (0.1) or a number of samples, got "
@@ -245,6 +257,9 @@ def load_data_config(config, base_dir=None, **overrides):
                               for path in values["dataset"])
     if not values["dataset"]:
         raise ValueError(f"{source}: no dataset given; set dataset (comma-separated dataset files)")
+    if values["mix_ratios"] is not None and len(values["mix_ratios"]) != len(values["dataset"]):
+        raise ValueError(f"{source}: mix_ratios has {len(values['mix_ratios'])} weights for "
+                         f"{len(values['dataset'])} dataset files; give one per file, in the order of dataset")
     if values["cutoff_len"] < 8:
         raise ValueError(f"{source}: cutoff_len {values['cutoff_len']} is too small for a chat turn (use >= 8)")
     return DataConfig(**values, source=source, ignored=ignored)

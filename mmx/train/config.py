@@ -103,7 +103,7 @@ RESUME_SETTINGS = ("seed", "global_batch_size", "micro_batch_size", "loss_type",
                    "adam_beta2", "adam_eps", "clip_grad", "router_aux_loss_coef", "lora")
 DATA_RESUME_SETTINGS = ("dataset", "max_samples", "cutoff_len", "packing", "skip_bad_samples", "train_on_prompt",
                         "mask_history", "image_max_pixels", "image_min_pixels", "seed", "shuffle", "buffer_size",
-                        "val_size")
+                        "val_size", "mix_ratios")
 LEGACY_RUN_SETTINGS = ("seed", "global_batch_size", "loss_type")   # trainer_state keys before run_settings existed
 WHY_SETTING = {"seed": "it reshuffles the sample order exact resume rests on",
                "global_batch_size": "the batches and the consumed-sample position change",

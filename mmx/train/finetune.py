@@ -159,15 +159,27 @@ def split_data(pipeline, training, world_size):
     ``training.num_train_epochs`` when that is set (ceil(epochs x training samples / global batch))."""
     from mmx.train.evaluate import split_eval
 
-    val_size = pipeline.config.val_size
+    val_size, ratios = pipeline.config.val_size, pipeline.config.mix_ratios
     if pipeline.dataset is None:
-        for key, value in (("data.val_size", val_size), ("training.num_train_epochs", training["num_train_epochs"])):
+        for key, value in (("data.val_size", val_size), ("training.num_train_epochs", training["num_train_epochs"]),
+                           ("data.mix_ratios", ratios)):
             if value:
                 raise ConfigError(f"{key} needs a map-style dataset (its size is known up front); with "
                                   f"data.streaming: true set training.train_iters instead, and hold an eval file out "
                                   f"yourself")
         return None, None
     train_set, eval_set = split_eval(pipeline.dataset, val_size, pipeline.config.seed)
+    if ratios is not None:   # mmx.data.mixing: each file's share of an epoch, drawn from the training split only
+        from mmx.data.mixing import mix_indices, part_of
+        from mmx.train.evaluate import Subset
+
+        indices = train_set.indices if eval_set is not None else range(len(pipeline.dataset))
+        try:
+            train_set = Subset(pipeline.dataset, mix_indices(pipeline.dataset, indices, ratios, pipeline.config.seed))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        train_set.per_file = [sum(1 for i in train_set.indices if part_of(pipeline.dataset, i) == part)
+                              for part in range(len(ratios))]
     if training["num_train_epochs"]:
         training["train_iters"] = max(1, math.ceil(training["num_train_epochs"] * len(train_set) /
                                                    training["global_batch_size"]))
@@ -182,6 +194,9 @@ def run_summary(trainer, train_set, eval_set, world_size):
     line = "run: "
     if train_set is not None:
         line += f"{len(train_set)} training samples" + (f" + {len(eval_set)} eval (data.val_size)" if eval_set else "")
+        mixed = getattr(train_set, "per_file", None)
+        if mixed:
+            line += f" (data.mix_ratios: {' + '.join(map(str, mixed))} per file)"
         line += "; "
     line += (f"global batch {global_batch} = micro-batch {micro} x {accumulation} accumulation steps x "
              f"{world_size} process{'es' if world_size > 1 else ''}; {training['train_iters']} iterations")

@@ -2,6 +2,7 @@
 eval loss (data.val_size, training.eval_interval), epochs (training.num_train_epochs), save limits
 (training.save_total_limit), the start-up summary, --iteration for export / inference, and a positional config."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -125,3 +126,33 @@ def test_iteration_for_export_and_infer_and_positional_config(setup, tmp_path):
     assert refused.exit_code == 2 and "is an HF checkpoint" in refused.output
     usage = runner.invoke(main, ["finetune", setup["config"], "stray"])
     assert usage.exit_code == 2 and "only section.key=value overrides follow" in usage.output
+
+
+def test_mix_ratios_draw_each_files_share_from_the_training_split():
+    from mmx.data.dataset import EncodedDataset
+    from mmx.data.mixing import mix_indices, part_of
+
+    dataset = EncodedDataset([list(range(10)), list(range(2))], stats={})
+    mixed = mix_indices(dataset, list(range(12)), (1, 1), seed=3)
+    first, second = [i for i in mixed if part_of(dataset, i) == 0], [i for i in mixed if part_of(dataset, i) == 1]
+    assert len(first) == 6 and len(set(first)) == 6 and sorted(second) == [10, 10, 10, 11, 11, 11]
+    assert mix_indices(dataset, list(range(12)), (1, 1), seed=3) == mixed
+    held_out = {0, 1, 2, 10}
+    train = [i for i in range(12) if i not in held_out]
+    mixed = mix_indices(dataset, train, (3, 1), seed=3)
+    assert not held_out & set(mixed) and len(mixed) == 8
+    assert sorted(i for i in mixed if i >= 10) == [11, 11]   # round(1/4 * 8) = 2 draws of the one training sample
+
+
+def test_finetune_mixes_two_files(setup, tmp_path):
+    digits = json.load(open(json.loads(open(setup["config"]).read())["data"]["dataset"]))
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps([dict(record, image=os.path.join(os.path.dirname(
+        json.loads(open(setup["config"]).read())["data"]["dataset"]), record["image"])) for record in digits[:2]]))
+    train = json.loads(open(setup["config"]).read())["data"]["dataset"]
+    output = _finetune(setup["config"], f"data.dataset=[{train},{small}]", "data.mix_ratios=[1,3]",
+                       "training.train_iters=1")
+    assert "run: 8 training samples (data.mix_ratios: 2 + 6 per file);" in output
+    refused = CliRunner().invoke(main, ["finetune", setup["config"], f"data.dataset=[{train},{small}]",
+                                        "data.mix_ratios=[1]"])
+    assert refused.exit_code == 2 and "mix_ratios has 1 weights for 2 dataset files" in refused.output
