@@ -135,7 +135,7 @@ class BoxWriter:
         self.target, self.image_root = target, image_root
         self.model_dir, self.min_pixels, self.max_pixels = model_dir, min_pixels, max_pixels
         self.factor = None
-        self.resized = False   # whether a box was written in pixels of a resized image
+        self.resized = 0   # boxes written in pixels of a resized image
 
     def _processor(self):
         """The resize parameters of the model dir's image processor, read at the first qwen2_5_vl box."""
@@ -158,7 +158,7 @@ class BoxWriter:
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
         self._processor()
-        self.resized = True
+        self.resized += 1
         path = image_path if os.path.isabs(image_path) or not self.image_root else os.path.join(self.image_root,
                                                                                               image_path)
         with Image.open(path) as image:
@@ -189,7 +189,7 @@ class BoxWriter:
 def qwen_vl_record(record, path, index, boxes, image_dir=None):
     """One Qwen-VL record → the messages format with boxes rewritten by ``boxes`` (a :class:`BoxWriter`)."""
     rid, turns = _turns(record, path, index)
-    images, messages = [], []
+    images, messages, resized = [], [], boxes.resized
     for role, value in turns:
         found = _IMG_RE.findall(value)
         images.extend(_absolute(p, path, image_dir) for p in found)
@@ -202,6 +202,8 @@ def qwen_vl_record(record, path, index, boxes, image_dir=None):
     out = {"id": rid, "messages": messages}
     if images:
         out["images"] = images
+    if boxes.resized > resized:   # the resize its pixel boxes assume: the loader checks training's against it
+        out["box_pixels"] = {"image_min_pixels": boxes.min_pixels, "image_max_pixels": boxes.max_pixels}
     return out
 
 

@@ -214,8 +214,11 @@ def to_sample(record, file, index, line=None, attr=None, media_root=None, check_
                 if not os.path.exists(path):
                     raise bad(MISSING_MEDIA, f"{kind[:-1]} {path} not found (relative paths are read from "
                                              f"dataset_dir {root!r})")
-    return {"id": sample_id, "file": file, "line": line, "index": index, "messages": messages,
-            "images": media["images"], "videos": media["videos"]}
+    sample = {"id": sample_id, "file": file, "line": line, "index": index, "messages": messages,
+              "images": media["images"], "videos": media["videos"]}
+    if isinstance(record.get("box_pixels"), dict):   # pixel boxes of `mmx data convert --target qwen2_5_vl`
+        sample["box_pixels"] = record["box_pixels"]
+    return sample
 
 
 # Image tags of other formats that mean nothing to mmx (only <image> / <video> placeholders place media): text holding

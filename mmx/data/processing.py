@@ -29,7 +29,7 @@ import re
 
 import numpy as np
 
-from mmx.data.errors import CUT_THROUGH_IMAGE, NO_LABELS, DataError
+from mmx.data.errors import BAD_RECORD, CUT_THROUGH_IMAGE, NO_LABELS, DataError
 from mmx.data.formats import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from mmx.data.media import load_image, load_video
 
@@ -107,6 +107,20 @@ class Preprocessor:
         self.return_tensors = "pt" if type(processor).__name__ == "InternVLProcessor" else "np"
         self._dummy = None
 
+    def _check_box_pixels(self, sample):
+        """A DataError when the sample's boxes (pixels of images resized with ``box_pixels``, written by ``mmx data
+        convert --target qwen2_5_vl``) assume another resize than this processor's."""
+        size = self.images_kwargs.get("size") or self.processor.image_processor.size
+        now = {"image_min_pixels": size.get("shortest_edge"), "image_max_pixels": size.get("longest_edge")}
+        wrong = {key: (value, now.get(key)) for key, value in sample["box_pixels"].items() if now.get(key) != value}
+        if wrong:
+            fix = " and ".join(f"data.{key}: {value}" for key, (value, _) in wrong.items())
+            raise DataError(BAD_RECORD, sample["file"], sample["id"],
+                            f"its boxes are pixels of images resized with "
+                            f"{', '.join(f'{key} {value}' for key, (value, _) in wrong.items())}, but training "
+                            f"resizes with {', '.join(f'{key} {current}' for key, (_, current) in wrong.items())}; set "
+                            f"{fix} (or convert again with these pixels)", line=sample.get("line"))
+
     # -- identity ------------------------------------------------------------------------------------------------
 
     def fingerprint(self):
@@ -178,6 +192,8 @@ class Preprocessor:
     def encode(self, sample):
         """The encoded sample (class doc) or a :class:`DataError` (bad media, image cut by cutoff_len, no labels)."""
         cfg = self.config
+        if sample.get("box_pixels"):
+            self._check_box_pixels(sample)
         images = [load_image(path, sample) for path in sample["images"]]
         videos, metadata = [], []
         for path in sample["videos"]:

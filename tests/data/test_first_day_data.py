@@ -119,3 +119,23 @@ def test_one_relative_path_rule_for_convert_check_loader_and_infer(tmp_path, mon
     config.write_text(json.dumps({"infer_data_type": "image", "file_path": "view.png", "prompts": "What?"}))
     requests, _ = read_requests(str(config))
     assert requests[0]["file_path"] == str(tmp_path / "cfg" / "view.png")
+
+
+def test_pixel_boxes_are_checked_against_trainings_resize(tmp_path, model_dirs):
+    from mmx.data import build
+
+    _images(tmp_path)
+    source = write_json(tmp_path / "boxed.json", BOXED)
+    out = tmp_path / "boxed_out.json"
+    done = _invoke("data", "convert", "--input", source, "--output", str(out), "--model-dir",
+                   model_dirs["qwen2_5_vl"], "--image-max-pixels", str(56 * 56))
+    assert done.exit_code == 0, done.output
+    assert json.loads(out.read_text())[0]["box_pixels"] == {"image_min_pixels": 56 * 56, "image_max_pixels": 56 * 56}
+    data = {"dataset": str(out), "model_name_or_path": model_dirs["qwen2_5_vl"]}
+    try:
+        build(data)
+        raise AssertionError("the mismatched resize was not refused")
+    except ValueError as err:   # DataError: training resizes with the processor's max 56*84
+        assert (f"{out} sample 'box': its boxes are pixels of images resized with image_max_pixels 3136, but "
+                f"training resizes with image_max_pixels 4704; set data.image_max_pixels: 3136") in str(err)
+    assert len(build(dict(data, image_max_pixels=56 * 56)).dataset) == 1
