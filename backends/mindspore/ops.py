@@ -473,6 +473,10 @@ def cross_entropy(logits, labels, ignore_index=-100, reduction="mean"):
 # Mixture of experts
 # ----------------------------------------------------------------------------------------------------------------
 
+def router_linear(x, weight):
+    return linear(_fp32(x), _fp32(weight))
+
+
 def router_topk(logits, k, normalize=True):
     probs = P.softmax(_fp32(logits), -1)
     weights, indices = P.topk(probs, k, dim=-1, largest=True, sorted=True)

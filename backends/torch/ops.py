@@ -359,6 +359,11 @@ def cross_entropy(logits, labels, ignore_index=-100, reduction="mean"):
 # Mixture of experts
 # ----------------------------------------------------------------------------------------------------------------
 
+def router_linear(x, weight):
+    with torch.autocast(device_type=x.device.type, enabled=False):   # bf16 autocast would run it in bf16
+        return F.linear(x.float(), weight.float())
+
+
 def router_topk(logits, k, normalize=True):
     probs = torch.softmax(logits.float(), dim=-1)
     weights, indices = torch.topk(probs, k, dim=-1)

@@ -361,6 +361,13 @@ def cross_entropy(logits, labels, ignore_index=-100, reduction="mean"):
 # Mixture of experts
 # ----------------------------------------------------------------------------------------------------------------
 
+def router_linear(x, weight):
+    """Router logits in float32: x (T, C) @ weight (E, C).T with both cast to float32, whatever their dtype and
+    whatever mixed-precision context the step runs in (torch's bf16 autocast included) → (T, E) float32 (GLM-4.5V's
+    router, HF ``F.linear(x.float(), W.float())``)."""
+    return _ops().router_linear(x, weight)
+
+
 def router_topk(logits, k, normalize=True):
     """Softmax router: probabilities of logits (T, E) in float32, the top ``k`` per token → (weights (T, K)
     float32, expert indices (T, K) int64); ``normalize`` rescales each token's K weights to sum to 1."""

@@ -93,7 +93,7 @@ class SigmoidRouter(nn.Module):
         return ops.topk_indices(choice, config.num_experts_per_tok)
 
     def forward(self, x):
-        logits = ops.linear(ops.cast(x, ops.float32), ops.cast(self.weight, ops.float32))
+        logits = ops.router_linear(x, self.weight)
         scores = ops.sigmoid(logits)
         indices = self.choose(scores)
         weights = ops.gather(scores, 1, indices)

@@ -23,6 +23,28 @@ def test_router_topk(normalize, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_router_linear_is_float32(dtype):
+    x, weight = random((6, 8), 1), random((4, 8), 2)
+    got = ops.router_linear(to_backend(rounded(x, dtype), dtype), to_backend(rounded(weight, dtype), dtype))
+    assert got.dtype == ops.float32
+    want = rounded(x, dtype) @ rounded(weight, dtype).T
+    assert np.abs(ops.to_numpy(got) - want).max() <= 1e-5
+
+
+@pytest.mark.backend("torch")    # MindSpore trains in fp32 only (no mixed-precision context)
+def test_router_linear_stays_float32_under_the_bf16_training_step():
+    import importlib
+
+    train = importlib.import_module(f"{backend.get().__name__}.train")
+    x, weight = random((6, 8), 1), random((4, 8), 2)
+    with train._autocast("bf16", []):  # noqa: SLF001 - the step's own mixed-precision context
+        got = ops.router_linear(ops.tensor(x.astype(np.float32)), ops.tensor(weight.astype(np.float32)))
+        plain = ops.linear(ops.tensor(x.astype(np.float32)), ops.tensor(weight.astype(np.float32)))
+    assert got.dtype == ops.float32 and plain.dtype == ops.bfloat16            # autocast would round it
+    assert np.abs(ops.to_numpy(got) - x @ weight.T).max() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_topk_indices_breaks_ties_by_index(dtype):
     # planted ties across the top-k boundary (torch.topk on CPU picks [1, 4] of the first row), -inf entries
     # (GLM-4.5V's masked expert groups) and a batch dimension
