@@ -1,5 +1,5 @@
-"""The Qwen2 / Qwen3 / GLM-4 language model with multimodal RoPE, shared by Qwen2-VL, Qwen2.5-VL, Qwen3-VL and
-GLM-4.1V.
+"""The Qwen2 / Qwen3 / GLM-4 language model with multimodal RoPE, shared by Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+GLM-4.1V and GLM-4.5V.
 
 Mirrors ``Qwen2VLTextModel`` / ``Qwen2_5_VLTextModel`` / ``Qwen3VLTextModel`` / ``Glm4vTextModel`` (+ ``lm_head``)
 in transformers' ``models/qwen2_vl/modeling_qwen2_vl.py``, ``models/qwen2_5_vl/modeling_qwen2_5_vl.py``,
@@ -16,7 +16,8 @@ in transformers' ``models/qwen2_vl/modeling_qwen2_vl.py``, ``models/qwen2_5_vl/m
     │   ├── (GLM: post_self_attn_layernorm   RMSNorm of the attention output, before the residual add)
     │   ├── pre_mlp_layernorm                RMSNorm
     │   ├── mlp                              linear_fc1 = [gate; up] → silu(gate) * up → linear_fc2, or in the
-    │   │                                    MoE layers of Qwen3-VL-MoE a SparseMoeBlock (models/common/moe.py)
+    │   │                                    MoE layers of Qwen3-VL-MoE a SparseMoeBlock, of GLM-4.5V a
+    │   │                                    SharedExpertMoeBlock (models/common/moe.py: moe_block)
     │   └── (GLM: post_mlp_layernorm         RMSNorm of the MLP output, before the residual add)
     ├── (Qwen3-VL deepstack: after layer j < levels, visual features of vision level j are added at the
     │    image/video positions)
