@@ -214,6 +214,7 @@ class Trainer:
         # {kind: count} of dropped samples: a map-style dataset's are known now, a stream's grow as it is read
         self.dropped = drop_counts(stats["bad"], stats["dropped"]) if stats else {}
         self._logged_dropped = None
+        self._logged_sizes = False
         self.schedule = LRSchedule(training["lr"], training["train_iters"], training["min_lr"],
                                    warmup_iters(training), training["lr_decay_style"], training["lr_decay_iters"])
         self.iteration, self.consumed_samples, self.history = 0, 0, []
@@ -439,6 +440,8 @@ class Trainer:
         if self.dropped != self._logged_dropped:   # the run's first record, and a stream's growing count
             extra = {"dropped_samples": {"total": sum(self.dropped.values()), "by_kind": dict(self.dropped)}}
             self._logged_dropped = dict(self.dropped)
+        if not self._logged_sizes:   # the run's first record: the trainable parameters and their AdamW state
+            extra, self._logged_sizes = dict(extra or {}, **self.sizes), True
         if self.aux_loss_coef:   # the load-balancing loss on its own: the mean over the global batch's micro-batches
             local = np.array([sum(float(ops.to_numpy(aux)) for aux in self._aux_losses), len(self._aux_losses)])
             total, count = self.comm.all_reduce_numpy(local) if self.world_size > 1 else local

@@ -5,6 +5,7 @@ gate/up, the LLM's fused qkv and gate/up, the merger) with ``modules_to_save: [l
 that take *parts* of fused Linears (q and v of ``linear_qkv``, up of ``linear_fc1``), so a LoRA inside a fused
 projection must equal PEFT's separate ones. Only adapters (+ modules_to_save) train; every base weight stays
 bit-identical."""
+import json
 import os
 import subprocess
 import sys
@@ -98,6 +99,12 @@ def test_lora_matches_transformers_peft_adamw(tmp_path, family):
     assert untouched and all(np.array_equal(after[name], base[name]) for name in untouched)
     assert sorted(trainer.optimizer.names) == sorted(trainer.checkpoint_names)
     assert trainer.sizes["optimizer_state_bytes"] == 8 * trainer.sizes["trainable_parameters"]
+    assert trainer.sizes["trainable_parameters"] == sum(int(np.prod(after[name].shape))
+                                                        for name in trainer.checkpoint_names)
+    with open(os.path.join(work, "logs", "metrics.jsonl")) as handle:   # logged in the run's first record
+        first = json.loads(handle.readline())
+    assert first["trainable_parameters"] == trainer.sizes["trainable_parameters"]
+    assert first["optimizer_state_bytes"] == trainer.sizes["optimizer_state_bytes"]
 
 
 @pytest.mark.backend("mindspore")
