@@ -24,7 +24,8 @@ def test_transformers_loads_every_weight(checkpoint, family, tied):
                                     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
                                     "qwen3_vl": "Qwen3VLForConditionalGeneration",
                                     "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
-                                    "glm4v": "Glm4vForConditionalGeneration"}[family]
+                                    "glm4v": "Glm4vForConditionalGeneration",
+                                    "glm4v_moe": "Glm4vMoeForConditionalGeneration"}[family]
 
 
 def test_processor_template_and_tokens(checkpoint):
@@ -135,3 +136,23 @@ def test_bad_override_is_named(tmp_path):
         make_tiny_checkpoint(str(tmp_path), "qwen2_vl", mrope_section=[1, 1, 1])
     with pytest.raises(ValueError, match="unknown override 'depth'"):
         make_tiny_checkpoint(str(tmp_path), "qwen2_vl", depth=3)
+
+
+def test_glm4v_moe_fixture_exercises_every_branch(checkpoint):
+    """The tiny GLM-4.5V covers what its parity must prove: GLM's processor, an explicit head_dim (4 x 32 != 64) with
+    half of it rotating in NeoX halves, no sandwich norms, layer 0 dense and layers 1-2 MoE (8 routed experts top-2,
+    one shared expert), per-expert hub tensors and a non-zero float32 correction bias."""
+    from transformers import AutoProcessor
+    from safetensors.numpy import load_file
+
+    hf_dir = checkpoint("glm4v_moe", False).hf_dir
+    assert type(AutoProcessor.from_pretrained(hf_dir)).__name__ == "Glm4vProcessor"
+    text = models.config_from_hf(hf_dir).text
+    assert text.num_heads * text.head_dim != text.hidden_size and text.rotary_dim * 2 == text.head_dim
+    assert not text.rotary_interleaved and not text.sandwich_norms and text.attention_bias
+    assert text.moe_layers == (1, 2) and text.num_experts == 8 and text.num_experts_per_tok == 2
+    assert text.moe_router == "sigmoid" and text.shared_expert_intermediate_size == text.moe_intermediate_size
+    weights = load_file(f"{hf_dir}/model.safetensors")
+    bias = weights["model.language_model.layers.1.mlp.gate.e_score_correction_bias"]
+    assert bias.dtype == np.float32 and np.abs(bias).min() > 0
+    assert sum(".mlp.experts." in name for name in weights) == 2 * 8 * 3
