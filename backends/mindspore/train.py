@@ -142,6 +142,19 @@ def set_rng_state(state):
     return True
 
 
+def device_name():
+    """The name of the device the model computes on, for the peak table of mmx.train.flops (``"Ascend910B2"``:
+    CANN's pyACL SoC name), or None on the CPU (its peak is measured) and when pyACL cannot tell."""
+    if ms.get_context("device_target") != "Ascend":
+        return None
+    try:
+        import acl   # CANN's Python API, installed with the Ascend toolkit
+
+        return acl.get_soc_name()
+    except Exception:  # noqa: BLE001 - no pyACL: the peak is measured instead
+        return None
+
+
 def evaluate_loss(loss_fn, micro_batches, precision="fp32", params=()):
     """Sum of ``loss_fn(micro_batch)`` over ``micro_batches`` (float) with no gradient recorded (PyNative records
     none outside ``value_and_grad``): the eval split's loss (mmx.train.evaluate)."""

@@ -194,6 +194,19 @@ def _autocast(precision, params):
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
+def device_name():
+    """The name of the device the model computes on, for the peak table of mmx.train.flops (``"NVIDIA H200"``,
+    ``"Ascend910B2"``), or None on the CPU (its peak is measured)."""
+    from . import device
+
+    name = device()
+    if name.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(name))
+    if name.startswith("npu"):
+        return torch.npu.get_device_name(torch.device(name))
+    return None
+
+
 def evaluate_loss(loss_fn, micro_batches, precision="fp32", params=()):
     """Sum of ``loss_fn(micro_batch)`` over ``micro_batches`` (float) with no gradient recorded, in the training
     precision (``params``: where the autocast device is read): the eval split's loss (mmx.train.evaluate)."""

@@ -44,10 +44,12 @@ from mmx.train import checkpoint as ckpt
 from mmx.data.dataset import DROP_KINDS, drop_counts, empty_reason
 from mmx.train.config import ConfigError, check_data_parallel, compare_run_settings, run_settings, settings_error, \
     warmup_iters
+from mmx.train.flops import StepFlops, peak_flops, step_flops
 from mmx.train.loss import loss_counts, shifted_targets, token_weights, weighted_lm_loss
 from mmx.train.metrics import MetricsLogger, measure_matmul_peak
 from mmx.train.schedule import LRSchedule
 
+DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 # Batch keys that are integer metadata for the host (grids, window/rope indices), passed to the model as numpy.
 HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens", "logits_positions")
 
@@ -413,6 +415,9 @@ class Trainer:
         weights = token_weights(batches, training["loss_type"], global_counts=counts[:3])
         prepared = [prepare_micro_batch(self.model, batch, weight) for batch, weight in zip(batches, weights)]
         self._micro_batches, self._aux_losses = int(counts[2]), []
+        flops = step_flops(self.flop_counter, [inputs for inputs, _, _ in prepared])   # executed, mmx.train.flops
+        if self.world_size > 1:
+            flops = float(self.comm.all_reduce_numpy(np.array([flops], np.float64))[0])
         lr = self.schedule(self.iteration)
         start = time.perf_counter()
         loss, grad_norm = train_step(self.steps, self.params, self.optimizer, self._loss_fn, prepared, lr,
@@ -447,18 +452,19 @@ class Trainer:
             total, count = self.comm.all_reduce_numpy(local) if self.world_size > 1 else local
             extra = dict(extra or {}, aux_loss=float(total / max(count, 1)))
         return self.logger.log(self.iteration, loss, lr, grad_norm, tokens, seconds, training["global_batch_size"],
-                               extra)
+                               extra, flops)
 
     def _last_good(self):
         """The last checkpoint of this run (or of the one it resumed): only usable weights are ever saved."""
         last = self.last_saved if self.training["save"] else None
         return ckpt.iteration_dir(self.training["save"], last) if last is not None else "none saved"
 
-    def flops_per_token(self):
-        """6 × trainable parameters + 2 × frozen ones (forward only for frozen weights, backward still flows)."""
-        total = sum(int(np.prod(value.shape)) for value in nn.state_dict(self.model).values())
-        trainable = sum(int(np.prod(param.shape)) for param in self.params)
-        return 6.0 * trainable + 4.0 * (total - trainable)
+    def _flop_counter(self):
+        """mmx.train.flops.StepFlops of the model with its current freeze flags (the whole tensors' shapes)."""
+        config = getattr(self.model, "config", None)
+        config = config if hasattr(config, "text") and hasattr(config, "vision") else None
+        shapes = [(name, tuple(param.shape)) for name, param in nn.named_parameters(self.model)]
+        return StepFlops(config, shapes, [name for name, _ in self.named_params])
 
     evaluated = None
 
@@ -474,15 +480,16 @@ class Trainer:
     def run(self):
         """Train until ``train_iters``, saving every ``save_interval`` steps and at the end; the step records."""
         training = self.training
-        peak = None
-        if self.rank == 0 and training["peak_tflops"]:
-            peak = training["peak_tflops"] * 1e12 * self.world_size
-        elif self.rank == 0:  # the peak of the dtype the matmuls run in, times the devices
-            peak = measure_matmul_peak(dtype=ops.bfloat16 if training["precision"] == "bf16" else ops.float32)
-            peak *= self.world_size
+        self.flop_counter = self._flop_counter()
+        peak, self.peak_source = None, None
+        if self.rank == 0:  # one device's peak in the dtype the matmuls run in (mmx.train.flops.peak_flops)
+            dtype = "bf16" if training["precision"] == "bf16" else "fp32"
+            peak, self.peak_source = peak_flops(training["peak_tflops"], self.steps.device_name(), dtype,
+                                                lambda: measure_matmul_peak(dtype=getattr(ops, DTYPES[dtype])))
         self.logger = MetricsLogger(self.log_dir, training["train_iters"], training["log_interval"],
-                                    self.flops_per_token(), peak, training["progress_bar"], training["log_tps"],
-                                    first_step=self.iteration, output=self.rank == 0)
+                                    peak * self.world_size if peak else None, training["progress_bar"],
+                                    training["log_tps"], first_step=self.iteration, output=self.rank == 0,
+                                    devices=self.world_size)
         records = []
         try:
             while self.iteration < training["train_iters"]:

@@ -1,9 +1,10 @@
 """Training logs: a line every ``log_interval`` steps, a progress bar, ``metrics.jsonl``, TensorBoard events (when
 ``tensorboardX`` imports), and ``loss_curve.png`` (matplotlib) at the end.
 
-MFU = achieved model FLOP/s ÷ peak FLOP/s, with the usual 6 × parameters FLOPs per trained token (forward 2N,
-backward 4N; attention's quadratic term is left out, as in the PaLM/Megatron estimates for short sequences) and the
-peak measured with a square matmul on this backend (:func:`measure_matmul_peak`) unless the config gives it.
+MFU = the FLOPs the step executed (mmx.train.flops: vision per patch, LLM per position with the active experts,
+output layer per computed position, attention's quadratic term, forward only where nothing needs a gradient) ÷ step
+seconds ÷ the peak FLOP/s of all devices (mmx.train.flops.peak_flops: training.peak_tflops, a known accelerator's
+data sheet, else a large matmul measured here, :func:`measure_matmul_peak`). docs/performance.md has the formula.
 
 A run that starts at iteration ``first_step`` (a resume; 0 for a fresh run) first cuts ``metrics.jsonl`` back to the
 records of steps 1..first_step, so the steps a killed run logged past its last checkpoint are not repeated; the loss
@@ -21,8 +22,9 @@ import numpy as np
 from mmx import ops
 
 
-def measure_matmul_peak(size=512, repeats=5, dtype=None):
-    """Achieved FLOP/s of a ``size``² matmul on the current backend (best of ``repeats``): MFU's denominator."""
+def measure_matmul_peak(size=2048, repeats=3, dtype=None):
+    """Achieved FLOP/s of a ``size``² matmul on the current backend (best of ``repeats``): MFU's denominator when the
+    device has no known peak. 2048²: at 512² the rate swings 5x from run to run on a CPU, at 2048² it is stable."""
     a = ops.randn((size, size), dtype, seed=0)
     b = ops.randn((size, size), dtype, seed=1)
     ops.to_numpy(ops.matmul(a, b)[:1, :1])  # warm-up (kernel selection, lazy init)
@@ -66,14 +68,14 @@ class MetricsLogger:
     """Collects one record per optimizer step; prints, writes JSONL/TensorBoard, draws the loss curve.
 
     ``output=False`` (data-parallel ranks other than 0) only collects the records: one process writes the logs.
-    ``peak_flops`` is the peak of all devices together (tokens are counted over all ranks).
+    ``peak_flops`` is the peak of all ``devices`` together (tokens and FLOPs are counted over all ranks).
     """
 
-    def __init__(self, log_dir, total_steps, log_interval=1, flops_per_token=0.0, peak_flops=None,
-                 progress_bar=True, log_tps=False, first_step=0, output=True):
+    def __init__(self, log_dir, total_steps, log_interval=1, peak_flops=None, progress_bar=True, log_tps=False,
+                 first_step=0, output=True, devices=1):
         self.log_dir, self.output = log_dir, output
         self.log_interval = max(int(log_interval), 1)
-        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.peak_flops, self.devices = peak_flops, max(int(devices), 1)
         self.log_tps = log_tps
         self.records, self.previous, self.cut = [], [], 0
         self.eval_records = []
@@ -100,15 +102,19 @@ class MetricsLogger:
             self._print(f"metrics.jsonl: removed {self.cut} records past step {first_step} (logged after the last "
                         f"checkpoint by a run that did not finish, or by the run this one replaces)")
 
-    def log(self, step, loss, lr, grad_norm, tokens, seconds, sample_count, extra=None):
-        """Record optimizer step ``step`` (1-based): ``tokens`` real (unpadded) tokens in ``seconds``; ``extra``
-        fields (e.g. ``dropped_samples``) go into this step's record."""
+    def log(self, step, loss, lr, grad_norm, tokens, seconds, sample_count, extra=None, flops=None):
+        """Record optimizer step ``step`` (1-based): ``tokens`` real (unpadded) tokens and ``flops`` executed FLOPs
+        (mmx.train.flops, all ranks) in ``seconds``; ``extra`` fields (e.g. ``dropped_samples``) go into this step's
+        record."""
         tokens_per_second = tokens / seconds if seconds > 0 else 0.0
         record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens),
                   "seconds": round(seconds, 6), "tokens_per_s": round(tokens_per_second, 2),
+                  "tokens_per_s_per_device": round(tokens_per_second / self.devices, 2),
                   "mean_seq_len": round(tokens / max(sample_count, 1), 2)}
-        if self.peak_flops:
-            record["mfu"] = round(self.flops_per_token * tokens_per_second / self.peak_flops, 6)
+        if flops is not None:
+            record["flops"] = float(flops)
+        if self.peak_flops and flops is not None and seconds > 0:
+            record["mfu"] = round(flops / seconds / self.peak_flops, 6)
         record.update(extra or {})
         self.records.append(record)
         if not self.output:
@@ -127,6 +133,8 @@ class MetricsLogger:
             if "aux_loss" in record:
                 line += f"aux_loss {record['aux_loss']:.6f} | "
             line += f"lr {lr:.3e} | grad_norm {grad_norm:.4f} | tokens/s {tokens_per_second:.1f}"
+            if self.devices > 1:
+                line += f" ({record['tokens_per_s_per_device']:.1f}/device)"
             if "mfu" in record:
                 line += f" | mfu {record['mfu'] * 100:.2f}%"
             if self.log_tps:
