@@ -469,6 +469,58 @@ def cross_entropy(logits, labels, ignore_index=-100, reduction="mean"):
     return total / P.maximum(P.sum(P.cast(keep, float32)), P.ones((), float32))
 
 
+_matmul_tn = P.MatMul(transpose_a=True)  # g.T @ x, for the weight gradient
+
+
+class _LinearCrossEntropy(mindspore.nn.Cell):
+    """Chunked output layer + weighted cross entropy (mmx.ops.linear_cross_entropy) as a Cell with its own bprop:
+    the forward computes, chunk by chunk, the loss and both gradients (three GEMMs per chunk, as Liger-Kernel's fused
+    linear cross entropy does) and the bprop scales the kept gradients by the incoming one, so no (N, V) logits are
+    built and none are recomputed. One instance per call (it holds that call's gradients)."""
+
+    def __init__(self, chunk_size):
+        super().__init__()
+        self.chunk_size = chunk_size
+        self.grads = None
+
+    def construct(self, hidden, weight, labels, weights):
+        compute_h, compute_w = _compute(hidden), _compute(weight)
+        labels = _back(labels, int64)
+        valid = labels != -100
+        safe = P.where(valid, labels, P.zeros((), int64))
+        scale_all = P.where(valid, _fp32(weights), P.zeros((), float32))
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        total = P.zeros((), float32)
+        grad_hidden, grad_weight = [], P.zeros(weight.shape, float32)
+        for start in range(0, rows, self.chunk_size):
+            chunk = compute_h[start:start + self.chunk_size]
+            target, scale = safe[start:start + self.chunk_size], scale_all[start:start + self.chunk_size]
+            logits = _fp32(_matmul_nt(chunk, compute_w))                     # (n, V): the only big buffer
+            top = P.amax(logits, -1, True)
+            shifted = logits - top
+            sums = P.sum(P.exp(shifted), -1, True)
+            lse = P.log(sums) + top
+            picked = P.gather_elements(logits, 1, P.expand_dims(target, 1))
+            total = total + P.sum((lse - picked)[:, 0] * scale)
+            one_hot = P.one_hot(target, vocab, P.ones((), float32), P.zeros((), float32))
+            grad_logits = (P.exp(shifted) / sums - one_hot) * P.expand_dims(scale, 1)
+            grad_logits = P.cast(grad_logits, chunk.dtype)
+            grad_hidden.append(P.matmul(grad_logits, compute_w))
+            grad_weight = grad_weight + _fp32(_matmul_tn(grad_logits, chunk))
+        self.grads = (_back(P.cat(grad_hidden, 0), hidden.dtype), _back(grad_weight, weight.dtype))
+        return total
+
+    def bprop(self, hidden, weight, labels, weights, out, dout):
+        grad_hidden, grad_weight = self.grads
+        self.grads = None
+        return (grad_hidden * P.cast(dout, grad_hidden.dtype), grad_weight * P.cast(dout, grad_weight.dtype),
+                P.zeros_like(labels), P.zeros_like(weights))
+
+
+def linear_cross_entropy(hidden, weight, labels, weights, chunk_size=1024):
+    return _LinearCrossEntropy(int(chunk_size))(hidden, weight, labels, weights)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Mixture of experts
 # ----------------------------------------------------------------------------------------------------------------

@@ -355,6 +355,58 @@ def cross_entropy(logits, labels, ignore_index=-100, reduction="mean"):
     return total / counted.to(total.dtype)
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Chunked output layer + weighted cross entropy (mmx.ops.linear_cross_entropy). The gradients are computed in
+    the forward, chunk by chunk (three GEMMs per chunk: logits, d hidden, d weight, as Liger-Kernel's fused linear
+    cross entropy does), so the backward only scales them by the incoming gradient: no logits are kept or
+    recomputed. The chunk GEMMs run in the dtype ``F.linear`` picks (the autocast dtype under autocast)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, weights, chunk_size):
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        labels = labels.long()
+        valid = labels != -100
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        row_weights = torch.where(valid, weights.float(), torch.zeros((), dtype=torch.float32, device=hidden.device))
+        for start in range(0, hidden.shape[0], chunk_size):
+            chunk, target = hidden[start:start + chunk_size], safe[start:start + chunk_size, None]
+            raw = F.linear(chunk, weight)
+            logits = raw.float()                                # (n, V) float32: the only big buffer
+            lse = torch.logsumexp(logits, dim=-1)
+            scale = row_weights[start:start + chunk_size]
+            total = total + torch.sum((lse - logits.gather(1, target)[:, 0]) * scale)
+            if need_hidden or need_weight:
+                # d loss / d logits = (softmax - one_hot) * weight, built in the logits buffer itself
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs.scatter_add_(1, target, torch.full(target.shape, -1.0, device=probs.device))
+                grad_logits = probs.mul_(scale[:, None]).to(raw.dtype)
+                if need_hidden:
+                    grad_hidden[start:start + chunk_size] = grad_logits @ weight.to(raw.dtype)
+                if need_weight:
+                    grad_weight += grad_logits.t() @ chunk.to(raw.dtype)
+        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
+        ctx.needs, ctx.weight_dtype = (need_hidden, need_weight), weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        saved = list(ctx.saved_tensors)
+        grad_hidden = grad_weight = None
+        if ctx.needs[0]:
+            grad = saved.pop(0)
+            grad_hidden = grad * grad_total.to(grad.dtype)
+        if ctx.needs[1]:   # in place: no second (V, C) buffer
+            grad_weight = saved.pop(0).mul_(grad_total).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def linear_cross_entropy(hidden, weight, labels, weights, chunk_size=1024):
+    return _LinearCrossEntropy.apply(hidden, weight, labels, weights, int(chunk_size))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Mixture of experts
 # ----------------------------------------------------------------------------------------------------------------

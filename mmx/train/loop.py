@@ -151,6 +151,20 @@ def prepare_micro_batch(model, batch, weights):
     return inputs, ops.tensor(targets), ops.tensor(weights)
 
 
+def lm_loss(model, inputs, targets, weights, return_aux_loss=False):
+    """The weighted LM loss (mmx.train.loss) of a micro-batch from :func:`prepare_micro_batch` (and the MoE
+    load-balancing loss with ``return_aux_loss``). A model that takes ``loss_targets`` computes it itself from its
+    last hidden states, in row chunks (ops.linear_cross_entropy: no float32 (N, V) logits, no separate log-softmax
+    passes); any other model gives logits and the loss is taken from them."""
+    extra = {"return_aux_loss": True} if return_aux_loss else {}
+    if "loss_targets" in inspect.signature(model.forward).parameters:
+        return model(**inputs, loss_targets=targets, loss_weights=weights, **extra)
+    out = model(**inputs, **extra)
+    if return_aux_loss:
+        return weighted_lm_loss(out[0], targets, weights), out[1]
+    return weighted_lm_loss(out, targets, weights)
+
+
 def shard_unit_names(model, patterns):
     """Dotted names of ``model``'s submodules matching ``patterns`` (a plan's ``FULLY_SHARD_UNITS``, e.g.
     ``"text_decoder.decoder.layers.{j}."``: ``{i}`` / ``{j}`` stand for any index), in parameter order."""
@@ -396,11 +410,11 @@ class Trainer:
     def _loss_fn(self, prepared):
         inputs, targets, weights = prepared
         if not self.aux_loss_coef:
-            return weighted_lm_loss(self.model(**inputs), targets, weights)
+            return lm_loss(self.model, inputs, targets, weights)
         # MoE: + coef x this micro-batch's load-balancing loss / micro-batches in the global batch (their mean)
-        logits, aux = self.model(**inputs, return_aux_loss=True)
+        loss, aux = lm_loss(self.model, inputs, targets, weights, return_aux_loss=True)
         self._aux_losses.append(aux)
-        return weighted_lm_loss(logits, targets, weights) + aux * (self.aux_loss_coef / self._micro_batches)
+        return loss + aux * (self.aux_loss_coef / self._micro_batches)
 
     def step(self):
         """One optimizer step; returns its metrics record. Raises NonFiniteLossError naming step and samples."""

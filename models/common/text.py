@@ -163,7 +163,7 @@ class TextDecoder(nn.Module):
                                   self.config.mrope_interleaved, self.config.rotary_interleaved)
 
     def forward(self, hidden, cos, sin, attention_mask=None, cu_seqlens=None, cache=None, logits_to_keep=0,
-                logits_positions=None, deepstack=(), router_logits=None):
+                logits_positions=None, deepstack=(), router_logits=None, loss_targets=None, loss_weights=None):
         """hidden (B, S, C) → this stage's layers → (B, S, C); on the last stage → float32 logits (B, S, V), or of
         the last ``logits_to_keep`` positions only (B, K, V) (generation needs the last one; 0 keeps all), or of
         ``logits_positions`` only (N,) numpy int, flat indices into the B × S positions → (N, V) (training needs
@@ -172,6 +172,9 @@ class TextDecoder(nn.Module):
         ``deepstack`` (Qwen3-VL): per level l a (B, S, C) tensor, the level's visual features at the image/video
         positions and zeros elsewhere, added after global layer l (HF ``_deepstack_process``; adding zeros leaves
         the other positions bit-identical). ``router_logits``: a list that collects each MoE layer's router logits.
+        ``loss_targets`` / ``loss_weights`` (N,) tensors aligned with the output positions (training): instead of
+        logits, the scalar ``sum(cross_entropy(logits, loss_targets) * loss_weights)``, computed by
+        ``ops.linear_cross_entropy`` in row chunks (no (N, V) float32 logits are built).
         """
         for j in self.layer_indices:
             hidden = self.decoder.layers[str(j)](hidden, cos, sin, attention_mask, cu_seqlens, cache, j,
@@ -186,6 +189,16 @@ class TextDecoder(nn.Module):
             flat = ops.reshape(hidden, (-1, hidden.shape[-1]))
             hidden = ops.index_select(flat, 0, ops.tensor(np.asarray(logits_positions, np.int64)))
         hidden = self.decoder.final_layernorm(hidden)
+        output = getattr(self, "output_layer", None)
+        if loss_targets is not None and (output is None or (output.bias is None and not output.lora_pieces)):
+            weight = self.embedding.word_embeddings.weight if output is None else output.weight
+            flat = ops.reshape(hidden, (-1, hidden.shape[-1]))
+            return ops.linear_cross_entropy(flat, weight, ops.reshape(loss_targets, (-1,)),
+                                            ops.reshape(loss_weights, (-1,)))
+        if loss_targets is not None:   # an output layer with adapters: its logits, then the same weighted sum
+            logits = ops.cross_entropy(ops.reshape(self.output_layer(hidden), (-1, self.config.vocab_size)),
+                                       ops.reshape(loss_targets, (-1,)), -100, "none")
+            return ops.sum(logits * ops.reshape(loss_weights, (-1,)))
         if hasattr(self, "output_layer"):
             logits = self.output_layer(hidden)
         else:

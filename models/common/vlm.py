@@ -59,7 +59,7 @@ class QwenVLModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, position_ids=None,
                 cache=None, cu_seqlens=None, logits_to_keep=0, logits_positions=None, mm_token_type_ids=None,
-                return_aux_loss=False):
+                return_aux_loss=False, loss_targets=None, loss_weights=None):
         """Float32 logits (B, S, V), or (B, K, V) of the last ``logits_to_keep`` = K positions (0 keeps all), or
         (N, V) of ``logits_positions`` (N,) numpy int, flat indices into B × S (the trainer passes the supervised
         ones, so no logits are computed where no loss is taken).
@@ -74,7 +74,9 @@ class QwenVLModel(nn.Module):
         processors; 0 text, 1 image, 2 video): the modality runs the 3-D positions follow (default: the
         placeholder ids, which is what the processors mark). ``return_aux_loss`` (MoE models): return
         ``(logits, load-balancing loss)``, the loss transformers 5.23 adds (times ``router_aux_loss_coef``) when the
-        config asks for router logits, computed over the real tokens of ``attention_mask``.
+        config asks for router logits, computed over the real tokens of ``attention_mask``. ``loss_targets`` /
+        ``loss_weights`` (training: tensors aligned with ``logits_positions``, or (B, S)): the scalar weighted cross
+        entropy sum instead of the logits (TextDecoder.forward: chunked, no logits kept).
         """
         full = Stage.full(self.config.vision.depth, self.config.text.num_layers)
         if self.stage != full:
@@ -101,7 +103,7 @@ class QwenVLModel(nn.Module):
         packed = None if cu_seqlens is None else ops.tensor(np.asarray(_host(cu_seqlens), np.int32))
         router_logits = [] if return_aux_loss else None
         logits = self.text_decoder(hidden, cos, sin, key_mask, packed, cache, logits_to_keep, logits_positions,
-                                   deepstack, router_logits)
+                                   deepstack, router_logits, loss_targets, loss_weights)
         if not return_aux_loss:
             return logits
         text = self.config.text
