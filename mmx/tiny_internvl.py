@@ -92,7 +92,8 @@ def _write_config(out_dir, tied, variant, overrides):
         else:
             raise ValueError(f"make_tiny_checkpoint(internvl): unknown override {key!r}; use text_<field>=, "
                              f"vision_<field>=, vision_variant= or hf_layout=")
-    text.update(model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0})
+    text.update(model_type="qwen2",
                 bos_token_id=TOKEN_ID["<|endoftext|>"], eos_token_id=TOKEN_ID["<|im_end|>"],
                 pad_token_id=TOKEN_ID["<|endoftext|>"], tie_word_embeddings=tied)
     seq = (TILE // vision["patch_size"] // 2) ** 2

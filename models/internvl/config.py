@@ -19,6 +19,13 @@ class InternVisionConfig(VisionConfig):
     image_size: int = 448            # the position table covers (image_size / patch_size)**2 patches
 
 
+@dataclass(frozen=True)
+class InternVLModelConfig(ModelConfig):
+    """ModelConfig + the position limit of plain RoPE under the checkpoint's rope scaling."""
+
+    plain_rope_positions: int = 0    # "dynamic" NTK RoPE equals plain RoPE below max_position_embeddings (0: no limit)
+
+
 def _field(source, key, where):
     if key not in source:
         raise ValueError(f"config.json: {where} has no {key!r}; is this an InternVL (model_type internvl) config?")
@@ -33,13 +40,25 @@ def _square(value, key):
     return int(value)
 
 
+def rope_scaling(raw):
+    """(rope parameters dict, plain-RoPE position limit). ``dynamic`` NTK scaling (InternVL's Qwen2.5 llm_config
+    carries it) leaves RoPE plain up to ``max_position_embeddings`` (transformers' ``_compute_dynamic_ntk_parameters``:
+    the base changes only when a position reaches past it), so mmx runs it as plain RoPE and refuses longer inputs."""
+    text = _field(raw, "text_config", "the top level")
+    rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "dynamic":
+        return rope, int(_field(text, "max_position_embeddings", "text_config"))
+    if kind != "default":
+        raise ValueError(f"config.json: text_config.rope_parameters.rope_type {kind!r} is not supported by mmx's "
+                         f"InternVL (plain RoPE, or 'dynamic' within max_position_embeddings); remove the rope scaling")
+    return rope, 0
+
+
 def text_config(raw):
     """The Qwen2 LLM: q/k/v biases, 1-D RoPE (``rope_parameters`` or the older ``rope_theta``)."""
     text = _field(raw, "text_config", "the top level")
-    rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ValueError(f"config.json: text_config.rope_parameters.rope_type {rope.get('rope_type')!r} is not "
-                         f"supported by mmx's InternVL (plain RoPE only); remove the rope scaling")
+    rope, _ = rope_scaling(raw)
     heads, hidden = _field(text, "num_attention_heads", "text_config"), _field(text, "hidden_size", "text_config")
     head_dim = hidden // heads
     tie = raw.get("tie_word_embeddings", True) or text.get("tie_word_embeddings", False)
@@ -87,5 +106,6 @@ def from_hf(source):
     raw = read_hf_config(source)
     text = text_config(raw)
     vision = vision_config(raw.get("vision_config") or {}, raw, text.hidden_size)
-    return ModelConfig(family=FAMILY, text=text, vision=vision, image_token_id=raw.get("image_token_id", 151667),
-                       video_token_id=-1, vision_start_token_id=-1, positions_1d=True)
+    return InternVLModelConfig(family=FAMILY, text=text, vision=vision,
+                               image_token_id=raw.get("image_token_id", 151667), video_token_id=-1,
+                               vision_start_token_id=-1, positions_1d=True, plain_rope_positions=rope_scaling(raw)[1])

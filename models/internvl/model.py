@@ -188,3 +188,13 @@ class InternVLForConditionalGeneration(QwenVLModel):
         if kind == "image" and pixels is not None and grid_thw is None:
             grid_thw = np.zeros((0, 3), np.int64)        # InternVL tiles carry no grid
         return super()._insert(hidden, deepstack, slots, pixels, grid_thw, token_id, kind, decoding)
+
+    def _positions(self, *args, **kwargs):
+        """QwenVLModel's positions, refused past the range where the checkpoint's dynamic RoPE is plain RoPE."""
+        positions = super()._positions(*args, **kwargs)
+        limit = self.config.plain_rope_positions
+        if limit and positions.size and int(positions.max()) >= limit:
+            raise ValueError(f"positions reach {int(positions.max()) + 1} but config.json's text_config uses "
+                             f"'dynamic' rope scaling, which changes RoPE past max_position_embeddings {limit} (not "
+                             f"implemented in mmx); keep cutoff_len / prompt + max_new_tokens within {limit}")
+        return positions

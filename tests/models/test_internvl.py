@@ -153,3 +153,28 @@ def test_internvl_chat_config_is_refused_naming_the_fix(internvl, tmp_path):
     hf_to_mm(str(directory), tmp_path / "mm_fixed")
     _, tensors = load_mm(tmp_path / "mm_fixed")
     assert all(tensors[name].tobytes() == ckpt.tensors[name].tobytes() for name in ckpt.tensors)
+
+
+def test_internvl_dynamic_rope_is_plain_within_max_positions(tmp_path):
+    """InternVL's Qwen2.5 llm_config may carry 'dynamic' NTK rope scaling: transformers keeps plain RoPE until a
+    position passes max_position_embeddings, so within it mmx's logits equal transformers'; past it mmx refuses."""
+    from mmx import models
+
+    dynamic = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    hf_dir = make_tiny_checkpoint(str(tmp_path / "hf"), "internvl", text_rope_parameters=dynamic)
+    hf_to_mm(hf_dir, tmp_path / "mm")
+    model = models.load_mm_state(models.build(hf_dir), load_mm(tmp_path / "mm")[1])
+    assert model.config.plain_rope_positions == 4096
+    inputs = reference.build_inputs(hf_dir, names=("image_small", "text"), padding_side="left")
+    expected = reference.hf_logits(hf_dir, inputs)
+    assert reference._hf_model(hf_dir).model.language_model.rotary_emb.rope_type == "dynamic"
+    with nn.inference_mode():
+        logits = ops.to_numpy(model(**model_inputs(inputs)))
+    real = inputs["attention_mask"].astype(bool)
+    assert np.abs(logits - expected)[real].max() <= MODEL_LOGITS_ATOL
+    short = make_tiny_checkpoint(str(tmp_path / "short"), "internvl", text_rope_parameters=dynamic,
+                                 text_max_position_embeddings=8)
+    hf_to_mm(short, tmp_path / "mm_short")
+    model = models.load_mm_state(models.build(short), load_mm(tmp_path / "mm_short")[1])
+    with pytest.raises(ValueError, match=r"positions reach 9 but .* 'dynamic' rope scaling.* within 8"):
+        model(input_ids=ops.tensor(np.arange(20, 29, dtype=np.int64)[None]))
