@@ -51,26 +51,37 @@ def split_eval(dataset, val_size, seed):
     return Subset(dataset, sorted(order[count:])), Subset(dataset, sorted(order[:count]))
 
 
+def eval_ranges(count, micro, rank, ranks):
+    """This rank's micro-batches of an eval split of ``count`` samples: (start, end) sample ranges ``rank, rank +
+    ranks, ...`` of the ``micro``-sample chunks, padded with None so every rank runs the same number of forwards (a
+    fully sharded model gathers its weights in collectives every rank must join)."""
+    chunks = [(start, min(start + micro, count)) for start in range(0, count, micro)]
+    mine = chunks[rank::ranks]
+    return mine + [None] * (-(-len(chunks) // ranks) - len(mine))
+
+
 def eval_loss(trainer, dataset):
     """The loss of ``trainer``'s model on ``dataset`` (module doc): (loss, samples)."""
     from mmx.train.loop import prepare_micro_batch
 
     training, comm = trainer.training, trainer.comm
-    micro, ranks = training["micro_batch_size"], trainer.world_size
-    starts = range(trainer.rank * micro, len(dataset), micro * ranks)
-    batches = [trainer.collate([dataset[i] for i in range(start, min(start + micro, len(dataset)))])
-               for start in starts]
+    ranges = eval_ranges(len(dataset), training["micro_batch_size"], trainer.rank, trainer.world_size)
+    batches = [trainer.collate([dataset[i] for i in range(*span)]) for span in ranges if span is not None]
     counts = loss_counts(batches)
-    if ranks > 1:
+    if trainer.world_size > 1:
         counts = comm.all_reduce_numpy(counts)
     weights = token_weights(batches, training["loss_type"], global_counts=counts[:3])
     prepared = [prepare_micro_batch(trainer.model, batch, weight) for batch, weight in zip(batches, weights)]
+    if len(prepared) < len(ranges):   # this rank's share is short: a zero-weighted pass keeps the ranks in step
+        padding = trainer.collate([dataset[0]])
+        prepared += [prepare_micro_batch(trainer.model, padding, np.zeros_like(padding["labels"], np.float32))
+                     for _ in range(len(ranges) - len(prepared))]
 
     def loss_fn(micro_batch):   # the language-model loss only (an MoE's load-balancing term is not evaluated)
         inputs, targets, weights = micro_batch
         return weighted_lm_loss(trainer.model(**inputs), targets, weights)
 
     loss = trainer.steps.evaluate_loss(loss_fn, prepared, training["precision"], trainer.params)
-    if ranks > 1:
+    if trainer.world_size > 1:
         loss = float(comm.all_reduce_numpy(np.array([loss], np.float64))[0])
     return loss, len(dataset)

@@ -156,3 +156,26 @@ def test_finetune_mixes_two_files(setup, tmp_path):
     refused = CliRunner().invoke(main, ["finetune", setup["config"], f"data.dataset=[{train},{small}]",
                                         "data.mix_ratios=[1]"])
     assert refused.exit_code == 2 and "mix_ratios has 1 weights for 2 dataset files" in refused.output
+
+
+def test_eval_ranks_run_the_same_number_of_forwards(tmp_path):
+    """Data parallel eval: each rank's chunks, padded with zero-weighted passes (a fully sharded model needs every
+    rank in each forward); the padding adds nothing to the loss."""
+    from types import SimpleNamespace
+
+    from mmx.train.evaluate import Subset, eval_ranges
+
+    assert [eval_ranges(7, 2, rank, 3) for rank in range(3)] == [[(0, 2), (6, 7)], [(2, 4), None], [(4, 6), None]]
+    assert eval_ranges(4, 2, 0, 1) == [(0, 2), (2, 4)]
+    training = load_config(base={"training": dict(BASE, micro_batch_size=1, global_batch_size=2)})["training"]
+    dataset = make_dataset(3)
+    trainer = Trainer(make_model(), dataset, collate, training, log_dir=str(tmp_path))
+    alone = eval_loss(trainer, Subset(dataset, [1]))[0]
+    identity = SimpleNamespace(all_reduce_numpy=lambda array: array)   # as if the other rank held nothing
+    rank1 = SimpleNamespace(training=training, comm=identity, rank=1, world_size=2, collate=collate,
+                            model=trainer.model, steps=trainer.steps, params=trainer.params)
+    calls = []
+    steps = SimpleNamespace(evaluate_loss=lambda fn, batches, *args: calls.append(len(batches)) or
+                            trainer.steps.evaluate_loss(fn, batches, *args))
+    rank1.steps = steps
+    assert abs(eval_loss(rank1, dataset)[0] - alone) < 1e-6 and calls == [2]   # sample 1 + one padding pass
