@@ -242,6 +242,11 @@ def check_types(training, where="config"):
         kind = NULL_DEFAULT_TYPES.get(key) if default is None else type(default)
         if value is None or kind not in EXAMPLES:
             continue
+        if kind in (int, float) and isinstance(value, str):   # YAML 1.1 reads `lr: 1e-5` as a string
+            try:
+                training[key] = value = float(value)
+            except ValueError:
+                pass
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             continue
         if kind is int and isinstance(value, float) and value.is_integer():

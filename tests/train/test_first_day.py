@@ -153,3 +153,15 @@ def test_unknown_backend_in_the_environment(setup):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "Error: unknown backend 'pytorch': choose one of torch, mindspore (MMX_BACKEND env or --backend)")
+
+
+def test_yaml_exponent_numbers_are_numbers(setup, tmp_path):
+    """YAML 1.1 (PyYAML) reads `lr: 1e-5` as the string '1e-5'; it is the number a user means."""
+    from mmx.train.config import load_config
+
+    path = tmp_path / "x.yaml"
+    path.write_text(f"model: {{init_from_hf_path: {setup['hf']}}}\ndata: {{dataset: a.json}}\n"
+                    f"training: {{lr: 1e-5, min_lr: 1e-6, train_iters: 1e3}}\n")
+    training = load_config(str(path))["training"]
+    assert (training["lr"], training["min_lr"], training["train_iters"]) == (1e-5, 1e-6, 1000)
+    assert isinstance(training["train_iters"], int)
