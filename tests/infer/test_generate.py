@@ -4,7 +4,7 @@ import pytest
 
 from mmx.infer.prompts import encode
 
-from infer_helpers import KINDS, MAX_NEW_TOKENS, SAMPLING, conversation
+from infer_helpers import KINDS, MAX_NEW_TOKENS, SAMPLING, Reference, conversation
 
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe", "internvl")
 _runs = {}
@@ -138,3 +138,35 @@ def test_seeded_sampling_is_the_same_on_mindspore(pipeline, hf_dir, media):
     request = [conversation("image", media)]
     on_torch = pipeline("qwen2_vl").generate(request, seed=11, max_new_tokens=MAX_NEW_TOKENS, **SAMPLING)[0]
     assert on_torch.token_ids == on_mindspore
+
+
+class _OriginalLayoutReference(Reference):
+    """transformers' greedy generate on an original-layout InternVL checkpoint (OpenGVLab's vision_model.* /
+    mlp1.* names), loaded renamed by mmx.reference (transformers cannot run the remote code)."""
+
+    def __init__(self, model_dir):
+        import torch
+        from transformers import AutoProcessor, GenerationConfig
+
+        from mmx import reference
+
+        self.torch, self.processor = torch, AutoProcessor.from_pretrained(model_dir)
+        self.model = reference._hf_model(model_dir)
+        self.model.generation_config = GenerationConfig.from_pretrained(model_dir)
+        self.eos = self.model.generation_config.eos_token_id
+        self._memo = {}
+
+
+def test_internvl_6b_tower_original_layout_greedy_equals_transformers(tmp_path_factory, media):
+    """The other InternVL variant: the 6B-style tower (RMSNorm, qk-norm, a resampled position table) with its
+    weights in the original layout, image (3 tiles), video (frames as tiles) and text, with the KV cache."""
+    from mmx import infer
+    from mmx.tiny import make_tiny_checkpoint
+
+    hf_dir = make_tiny_checkpoint(str(tmp_path_factory.mktemp("internvl_6b_original")), "internvl",
+                                  vision_variant="6b", hf_layout="original")
+    pipeline, want = infer.load(hf_dir), _OriginalLayoutReference(hf_dir)
+    for kind in ("image", "video", "text"):
+        conversations = [conversation(kind, media)]
+        got = pipeline.generate(conversations, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[0].token_ids
+        assert got == want.greedy(conversations)[0] and len(got) == MAX_NEW_TOKENS, kind
