@@ -28,7 +28,11 @@ class BackendError(RuntimeError):
 
 def _check_name(name):
     if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)} "
+        import difflib
+
+        close = difflib.get_close_matches(str(name).lower(), BACKENDS, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise BackendError(f"unknown backend {name!r}{hint}: choose one of {', '.join(BACKENDS)} "
                            f"(MMX_BACKEND env or --backend)")
     return name
 

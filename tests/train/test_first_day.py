@@ -152,7 +152,8 @@ def test_unknown_backend_in_the_environment(setup):
                              setup["config"]], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "Error: unknown backend 'pytorch': choose one of torch, mindspore (MMX_BACKEND env or --backend)")
+        "Error: unknown backend 'pytorch' (did you mean 'torch'?): choose one of torch, mindspore (MMX_BACKEND env or "
+        "--backend)")
 
 
 def test_yaml_exponent_numbers_are_numbers(setup, tmp_path):
