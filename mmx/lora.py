@@ -401,14 +401,15 @@ def load_adapters(model, tensors, plan, where):
                        strict=False)
 
 
-def check_base(recorded, saved, where):
+def check_base(recorded, saved, where, base_key="model.init_from_hf_path"):
     """Error unless the checkpoint's adapters (``saved``: its metadata's lora section) were trained on the base model
-    this run loads (``recorded``): same content hash of the weight files."""
+    this run loads (``recorded``, given by ``base_key``): same content hash of the weight files (an HF directory and
+    its hf_to_mm conversion are different files: use the one the run trained on)."""
     mine, theirs = (recorded or {}).get("base"), (saved or {}).get("base")
     if mine and theirs and mine["sha256"] != theirs["sha256"]:
         raise LoRAConfigError(f"{where}: its adapters were trained on the base model {theirs['path']} (sha256 "
-                              f"{theirs['sha256'][:12]}), but model.init_from_hf_path {mine['path']} holds other "
-                              f"weights (sha256 {mine['sha256'][:12]}); point init_from_hf_path at that base")
+                              f"{theirs['sha256'][:12]}), but {base_key} {mine['path']} holds other weight files "
+                              f"(sha256 {mine['sha256'][:12]}); point {base_key} at that base")
 
 
 def size_summary(model, trainable):
@@ -520,7 +521,7 @@ def merge_lora_to_hf(mm_dir, save_hf_dir, base_dir=None, max_shard_bytes=5 * 102
     if not base_dir or not os.path.isdir(base_dir):
         raise LoRAConfigError(f"--mm-dir {mm_dir}: its base model {base_dir!r} is not a directory; pass it with "
                               f"--hf-dir (the HF or mm checkpoint the adapters were trained on)")
-    check_base({"base": base_identity(base_dir)}, recorded, f"--mm-dir {mm_dir}")
+    check_base({"base": base_identity(base_dir)}, recorded, f"--mm-dir {mm_dir}", "--hf-dir")
     base_metadata, base = read_base(base_dir)
     merged = merged_tensors(metadata, base, adapters)
     names, _ = family(base_metadata["model_type"])
@@ -560,7 +561,7 @@ def attach_adapter(model, model_dir, adapter_dir):
         load_adapters(model, import_peft(model, plan, metadata, saved, adapters), plan, f"--adapter {adapter_dir}")
         return plan
     recorded, tensors = read_mmx_adapter(adapter_dir)
-    check_base({"base": base_identity(model_dir)}, recorded, f"--adapter {adapter_dir}")
+    check_base({"base": base_identity(model_dir)}, recorded, f"--adapter {adapter_dir}", "--model")
     plan = apply_lora(model, recorded["config"], metadata)
     load_adapters(model, tensors, plan, f"--adapter {adapter_dir}")
     return plan

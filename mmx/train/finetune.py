@@ -134,7 +134,9 @@ def finetune(config, echo=print):
                       shard_units=shard_units(config["model"]["init_from_hf_path"]), data_settings=data_settings,
                       eval_dataset=eval_set)
     echo(run_summary(trainer, train_set, eval_set, world_size))
-    sizes, what = trainer.sizes, " (LoRA adapters + modules_to_save)" if trainer.lora else ""
+    sizes, what = trainer.sizes, ""
+    if trainer.lora:
+        what = " (LoRA adapters" + (" + modules_to_save)" if trainer.lora["plan"]["modules_to_save"] else ")")
     echo(f"trainable: {sizes['trainable_parameters']:,} of {sizes['total_parameters']:,} parameters{what}, AdamW "
          f"state {sizes['optimizer_state_bytes'] / 2 ** 20:.1f} MiB")
     for note in trainer.resume_notes:
