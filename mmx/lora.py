@@ -41,6 +41,9 @@ LORA_DEFAULTS = {
 }
 ALL_LINEAR = "all-linear"
 OUTPUT_LAYER = "text_decoder.output_layer"
+# mm Linears whose HF module is no nn.Linear (transformers' MoE routers hold a bare weight): PEFT cannot adapt them,
+# so neither does mmx (and all-linear leaves them out, as PEFT's does)
+NOT_HF_LINEAR = (".mlp.router",)
 PEFT_PREFIX = "base_model.model."
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -115,7 +118,7 @@ def linear_pieces(model, metadata):
         if not name.endswith(".weight") or name not in rows:
             continue
         module_name = name[:-len(".weight")]
-        if isinstance(_module(model, module_name), Linear):
+        if isinstance(_module(model, module_name), Linear) and not module_name.endswith(NOT_HF_LINEAR):
             hf, transform = rows[name]
             found.append((module_name, [h[:-len(".weight")] for h in hf], transform))
     return found

@@ -290,6 +290,9 @@ def check_training(training, where="config"):
             training["lora"] = lora_config(training["lora"])
         except LoRAConfigError as err:
             raise ConfigError(f"{where}: {err}") from err
+        if training["data_parallel"] == "fully_shard":
+            raise ConfigError(f"{where}: training.lora with training.data_parallel: fully_shard is not supported (not "
+                              f"tested); use replicate: the adapters' gradients and AdamW state are small")
     allowed = training["allow_changed"]
     if isinstance(allowed, str):
         allowed = training["allow_changed"] = [part.strip() for part in allowed.split(",") if part.strip()]

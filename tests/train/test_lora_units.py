@@ -79,8 +79,47 @@ def test_wrong_lora_settings_are_one_line_errors(spec, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_lora_with_fully_shard_is_refused():
+    with pytest.raises(ConfigError, match="training.lora with training.data_parallel: fully_shard is not supported"):
+        load_config(base={"model": {"init_from_hf_path": "x"},
+                          "training": {"lora": {"rank": 4}, "data_parallel": "fully_shard"}})
+
+
 def test_targets_naming_nothing_and_split_modules_to_save_are_refused(glm4v_dir):
     with pytest.raises(ConfigError, match="matches no Linear of this model"):
         _lora_model(glm4v_dir, {"target_modules": ["c_attn"]})
     with pytest.raises(ConfigError, match="fuses .*q_proj.*k_proj.*v_proj.* which train together"):
         _lora_model(glm4v_dir, {"target_modules": ["o_proj"], "modules_to_save": ["q_proj"]})
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "qwen3_vl_moe"])
+def test_all_linear_on_the_other_families_equals_peft(tmp_path, family):
+    """The families the training parity does not run: ``all-linear`` puts adapters on exactly the modules peft's
+    all-linear does (Qwen3-VL-MoE: not the routers, which transformers does not make nn.Linear), and with random
+    adapters copied over the logits agree (text prompt, fp32)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from mmx.tiny import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(str(tmp_path / family), family=family)
+    model, metadata, plan = _lora_model(path, {"rank": 4, "alpha": 8, "target_modules": "all-linear"})
+    rng = np.random.RandomState(0)
+    state = {name: ops.to_numpy(value) for name, value in nn.state_dict(model).items()}
+    adapters = {name: (0.1 * rng.randn(*state[name].shape)).astype(np.float32) for name in lora.adapter_names(model)}
+    nn.load_state_dict(model, {name: ops.tensor(value) for name, value in {**state, **adapters}.items()})
+    reference = get_peft_model(AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32),
+                               LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    theirs = sorted(name[len(lora.PEFT_PREFIX):] for name, module in reference.named_modules()
+                    if hasattr(module, "lora_A") and hasattr(module, "base_layer"))
+    assert sorted(lora.peft_config(plan, metadata, path)["target_modules"]) == theirs
+    weights = reference.state_dict()
+    with torch.no_grad():
+        for key, value in lora.peft_state(adapters, plan, metadata).items():
+            weights[key.replace(".weight", ".default.weight")].copy_(torch.from_numpy(value))
+    ids = np.array([[15, 9, 13, 7, 22, 30, 40, 11]])
+    with torch.no_grad():
+        expected = reference(input_ids=torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(ops.to_numpy(model(input_ids=ops.tensor(ids))) - expected).max() <= 1e-4
