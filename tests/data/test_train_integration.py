@@ -1,5 +1,6 @@
 """The pipeline through mmx finetune: packed and padded batches give the same training losses (labels shift within
-each packed sample, positions restart, dummy images stay inert)."""
+each packed sample, positions restart, dummy images stay inert); InternVL3 on 112 px digits (4 tiles + a thumbnail
+each, 1-D positions restarting per sample)."""
 import numpy as np
 import pytest
 
@@ -10,16 +11,20 @@ from mmx.data.digits import make_digits_vqa
 def mm_dir(model_dirs, tmp_path_factory):
     from mmx.convert.drivers import hf_to_mm
 
-    out = str(tmp_path_factory.mktemp("mm") / "mm")
-    hf_to_mm(model_dirs["qwen2_5_vl"], out)
-    return out
+    def convert(family):
+        out = str(tmp_path_factory.mktemp("mm") / "mm")
+        hf_to_mm(model_dirs[family], out)
+        return out
+    return convert
 
 
-def test_packed_and_padded_training_losses_match(mm_dir, tmp_path):
+@pytest.mark.parametrize("family,size", [("qwen2_5_vl", None), ("internvl", 112)])
+def test_packed_and_padded_training_losses_match(mm_dir, tmp_path, family, size):
     from mmx.train.config import load_config
     from mmx.train.finetune import finetune
 
-    digits = make_digits_vqa(str(tmp_path / "digits"), max_samples=6, held_out=0.0)
+    mm_dir = mm_dir(family)
+    digits = make_digits_vqa(str(tmp_path / "digits"), max_samples=6, held_out=0.0, **({"size": size} if size else {}))
     losses = {}
     for packing in (False, True):
         config = load_config(base={
