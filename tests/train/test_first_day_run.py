@@ -57,6 +57,8 @@ def test_eval_loss_is_the_training_loss_on_the_same_samples(tmp_path):
     assert abs(eval_loss(trainer, dataset)[0] - records[0]["loss"]) < 1e-5
     scalars = read_scalars(str(tmp_path / "tensorboard"))
     assert abs(scalars["eval/loss"][1] - logged[1]["eval_loss"]) < 1e-6
+    assert trainer.logger.eval_curve() == ([1], [logged[1]["eval_loss"]])   # the points loss_curve.png draws
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
 
 
 def test_split_eval_is_seeded_and_refuses_an_empty_side():
