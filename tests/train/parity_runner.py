@@ -16,6 +16,8 @@ from mmx.train.finetune import build_data, build_model  # noqa: E402
 from mmx.train.loop import Sampler, Trainer  # noqa: E402
 
 STEPS = 20
+# Digit image side per family: InternVL3's tiny tiles are 56 px, so 112 px digits are 4 tiles + a thumbnail each.
+DIGIT_SIZE = {"internvl": 112}
 TRAINING = {"seed": 3, "train_iters": STEPS, "micro_batch_size": 2, "global_batch_size": 2, "lr": 1e-3,
             "lr_decay_style": "constant", "weight_decay": 0.01, "clip_grad": 1.0, "loss_type": "per_token",
             "progress_bar": False, "log_interval": 1000, "peak_tflops": 1.0}
@@ -29,7 +31,7 @@ def prepare(work, family="qwen2_5_vl", **overrides):
     hf_dir = os.path.join(work, "hf")
     if not os.path.exists(os.path.join(hf_dir, "config.json")):
         make_tiny_checkpoint(hf_dir, family=family)
-    digits = make_digits_vqa(os.path.join(work, "digits"), size=56, max_samples=12)
+    digits = make_digits_vqa(os.path.join(work, "digits"), size=DIGIT_SIZE.get(family, 56), max_samples=12)
     config = load_config(base={"model": {"init_from_hf_path": hf_dir},
                                "data": {"dataset": digits["train"], "dataset_dir": digits["dataset_dir"]},
                                "training": dict(TRAINING, log_dir=os.path.join(work, "logs"), **overrides)})
