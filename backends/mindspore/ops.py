@@ -469,6 +469,7 @@ def cross_entropy(logits, labels, ignore_index=-100, reduction="mean"):
     return total / P.maximum(P.sum(P.cast(keep, float32)), P.ones((), float32))
 
 
+LOGITS_CHUNK_ELEMENTS = 1 << 26   # linear_cross_entropy's default chunk: 256 MiB of float32 logits
 _matmul_tn = P.MatMul(transpose_a=True)  # g.T @ x, for the weight gradient
 
 
@@ -517,7 +518,8 @@ class _LinearCrossEntropy(mindspore.nn.Cell):
                 P.zeros_like(labels), P.zeros_like(weights))
 
 
-def linear_cross_entropy(hidden, weight, labels, weights, chunk_size=1024):
+def linear_cross_entropy(hidden, weight, labels, weights, chunk_size=None):
+    chunk_size = chunk_size or builtins.max(1, LOGITS_CHUNK_ELEMENTS // weight.shape[0])
     return _LinearCrossEntropy(int(chunk_size))(hidden, weight, labels, weights)
 
 

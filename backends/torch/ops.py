@@ -355,6 +355,9 @@ def cross_entropy(logits, labels, ignore_index=-100, reduction="mean"):
     return total / counted.to(total.dtype)
 
 
+LOGITS_CHUNK_ELEMENTS = 1 << 26   # linear_cross_entropy's default chunk: 256 MiB of float32 logits
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Chunked output layer + weighted cross entropy (mmx.ops.linear_cross_entropy). The gradients are computed in
     the forward, chunk by chunk (three GEMMs per chunk: logits, d hidden, d weight, as Liger-Kernel's fused linear
@@ -363,6 +366,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, weights, chunk_size):
+        chunk_size = chunk_size or builtins.max(1, LOGITS_CHUNK_ELEMENTS // weight.shape[0])
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -375,12 +379,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             chunk, target = hidden[start:start + chunk_size], safe[start:start + chunk_size, None]
             raw = F.linear(chunk, weight)
             logits = raw.float()                                # (n, V) float32: the only big buffer
-            lse = torch.logsumexp(logits, dim=-1)
             scale = row_weights[start:start + chunk_size]
-            total = total + torch.sum((lse - logits.gather(1, target)[:, 0]) * scale)
+            picked = logits.gather(1, target)
+            top = logits.amax(dim=-1, keepdim=True)
+            exps = logits.sub_(top).exp_()                      # in place: no second (n, V) buffer
+            sums = exps.sum(dim=-1, keepdim=True)
+            total = total + torch.sum((sums.log() + top - picked)[:, 0] * scale)
             if need_hidden or need_weight:
-                # d loss / d logits = (softmax - one_hot) * weight, built in the logits buffer itself
-                probs = logits.sub_(lse[:, None]).exp_()
+                # d loss / d logits = (softmax - one_hot) * weight, built in the same buffer
+                probs = exps.div_(sums)
                 probs.scatter_add_(1, target, torch.full(target.shape, -1.0, device=probs.device))
                 grad_logits = probs.mul_(scale[:, None]).to(raw.dtype)
                 if need_hidden:
@@ -403,8 +410,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None
 
 
-def linear_cross_entropy(hidden, weight, labels, weights, chunk_size=1024):
-    return _LinearCrossEntropy.apply(hidden, weight, labels, weights, int(chunk_size))
+def linear_cross_entropy(hidden, weight, labels, weights, chunk_size=None):
+    return _LinearCrossEntropy.apply(hidden, weight, labels, weights, int(chunk_size or 0))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -357,11 +357,12 @@ def cross_entropy(logits, labels, ignore_index=-100, reduction="mean"):
     return _ops().cross_entropy(logits, labels, ignore_index, reduction)
 
 
-def linear_cross_entropy(hidden, weight, labels, weights, chunk_size=1024):
+def linear_cross_entropy(hidden, weight, labels, weights, chunk_size=None):
     """``sum(cross_entropy(linear(hidden, weight), labels) * weights)`` without the (N, V) logits: hidden (N, C),
     weight (V, C) (the output layer), labels (N,) int, weights (N,) float32 → scalar float32.
 
-    Rows go through in chunks of ``chunk_size``: each chunk's logits are computed (in the dtype ``linear`` would use,
+    Rows go through in chunks of ``chunk_size`` (default: as many rows as 256 MiB of float32 logits hold, 441 at a
+    151,936 vocabulary): each chunk's logits are computed (in the dtype ``linear`` would use,
     then float32), reduced to its log-sum-exp and label logit, and dropped; the backward (gradients of ``hidden`` and
     ``weight``) is the same function of the same chunks, so the peak is one chunk's (chunk_size, V) float32 instead of
     the whole (N, V) and its log-softmax copies. Labels equal to -100 (or any label with weight 0) contribute 0.
