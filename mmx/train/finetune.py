@@ -101,6 +101,7 @@ def finetune(config, echo=print):
     from mmx.convert.hf import copy_support_files
 
     training = config["training"]
+    check_data_files(config)   # a mistyped dataset path fails before the backend import and the model build
     # before the model is built: on an accelerator each process takes its own device
     rank, world_size = backend.get().distributed.init()
     check_data_parallel(training, world_size)
@@ -112,7 +113,6 @@ def finetune(config, echo=print):
              f"{backend.get().distributed.SHARDED}")
     elif world_size > 1:
         echo(f"data parallel: {world_size} processes, each with the whole model")
-    check_data_files(config)   # a mistyped dataset path fails before the (slow) model build
     note = prepare_save_dir(training, rank)   # refuses another run's checkpoint before anything is written
     if note:
         echo(note)
