@@ -69,9 +69,9 @@ def lora_config(given, where="training.lora"):
     if not isinstance(config["alpha"], (int, float)) or config["alpha"] <= 0:
         raise LoRAConfigError(f"{where}.alpha {config['alpha']!r}: use a positive number (PEFT's lora_alpha; "
                               f"the update is scaled by alpha / rank)")
-    if config["dropout"]:
-        raise LoRAConfigError(f"{where}.dropout {config['dropout']!r}: LoRA dropout is not implemented in mmx yet "
-                              f"(the ops contract has no dropout); set it to 0")
+    if not isinstance(config["dropout"], (int, float)) or not 0 <= config["dropout"] < 1:
+        raise LoRAConfigError(f"{where}.dropout {config['dropout']!r}: use a probability in [0, 1) (PEFT's "
+                              f"lora_dropout, e.g. 0.05)")
     targets = config["target_modules"]
     if isinstance(targets, str):
         targets = targets.strip()
@@ -170,12 +170,13 @@ def _row_counts(model, module_name, hf_modules, transform):
     return [shape[0] for shape in shapes][:len(hf_modules)]
 
 
-def apply_lora(model, config, metadata, seed=0):
+def apply_lora(model, config, metadata, seed=0, dropout=False):
     """Put adapters on ``model`` per ``config`` (lora_config output), freeze everything else but
     ``modules_to_save``; returns the plan {"targets": {mm module: [HF modules with adapters]}, "modules_to_save":
     [mm parameter names], "rank", "alpha"} recorded in checkpoints. ``lora_A`` is drawn from
-    ``RandomState(seed)`` in module order (same numbers on both backends), ``lora_B`` is 0."""
-    from mmx.nn.lora import add_lora
+    ``RandomState(seed)`` in module order (same numbers on both backends), ``lora_B`` is 0. ``dropout``: turn the
+    config's LoRA dropout on (training; the backend's generator draws the masks)."""
+    from mmx.nn.lora import add_lora, set_dropout
 
     rng = np.random.RandomState(seed)
     chosen = resolve_targets(model, metadata, config)
@@ -186,13 +187,16 @@ def apply_lora(model, config, metadata, seed=0):
     for module_name, hf_modules, transform, flags in chosen:
         sizes = _row_counts(model, module_name, hf_modules, transform)
         pieces = [(hf.rsplit(".", 1)[-1], size) for hf, size, on in zip(hf_modules, sizes, flags) if on]
-        add_lora(_module(model, module_name), pieces, config["rank"], config["alpha"],
-                 piece_rows(transform, sizes, flags), rng)
+        linear = _module(model, module_name)
+        add_lora(linear, pieces, config["rank"], config["alpha"], piece_rows(transform, sizes, flags), rng,
+                 config["dropout"])
+        set_dropout(linear, dropout)
         targets[module_name] = [hf for hf, on in zip(hf_modules, flags) if on]
     named = dict(nn.named_parameters(model))
     for name in saved:
         nn.set_requires_grad(named[name], True)
-    return {"targets": targets, "modules_to_save": saved, "rank": config["rank"], "alpha": config["alpha"]}
+    return {"targets": targets, "modules_to_save": saved, "rank": config["rank"], "alpha": config["alpha"],
+            "dropout": config["dropout"]}
 
 
 def modules_to_save_params(model, metadata, modules):
@@ -260,7 +264,7 @@ def peft_config(plan, metadata, base_path):
     rows = family_rows(metadata)
     saved = sorted({hf.rsplit(".", 1)[0] for name in plan["modules_to_save"] for hf in rows[name][0]})
     return {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_path, "r": plan["rank"],
-            "lora_alpha": plan["alpha"], "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+            "lora_alpha": plan["alpha"], "lora_dropout": plan.get("dropout", 0.0), "bias": "none", "fan_in_fan_out": False,
             "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
             "target_modules": sorted(hf for hfs in plan["targets"].values() for hf in hfs),
             "modules_to_save": saved or None}
@@ -298,6 +302,7 @@ def from_peft(adapter_dir, metadata):
             saved[name.replace(".modules_to_save.default.", ".")] = value
     modules = sorted({module for module, _ in adapters})
     config = lora_config({"rank": int(peft["r"]), "alpha": peft["lora_alpha"], "target_modules": modules,
+                          "dropout": float(peft.get("lora_dropout") or 0.0),
                           "modules_to_save": sorted({name.rsplit(".", 1)[0] for name in saved})}, config_path)
     return config, saved, adapters
 
@@ -374,7 +379,7 @@ def setup_training(model, training, metadata):
             config.update({key: recorded["config"][key] for key in ("rank", "alpha", "target_modules",
                                                                     "modules_to_save")})
             start = ("mmx", tensors)
-    plan = apply_lora(model, config, metadata, training["seed"])
+    plan = apply_lora(model, config, metadata, training["seed"], dropout=True)
     base = metadata.get("init_from_hf_path")
     recorded = {"plan": plan, "config": config, "base": base_identity(base) if base else None}
     if start is not None and start[0] == "peft":

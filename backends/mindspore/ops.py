@@ -336,6 +336,19 @@ def quick_gelu(x):
     return _unary(lambda v: v * P.sigmoid(1.702 * v), x)
 
 
+# Dropout masks come from this numpy generator, not MindSpore's random kernels: on CPU those (ops.dropout,
+# ops.uniform) ignore the default generator's state, so ms.set_rng_state could not replay them and a resumed run
+# would draw other masks. backends/mindspore/train.py seeds it and saves its state with the checkpoints' RNG state.
+_DROPOUT_RNG = {"generator": np.random.default_rng(0)}
+
+
+def dropout(x, p):
+    if not p:
+        return x
+    keep = _DROPOUT_RNG["generator"].random(tuple(x.shape), dtype=np.float32) >= p
+    return _back(_compute(x) * Tensor(keep.astype(np.float32) / np.float32(1 - p)), x.dtype)
+
+
 def sum(x, dim=None, keepdim=False):  # noqa: A001 - mirrors the contract
     return _unary(lambda v: P.sum(v, _dims(dim), keepdim), x)
 

@@ -11,6 +11,7 @@ arguments (AdamW.step); other dtypes are computed out of place and written with 
 denominator). Both agree with torch to float32 rounding.
 Parameters with ndim < 2 (norms, biases) get no weight decay, as in the torch backend.
 """
+import json
 import math
 
 import mindspore as ms
@@ -18,6 +19,7 @@ import numpy as np
 from mindspore import ops
 
 from . import nn as backend_nn
+from . import ops as backend_ops
 
 
 _FUSED_ADAMW = ops.AdamWeightDecay()
@@ -147,13 +149,16 @@ def clip_grad_norm(grads, max_norm):
 
 
 def set_seed(seed):
-    """Seed MindSpore's global generator."""
+    """Seed MindSpore's global generator and the dropout masks' (backends/mindspore/ops.py ``dropout``)."""
     ms.set_seed(seed)
+    backend_ops._DROPOUT_RNG["generator"] = np.random.default_rng(seed)  # noqa: SLF001 - this backend's own
 
 
 def get_rng_state():
-    """MindSpore's default generator state as {name: uint8 array}."""
-    return {"mindspore_default": ms.get_rng_state().asnumpy().copy()}
+    """MindSpore's default generator state and the dropout generator's (JSON bytes) as {name: uint8 array}."""
+    dropout = json.dumps(backend_ops._DROPOUT_RNG["generator"].bit_generator.state).encode()  # noqa: SLF001
+    return {"mindspore_default": ms.get_rng_state().asnumpy().copy(),
+            "mindspore_dropout": np.frombuffer(dropout, np.uint8).copy()}
 
 
 def set_rng_state(state):
@@ -161,6 +166,10 @@ def set_rng_state(state):
     if "mindspore_default" not in state:
         return False
     ms.set_rng_state(ms.Tensor(np.asarray(state["mindspore_default"], np.uint8)))
+    if "mindspore_dropout" in state:   # checkpoints written before dropout existed have none
+        generator = np.random.default_rng()
+        generator.bit_generator.state = json.loads(np.asarray(state["mindspore_dropout"], np.uint8).tobytes())
+        backend_ops._DROPOUT_RNG["generator"] = generator  # noqa: SLF001
     return True
 
 

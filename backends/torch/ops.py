@@ -245,6 +245,10 @@ def quick_gelu(x):
     return x * torch.sigmoid(1.702 * x)
 
 
+def dropout(x, p):
+    return torch.nn.functional.dropout(x, p, training=True) if p else x
+
+
 def sum(x, dim=None, keepdim=False):  # noqa: A001 - the contract's name
     return torch.sum(x, dim=_all_dims(x, dim), keepdim=keepdim)
 

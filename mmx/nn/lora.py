@@ -21,14 +21,19 @@ from mmx import nn, ops
 
 
 class LoRAPiece(nn.Module):
-    """One adapter: x (..., in) → (x @ lora_A.T) @ lora_B.T (..., out_rows)."""
+    """One adapter: x (..., in) → (dropout(x) @ lora_A.T) @ lora_B.T (..., out_rows). ``dropout`` (PEFT's
+    lora_dropout, a mask of its own per piece as PEFT's per-module Dropout) applies only while ``dropout_active``
+    (:func:`set_dropout`: the trainer turns it on; inference never does)."""
 
-    def __init__(self, in_features, out_rows, rank):
+    def __init__(self, in_features, out_rows, rank, dropout=0.0):
         super().__init__()
         self.lora_A = nn.Parameter(ops.zeros((rank, in_features)))
         self.lora_B = nn.Parameter(ops.zeros((out_rows, rank)))
+        self.dropout, self.dropout_active = float(dropout), False
 
     def forward(self, x):
+        if self.dropout and self.dropout_active:
+            x = ops.dropout(x, self.dropout)
         return ops.linear(ops.linear(x, ops.cast(self.lora_A, x.dtype)), ops.cast(self.lora_B, x.dtype))
 
 
@@ -38,12 +43,13 @@ def kaiming_uniform_a(rng, rank, in_features):
     return rng.uniform(-bound, bound, size=(rank, in_features)).astype(np.float32)
 
 
-def add_lora(linear, pieces, rank, alpha, rows=None, rng=None):
+def add_lora(linear, pieces, rank, alpha, rows=None, rng=None, dropout=0.0):
     """Give ``linear`` adapters: ``pieces`` [(HF leaf name, output rows)] in HF order, ``rows`` (out,) int index
-    (module docstring) or None. ``rng`` (numpy RandomState) draws ``lora_A`` as PEFT does; ``lora_B`` starts at 0."""
+    (module docstring) or None. ``rng`` (numpy RandomState) draws ``lora_A`` as PEFT does; ``lora_B`` starts at 0.
+    ``dropout``: PEFT's lora_dropout on each piece's input (off until :func:`set_dropout`)."""
     adapters = {}
     for key, out_rows in pieces:
-        piece = LoRAPiece(linear.in_features, out_rows, rank)
+        piece = LoRAPiece(linear.in_features, out_rows, rank, dropout)
         if rng is not None:
             nn.load_state_dict(piece, {"lora_A": kaiming_uniform_a(rng, rank, linear.in_features),
                                        "lora_B": np.zeros((out_rows, rank), np.float32)})
@@ -53,6 +59,12 @@ def add_lora(linear, pieces, rank, alpha, rows=None, rng=None):
     linear.lora_scaling = float(alpha) / float(rank)
     linear.lora_rows = None if rows is None else np.asarray(rows, np.int64)
     return linear
+
+
+def set_dropout(linear, active):
+    """Turn the LoRA dropout of ``linear``'s adapters on (training) or off (evaluation, inference)."""
+    for key in linear.lora_pieces:
+        linear.lora[key].dropout_active = bool(active)
 
 
 def lora_delta(linear, x):

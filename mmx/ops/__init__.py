@@ -250,6 +250,13 @@ def quick_gelu(x):
     return _ops().quick_gelu(x)
 
 
+def dropout(x, p):
+    """Inverted dropout (training only): each element of ``x`` zeroed with probability ``p``, the others scaled by
+    1 / (1 - p), so the expectation is ``x``; the mask comes from the backend's global generator (seeded by the
+    trainer, saved with the checkpoints' RNG state) and the backward multiplies by the same mask. ``p`` = 0: ``x``."""
+    return _ops().dropout(x, p)
+
+
 def sum(x, dim=None, keepdim=False):  # noqa: A001 - the contract mirrors the frameworks' names
     """Sum over ``dim`` (int, tuple or None for all)."""
     return _ops().sum(x, dim, keepdim)

@@ -18,7 +18,8 @@ def _trainer(work, family, **overrides):
     from mmx.train.finetune import build_data, build_model
     from mmx.train.loop import Trainer
 
-    _, config = prepare(work, family, lora=LORA[family], **overrides)
+    overrides.setdefault("lora", LORA[family])
+    _, config = prepare(work, family, **overrides)
     model, metadata, _ = build_model(config["model"])
     pipeline = build_data(config)
     return Trainer(model, pipeline.dataset, pipeline.collate, config["training"], metadata)

@@ -210,3 +210,22 @@ def test_lora_checkpoint_of_the_other_backend_resumes_on_the_same_curve(tmp_path
     assert len(first) == 2 and len(resumed) == 2
     relative = [abs(a - b) / abs(b) for a, b in zip(first + resumed, uninterrupted)]
     assert max(relative) <= TRAIN_TOLERANCE["cross_backend_loss_rel"], relative
+
+
+def test_lora_dropout_trains_and_resumes_exactly(tmp_path):
+    """lora dropout 0.3 (masks from the backend's generator, one per piece): step 1 equals the dropout-free loss
+    (lora_B starts at 0, so the adapters add nothing yet), later steps differ; 2 + 2 steps resumed in this process
+    (RNG state from the checkpoint) equal 4 uninterrupted steps."""
+    from mmx import backend
+
+    work, family = str(tmp_path), "glm4v"
+    dropout = dict(LORA[family], dropout=0.3)
+    plain, _ = mmx_lora_run(work, family, train_iters=4)
+    ours, _ = mmx_lora_run(work, family, train_iters=4, lora=dropout)
+    assert ours[0] == plain[0] and all(a != b for a, b in zip(ours[1:], plain[1:]))
+    first, _ = mmx_lora_run(work, family, train_iters=2, lora=dropout, save=str(tmp_path / "first"))
+    resumed, _ = mmx_lora_run(work, family, train_iters=4, lora=dropout, load=str(tmp_path / "first"),
+                              save=str(tmp_path / "second"))
+    tolerance = TRAIN_TOLERANCE["resume_torch" if backend.name() == "torch" else "resume_mindspore"]
+    relative = [abs(a - b) / abs(b) for a, b in zip(first + resumed, ours)]
+    assert len(first + resumed) == 4 and max(relative) <= tolerance, relative

@@ -69,7 +69,7 @@ def test_all_linear_skips_the_output_layer_and_frozen_modules(glm4v_dir):
 
 @pytest.mark.parametrize("spec,message", [
     ({"rnak": 8}, "unknown key training.lora.rnak (did you mean 'rank'?)"),
-    ({"dropout": 0.05}, "training.lora.dropout 0.05: LoRA dropout is not implemented"),
+    ({"dropout": 1.5}, "training.lora.dropout 1.5: use a probability in [0, 1)"),
     ({"rank": 0}, "training.lora.rank 0: use a positive integer"),
     ({"target_modules": []}, "training.lora.target_modules []: use all-linear"),
 ])
