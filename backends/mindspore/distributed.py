@@ -201,3 +201,46 @@ class _ShardedOptimizer:
                            f"{missing[:3]}; was the checkpoint trained with other freeze flags? Resume with "
                            f"no_load_optim: true to start the optimizer fresh.")
         self.local.load_state_dict(state)
+
+
+# -- expert parallel (mmx.expert_parallel) ------------------------------------------------------------------------
+
+# MindSpore 2.10 on CPU has no all-to-all (ops.AlltoAll raises under msrun, measured), so mmx.expert_parallel
+# gathers every rank's tokens with a differentiable all-reduce instead (module docstring there).
+EXPERT_DISPATCH = "all_gather"
+
+
+def expert_groups(ep_size):
+    """This rank's expert layout {ep_size, ep_rank, dp_size}: the collectives below work on the whole world (no
+    communication groups needed), placing each expert-parallel rank's data in its own slot."""
+    return {"ep_size": ep_size, "ep_rank": _group["rank"] % ep_size, "dp_size": _group["size"] // ep_size}
+
+
+def all_to_all(tensor, recv_splits, send_splits, groups):
+    """Not available on MindSpore's CPU collectives (EXPERT_DISPATCH is all_gather); same signature as torch's."""
+    raise NotImplementedError("all-to-all is not available on MindSpore's CPU collectives; mmx.expert_parallel "
+                              "uses the all-gather dispatcher on MindSpore")
+
+
+def all_reduce_differentiable(tensor):
+    """The sum of ``tensor`` over all ranks, differentiable (AllReduce's gradient is the all-reduced gradient);
+    AllReduce takes float32 only, so other float dtypes travel as float32."""
+    if _group["size"] == 1:
+        return tensor
+    if tensor.dtype == ms.float32:
+        return _group["all_reduce"](tensor)
+    return ops.cast(_group["all_reduce"](ops.cast(tensor, ms.float32)), tensor.dtype)
+
+
+def sum_expert_gradients(grads, groups):
+    """Expert gradients summed over the ranks holding the same experts: each gradient in its expert-parallel
+    rank's slot of an (ep_size, ...) buffer of zeros, all-reduced over the world, its slot kept."""
+    ep_size, ep_rank = groups["ep_size"], groups["ep_rank"]
+    if groups["dp_size"] == 1:
+        return list(grads)
+    out = []
+    for grad in grads:
+        zeros = ops.zeros((1,) + tuple(grad.shape), grad.dtype)
+        placed = ops.cat([zeros] * ep_rank + [ops.expand_dims(grad, 0)] + [zeros] * (ep_size - ep_rank - 1))
+        out.append(all_reduce_differentiable(placed)[ep_rank])
+    return out

@@ -136,3 +136,74 @@ def full_tensor(tensor):
     """The whole of ``tensor``: a sharded one (DTensor) is gathered, a collective every rank must call in the same
     order; any other is returned as it is."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+# -- expert parallel (mmx.expert_parallel) ------------------------------------------------------------------------
+
+EXPERT_DISPATCH = "all_to_all"   # how mmx.expert_parallel sends tokens to the ranks holding their experts
+
+
+def expert_groups(ep_size):
+    """This rank's (expert-parallel group, expert-data-parallel group, its size) for EP groups of ``ep_size``
+    consecutive ranks: every rank creates every group, in the same order (torch.distributed.new_group's rule)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ep_group = dp_group = None
+    for start in range(0, world, ep_size):
+        group = dist.new_group(list(range(start, start + ep_size)))
+        if start <= rank < start + ep_size:
+            ep_group = group
+    for ep_rank in range(ep_size):
+        group = dist.new_group(list(range(ep_rank, world, ep_size)))
+        if rank % ep_size == ep_rank:
+            dp_group = group
+    return ep_group, dp_group, world // ep_size
+
+
+def all_to_all(tensor, recv_splits, send_splits, groups):
+    """Rows of ``tensor`` (dim 0) sent to the ranks of the expert-parallel group (``send_splits[i]`` rows to its
+    i-th rank), the ``recv_splits[i]`` rows from each concatenated in rank order; differentiable (its gradient is
+    the reverse all-to-all)."""
+    return _AllToAll.apply(tensor, [int(n) for n in recv_splits], [int(n) for n in send_splits], groups[0])
+
+
+def all_reduce_differentiable(tensor):
+    """The sum of ``tensor`` over all ranks, differentiable (its gradient is the all-reduced gradient)."""
+    return _AllReduce.apply(tensor) if _world_size() > 1 else tensor
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, recv_splits, send_splits, group):
+        ctx.splits, ctx.group = (recv_splits, send_splits), group
+        out = tensor.new_empty((sum(recv_splits),) + tuple(tensor.shape[1:]))
+        dist.all_to_all_single(out, tensor.contiguous(), recv_splits, send_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        recv_splits, send_splits = ctx.splits
+        grad_in = grad.new_empty((sum(send_splits),) + tuple(grad.shape[1:]))
+        dist.all_to_all_single(grad_in, grad.contiguous(), send_splits, recv_splits, group=ctx.group)
+        return grad_in, None, None, None
+
+
+class _AllReduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor):
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def sum_expert_gradients(grads, groups):
+    """Expert gradients summed over the ranks holding the same experts (the expert-data-parallel group)."""
+    if groups[2] > 1:
+        for grad in grads:
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=groups[1])
+    return list(grads)

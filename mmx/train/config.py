@@ -71,10 +71,12 @@ TRAINING_DEFAULTS = {
     # 1/N of the AdamW state, the weights and gradients whole).
     "data_parallel": "replicate",
     # Megatron's model-parallel sizes, accepted as 1 only: mmx trains data parallel (training.data_parallel);
-    # tensor / pipeline / context / expert parallel training are not implemented.
+    # tensor / pipeline / context parallel training are not implemented.
     "tensor_model_parallel_size": 1,
     "pipeline_model_parallel_size": 1,
     "context_parallel_size": 1,
+    # Expert parallel (mmx.expert_parallel): each MoE layer's experts split over groups of this many processes
+    # (it divides the process count and the number of experts); the rest of the model is data parallel.
     "expert_model_parallel_size": 1,
 }
 
@@ -300,12 +302,22 @@ def check_training(training, where="config"):
     if unknown:
         raise ConfigError(f"{where}: training.allow_changed names {unknown}, which no checkpoint records; use any "
                           f"of {', '.join(known_settings())}")
+    expert = training["expert_model_parallel_size"]
+    if not isinstance(expert, int) or isinstance(expert, bool) or expert < 1:
+        raise ConfigError(f"{where}: training.expert_model_parallel_size {expert!r} must be a positive integer (1: "
+                          f"every process holds all experts)")
+    if expert > 1 and training["data_parallel"] != "replicate":
+        raise ConfigError(f"{where}: training.expert_model_parallel_size={expert} with training.data_parallel: "
+                          f"{training['data_parallel']} is not implemented yet; use data_parallel: replicate with "
+                          f"expert parallelism")
     for key in MODEL_PARALLEL_KEYS:
+        if key == "expert_model_parallel_size":
+            continue   # checked above; mmx.expert_parallel checks it against the launch and the model
         if training[key] != 1:
             raise ConfigError(f"{where}: training.{key}={training[key]}: mmx finetune trains data parallel only (the "
                               f"NPUS_PER_NODE x NNODES processes hold the whole model, or shards of it with "
                               f"training.data_parallel: fully_shard); tensor / pipeline / "
-                              f"context / expert parallel training is not implemented. Set {key}: 1 (or remove it).")
+                              f"context parallel training is not implemented. Set {key}: 1 (or remove it).")
 
 
 def known_settings():

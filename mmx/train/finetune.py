@@ -111,6 +111,10 @@ def finetune(config, echo=print):
     elif world_size > 1 and training["data_parallel"] == "fully_shard":
         echo(f"fully sharded data parallel: {world_size} processes, each holding 1/{world_size} of the "
              f"{backend.get().distributed.SHARDED}")
+    elif world_size > 1 and training["expert_model_parallel_size"] > 1:
+        ep = training["expert_model_parallel_size"]
+        echo(f"expert parallel: {world_size} processes = {ep} expert-parallel x {world_size // ep} data-parallel, "
+             f"each holding 1/{ep} of every MoE layer's experts and the rest of the model whole")
     elif world_size > 1:
         echo(f"data parallel: {world_size} processes, each with the whole model")
     note = prepare_save_dir(training, rank)   # refuses another run's checkpoint before anything is written

@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 from mmx import backend as _backend
-from mmx import lora, nn, ops
+from mmx import expert_parallel, lora, nn, ops
 from mmx.train import checkpoint as ckpt
 from mmx.data.dataset import DROP_KINDS, drop_counts, empty_reason
 from mmx.train.config import ConfigError, check_data_parallel, compare_run_settings, run_settings, settings_error, \
@@ -55,7 +55,7 @@ HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqle
 
 
 def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_norm, precision="fp32", comm=None,
-               sharded=False):
+               sharded=False, experts=None):
     """One optimizer step on a global batch with the backend's ``steps`` (its train module): (loss, grad norm
     before clipping) as floats.
 
@@ -63,14 +63,19 @@ def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_no
     the gradients and the loss are summed over the ranks before clipping, so the norm, the clip and the update are
     the global batch's, identical on every rank. ``sharded``: a ``fully_shard`` run; the backend decides what is
     still to sum (``comm.sum_gradients``: torch's sharded backward already reduce-scattered the gradients, MindSpore
-    shards only the optimizer state and all-reduces them as in replicate). A non-finite loss or gradient norm skips the update and is returned as is (on every rank),
+    shards only the optimizer state and all-reduces them as in replicate). ``experts``: an expert-parallel run's
+    mmx.expert_parallel.ExpertParallel, which sums the expert gradients over the ranks holding the same experts and
+    takes the norm over the whole model. A non-finite loss or gradient norm skips the update and is returned as is (on every rank),
     so the loop can stop with the last good weights.
     """
     loss, grads = steps.accumulate_grads(params, loss_fn, micro_batches, precision)
     if comm is not None:
-        grads = comm.sum_gradients(grads, sharded)
+        grads = comm.sum_gradients(grads, sharded) if experts is None else experts.sum_gradients(grads)
         loss = float(comm.all_reduce_numpy(np.array([loss], np.float64))[0])
-    grads, norm = steps.clip_grad_norm(grads, max_grad_norm)
+    if experts is None:
+        grads, norm = steps.clip_grad_norm(grads, max_grad_norm)
+    else:
+        grads, norm = experts.clip_grad_norm(steps, grads, max_grad_norm)
     if np.isfinite(loss) and np.isfinite(norm):
         optimizer.step(grads, lr)
     return loss, norm
@@ -248,6 +253,8 @@ class Trainer:
         if training["data_parallel"] == "fully_shard":  # the parameters become shards: take them after this
             self.model = self.comm.fully_shard(model, shard_unit_names(model, shard_units))
         self.sharded = training["data_parallel"] == "fully_shard" and self.world_size > 1
+        # expert parallel: each rank keeps its slice of every stacked-expert tensor (mmx.expert_parallel)
+        self.experts = expert_parallel.setup(self.model, training, self.rank, self.world_size, self.comm)
         self.named_params = self.steps.trainable_parameters(self.model)
         if not self.named_params:
             raise ConfigError("every parameter is frozen (model.*.freeze); nothing would train")
@@ -258,6 +265,9 @@ class Trainer:
         # fully_shard: torch's moments follow their sharded parameters, MindSpore's are split over the ranks (ZeRO-1)
         self.optimizer = (self.comm.shard_optimizer(self.steps.AdamW, *adamw) if self.sharded
                           else self.steps.AdamW(*adamw))
+        if self.experts is not None:   # whole expert moments in checkpoints, this rank's slice in memory
+            self.experts.bind(self.named_params)
+            self.optimizer = expert_parallel.ExpertOptimizer(self.optimizer, self.experts)
         if training.get("load") and self._loaded is not None:
             self._load_state(self._loaded)
         self._loaded = None
@@ -362,13 +372,15 @@ class Trainer:
             states = gather_objects(self.comm, self.stream.state_dict())
             data_state = states if self.world_size > 1 else states[0]
         model_tensors, optimizer_state = {}, None
-        if self.rank == 0 or self.sharded:
+        if self.rank == 0 or self.sharded or self.experts is not None:
             for name, value in nn.state_dict(self.model).items():
                 if self.checkpoint_names is not None and name not in self.checkpoint_names:
                     continue   # LoRA: the base model is named by metadata lora.base, not copied
                 whole = self.comm.full_tensor(value)  # a collective for a shard
+                if self.experts is not None:   # an expert slice: gathered from the ranks of EP group 0
+                    whole = self.experts.full(name, ops.to_numpy(whole))
                 if self.rank == 0:
-                    model_tensors[name] = ops.to_numpy(whole)
+                    model_tensors[name] = ops.to_numpy(whole) if self.experts is None else whole
             if not training["no_save_optim"]:
                 optimizer_state = self.optimizer.state_dict(gather_only=self.rank != 0)
         unusable = self._unusable_state(model_tensors, optimizer_state)
@@ -436,7 +448,7 @@ class Trainer:
         start = time.perf_counter()
         loss, grad_norm = train_step(self.steps, self.params, self.optimizer, self._loss_fn, prepared, lr,
                                      training["clip_grad"], training["precision"],
-                                     self.comm if self.world_size > 1 else None, self.sharded)
+                                     self.comm if self.world_size > 1 else None, self.sharded, self.experts)
         seconds = time.perf_counter() - start
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             micro = training["micro_batch_size"]
@@ -477,7 +489,8 @@ class Trainer:
         """mmx.train.flops.StepFlops of the model with its current freeze flags (the whole tensors' shapes)."""
         config = getattr(self.model, "config", None)
         config = config if hasattr(config, "text") and hasattr(config, "vision") else None
-        shapes = [(name, tuple(param.shape)) for name, param in nn.named_parameters(self.model)]
+        shapes = [(name, self.experts.whole_shape(name, param.shape) if self.experts else tuple(param.shape))
+                  for name, param in nn.named_parameters(self.model)]
         return StepFlops(config, shapes, [name for name, _ in self.named_params])
 
     evaluated = None

@@ -27,8 +27,12 @@ class StackedExperts(nn.Module):
         self.linear_fc1 = _Stacked((num_experts, hidden_size, 2 * intermediate_size))
         self.linear_fc2 = _Stacked((num_experts, intermediate_size, hidden_size))
 
+    parallel = None   # mmx.expert_parallel.ExpertParallel when the experts are split over ranks (EP training)
+
     def forward(self, x, weights, indices):
         """x (T, C), weights/indices (T, K) → (T, C)."""
+        if self.parallel is not None:   # this rank holds experts E/EP of them; tokens are dispatched to their ranks
+            return self.parallel(x, weights, indices, self.linear_fc1.weight, self.linear_fc2.weight)
         return ops.moe_experts(x, weights, indices, self.linear_fc1.weight, self.linear_fc2.weight)
 
 
