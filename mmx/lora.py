@@ -573,3 +573,26 @@ def attach_adapter(model, model_dir, adapter_dir):
     plan = apply_lora(model, recorded["config"], metadata)
     load_adapters(model, tensors, plan, f"--adapter {adapter_dir}")
     return plan
+
+
+class dropout_disabled:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """``with dropout_disabled(model):`` the LoRA dropout of ``model``'s adapters is off inside (evaluation during
+    training), and back to what it was after."""
+
+    def __init__(self, model):
+        self.model, self.saved = model, []
+
+    def __enter__(self):
+        from mmx.nn.lora import set_dropout
+
+        for linear in lora_modules(self.model).values():
+            self.saved.append((linear, any(linear.lora[key].dropout_active for key in linear.lora_pieces)))
+            set_dropout(linear, False)
+        return self.model
+
+    def __exit__(self, *exc):
+        from mmx.nn.lora import set_dropout
+
+        for linear, active in self.saved:
+            set_dropout(linear, active)
+        return False

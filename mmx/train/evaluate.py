@@ -9,6 +9,7 @@ So a model's eval loss on some samples equals the training loss a step on exactl
 """
 import numpy as np
 
+from mmx import lora
 from mmx.train.config import ConfigError
 from mmx.train.loss import loss_counts, token_weights, weighted_lm_loss
 
@@ -81,7 +82,8 @@ def eval_loss(trainer, dataset):
         inputs, targets, weights = micro_batch
         return weighted_lm_loss(trainer.model(**inputs), targets, weights)
 
-    loss = trainer.steps.evaluate_loss(loss_fn, prepared, training["precision"], trainer.params)
+    with lora.dropout_disabled(trainer.model):   # LoRA dropout is for training steps only
+        loss = trainer.steps.evaluate_loss(loss_fn, prepared, training["precision"], trainer.params)
     if trainer.world_size > 1:
         loss = float(comm.all_reduce_numpy(np.array([loss], np.float64))[0])
     return loss, len(dataset)

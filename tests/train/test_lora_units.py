@@ -123,3 +123,22 @@ def test_all_linear_on_the_other_families_equals_peft(tmp_path, family):
     with torch.no_grad():
         expected = reference(input_ids=torch.from_numpy(ids)).logits.numpy()
     assert np.abs(ops.to_numpy(model(input_ids=ops.tensor(ids))) - expected).max() <= 1e-4
+
+
+def test_dropout_is_off_at_inference_and_inside_dropout_disabled(glm4v_dir):
+    model, _, _ = _lora_model(glm4v_dir, {"rank": 4, "alpha": 8, "target_modules": ["q_proj"], "dropout": 0.5})
+    state = {name: ops.to_numpy(value) for name, value in nn.state_dict(model).items()}
+    rng = np.random.RandomState(0)
+    nn.load_state_dict(model, {name: ops.tensor(value if ".lora." not in name else rng.randn(*value.shape))
+                               for name, value in state.items()})
+    ids = ops.tensor(np.array([[15, 9, 13, 7, 22, 30, 40, 11]]))
+    inference = ops.to_numpy(model(input_ids=ids))          # apply_lora without dropout=True: off
+    assert np.array_equal(inference, ops.to_numpy(model(input_ids=ids)))
+    from mmx.nn.lora import set_dropout
+
+    for linear in lora.lora_modules(model).values():
+        set_dropout(linear, True)
+    assert not np.array_equal(ops.to_numpy(model(input_ids=ids)), inference)
+    with lora.dropout_disabled(model):
+        assert np.array_equal(ops.to_numpy(model(input_ids=ids)), inference)
+    assert not np.array_equal(ops.to_numpy(model(input_ids=ids)), inference)   # back on after
