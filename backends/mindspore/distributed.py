@@ -121,6 +121,20 @@ def full_tensor(tensor):
     return tensor
 
 
+def load_fully_sharded(model, unit_names, source):
+    """``model`` — built under ``nn.empty_init()`` — filled whole from ``source`` (an mm checkpoint opened for
+    reading, mmx.checkpoint.store.MMSource), one tensor at a time: MindSpore's fully_shard keeps the weights whole on
+    every rank (:func:`fully_shard`), so every rank holds and reads them all; ``model`` itself is returned."""
+    from mmx.models.common.weights import stream_mm_state
+
+    return fully_shard(stream_mm_state(model, source), unit_names)
+
+
+def local_rows(param):
+    """The first row of the whole tensor this rank holds of ``param``: 0, MindSpore's weights are never sharded."""
+    return 0
+
+
 def _broadcast(src, tensor):
     """Rank ``src``'s ``tensor`` on every rank (a collective)."""
     return ops.Broadcast(src)((tensor,))[0]

@@ -138,6 +138,63 @@ def full_tensor(tensor):
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+def load_fully_sharded(model, unit_names, source):
+    """``model`` — built under ``nn.empty_init()`` (meta device, no weight storage) — sharded like
+    :func:`fully_shard` and then given storage for this rank's shards only, each filled with its own rows of the
+    checkpoint tensor: read straight from the safetensors file with safetensors' slicing
+    (``safe_open(...).get_slice(name)[begin:end]``) when one file holds the tensor whole, else the tensor is merged
+    from its TP / EP pieces (``source.read``) and its rows taken. ``source``: an mm checkpoint opened for reading
+    (mmx.checkpoint.store.MMSource). No rank holds the whole model, and none needs a broadcast (each reads the same
+    files). Every parameter must be filled; ``model`` itself is returned."""
+    from safetensors import safe_open
+
+    from mmx.checkpoint.rows import as_array
+
+    fully_shard(model, unit_names)
+    model.to_empty(device=backend.device())
+    params = dict(model.named_parameters())
+    handles, filled = {}, set()
+    with torch.no_grad():
+        for name in source.entries:
+            if name not in params:
+                raise ValueError(f"load_fully_sharded: the checkpoint holds {name}, which the model has no "
+                                 f"parameter for; convert the checkpoint with `mmx convert hf_to_mm` for this model")
+            param = params[name]
+            local = param.to_local() if isinstance(param, DTensor) else param
+            begin = local_rows(param)
+            end = begin + (local.shape[0] if local.dim() else 0)
+            path = source.file_of(name)
+            if path is not None:
+                if path not in handles:
+                    handles[path] = safe_open(path, framework="pt")
+                rows = handles[path].get_slice(name)[begin:end] if local.dim() else handles[path].get_tensor(name)
+            else:
+                whole = as_array(source.read(name))
+                rows = torch.from_numpy(np.ascontiguousarray(whole[begin:end] if local.dim() else whole)
+                                        .astype(np.float32))
+            if tuple(rows.shape) != tuple(local.shape):
+                raise ValueError(f"load_fully_sharded: {name} rows {begin}:{end} have shape {tuple(rows.shape)} "
+                                 f"but this rank's shard is {tuple(local.shape)}; the checkpoint and the config "
+                                 f"disagree")
+            local.copy_(rows.to(local.dtype))
+            filled.add(name)
+    missing = sorted(set(params) - filled)
+    if missing:
+        raise ValueError(f"load_fully_sharded: the checkpoint has no tensor for {len(missing)} parameters (first: "
+                         f"{missing[:4]}); convert the checkpoint with `mmx convert hf_to_mm` for this model")
+    return model
+
+
+def local_rows(param):
+    """The first row (dim 0) of the whole tensor that this rank's shard of ``param`` starts at (0 when whole)."""
+    if not isinstance(param, DTensor):
+        return 0
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return int(offset[0]) if len(offset) else 0
+
+
 # -- expert parallel (mmx.expert_parallel) ------------------------------------------------------------------------
 
 EXPERT_DISPATCH = "all_to_all"   # how mmx.expert_parallel sends tokens to the ranks holding their experts

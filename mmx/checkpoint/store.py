@@ -112,6 +112,13 @@ class MMSource:
     def tied(self):
         return self.metadata["model"]["tied"]
 
+    def file_of(self, name):
+        """The path of the one safetensors file holding the whole tensor ``name`` under that name (so a reader can
+        take a slice of its rows straight from it), or None when TP or expert-parallel ranks hold pieces of it."""
+        pieces = self.layout.ep_size > 1 and is_expert(name, self.plan) or \
+            self.layout.tp_size > 1 and tp_rule(name, self.plan) != "replicate"
+        return None if pieces else self._files[0, self._where[name], 0].path
+
     def read(self, name):
         """The whole tensor ``name`` as row blocks (rows.py); with ``streaming`` they live in a reused buffer and
         stay valid only until the next read."""

@@ -30,7 +30,7 @@ from mmx.data.dataset import describe_drops, empty_reason, summary_line
 from mmx.train.checkpoint import LATEST, prepare_save_dir
 from mmx.train.config import DATA_RESUME_SETTINGS, ConfigError, check_data_parallel
 from mmx.train.freeze import apply_freeze
-from mmx.train.loop import Trainer
+from mmx.train.loop import Trainer, shard_unit_names
 
 
 def read_weights(path):
@@ -49,17 +49,47 @@ def read_weights(path):
     return metadata, {name: np.asarray(value, np.float32) for name, value in tensors.items()}
 
 
-def build_model(model_config):
-    """(model on the current backend with the init weights and freeze flags applied, metadata, frozen names)."""
-    from mmx import models
+def build_model(model_config, training=None, world_size=1):
+    """(model on the current backend with the init weights and freeze flags applied, metadata, frozen names).
+
+    An mm checkpoint is streamed into a model built without weight storage (``models.build_streamed``: one tensor in
+    host memory besides the model, never a second copy); an HF one is converted in memory (:func:`read_weights`).
+    Under ``training.data_parallel: fully_shard`` with several processes (and no ``training.load``), the model is
+    also sharded before it has weights and each rank reads only its own rows of every tensor from the shards
+    (``distributed.load_fully_sharded``): the Trainer (``sharded_model=True``) then neither broadcasts nor shards it
+    again.
+    """
+    from mmx import backend, models, nn
+    from mmx.checkpoint.store import MMSource
 
     path = model_config["init_from_hf_path"]
-    metadata, tensors = read_weights(path)
-    model = models.build(path)
-    models.load_mm_state(model, tensors)
-    frozen = apply_freeze(model, model_config)
+    if not path or not recover(path) or not os.path.isdir(path) or not os.path.exists(os.path.join(path, LATEST)):
+        metadata, tensors = read_weights(path)
+        model = models.build(path)
+        models.load_mm_state(model, tensors)
+        frozen = apply_freeze(model, model_config)
+    elif rank_local(training, world_size):
+        source = MMSource(path, streaming=True)
+        with nn.empty_init():
+            model = models.build(path)
+        frozen = apply_freeze(model, model_config)   # before sharding: the units keep their flags
+        model = backend.get().distributed.load_fully_sharded(model, shard_unit_names(model, shard_units(path)),
+                                                              source)
+        metadata = source.metadata
+    else:
+        model = models.build_streamed(path, path)
+        frozen = apply_freeze(model, model_config)
+        metadata = MMSource(path).metadata
+    metadata = {key: metadata[key] for key in ("model_type", "hf_names", "model", "parallel") if key in metadata}
     metadata["init_from_hf_path"] = os.path.abspath(path)   # the base of a LoRA run (its identity is checked)
     return model, metadata, frozen
+
+
+def rank_local(training, world_size):
+    """Whether each process loads only its own shard of the weights: a fully sharded run of several processes that
+    does not resume (a resumed one reads the checkpoint whole, then shards it) and has no LoRA adapters."""
+    return bool(training) and world_size > 1 and training["data_parallel"] == "fully_shard" and \
+        not training.get("load") and not training.get("lora")
 
 
 def shard_units(model_path):
@@ -120,7 +150,7 @@ def finetune(config, echo=print):
     note = prepare_save_dir(training, rank)   # refuses another run's checkpoint before anything is written
     if note:
         echo(note)
-    model, metadata, frozen = build_model(config["model"])
+    model, metadata, frozen = build_model(config["model"], training, world_size)
     if frozen:   # counted in parameters (elements), not tensors
         sizes = {name: int(np.prod(param.shape)) for name, param in nn_named_parameters(model)}
         echo(f"frozen: {sum(sizes.get(name, 0) for name in frozen):,} parameters in {len(frozen)} tensors "
@@ -136,6 +166,7 @@ def finetune(config, echo=print):
     train_set, eval_set = split_data(pipeline, training, world_size)
     trainer = Trainer(model, train_set, pipeline.collate, training, metadata, stream=stream,
                       shard_units=shard_units(config["model"]["init_from_hf_path"]), data_settings=data_settings,
+                      sharded_model=rank_local(training, world_size),
                       eval_dataset=eval_set)
     echo(run_summary(trainer, train_set, eval_set, world_size))
     sizes, what = trainer.sizes, ""

@@ -205,11 +205,12 @@ class Trainer:
     Launched as several processes (torchrun / msrun), it trains data parallel (module docstring); ``stream`` must
     then be this rank's shard (mmx.data's ``streaming_loader(batch_size, rank, world_size)``). ``shard_units``: the
     model's ``FULLY_SHARD_UNITS`` name patterns (its plan) for ``data_parallel: fully_shard``; without them the whole
-    model is one unit.
+    model is one unit. ``sharded_model``: ``model`` is already fully sharded with each rank's shard loaded
+    (``distributed.load_fully_sharded``), so it is neither broadcast nor sharded here.
     """
 
     def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None, stream=None, shard_units=(),
-                 data_settings=None, eval_dataset=None):
+                 data_settings=None, eval_dataset=None, sharded_model=False):
         self.backend = _backend.get()
         self.comm = self.backend.distributed
         self.rank, self.world_size = self.comm.init()
@@ -249,8 +250,9 @@ class Trainer:
         if training.get("load"):
             self._load_model(training["load"])
         # every rank read the same files; the broadcast also covers weights a model initialised at random
-        self.comm.broadcast_parameters([param for _, param in nn.named_parameters(model)])
-        if training["data_parallel"] == "fully_shard":  # the parameters become shards: take them after this
+        if not sharded_model:
+            self.comm.broadcast_parameters([param for _, param in nn.named_parameters(model)])
+        if training["data_parallel"] == "fully_shard" and not sharded_model:  # the parameters become shards
             self.model = self.comm.fully_shard(model, shard_unit_names(model, shard_units))
         self.sharded = training["data_parallel"] == "fully_shard" and self.world_size > 1
         # expert parallel: each rank keeps its slice of every stacked-expert tensor (mmx.expert_parallel)

@@ -71,14 +71,17 @@ def runs(tmp_path_factory):
             _finetune(config, f"training.save={saves['single_part']}", f"training.load={saves['single_part']}",
                       *SHARD),
             # frozen vision blocks (whole units) and a root unit holding a frozen patch embedding beside trainables
-            _finetune(config, f"training.save={saves['frozen_sharded']}", FREEZE_VISION, *SHARD)]
-    command = launch + [arg for job in jobs for arg in ["cli"] + job + ["then"]][:-1]
+            _finetune(config, f"training.save={saves['frozen_sharded']}", FREEZE_VISION, *SHARD),
+            # rank-local loading: each rank's shards as finetune loads them
+            ["shardload", str(root / "shards.npz"), str(root / "cli" / "mm")]]
+    command = launch + [arg for job in jobs for arg in (job if job[0] == "shardload" else ["cli"] + job) + ["then"]]
+    command = command[:-1]
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     # a fully sharded checkpoint continued by 1 process
     output = _run_here(_finetune(config, f"training.save={saves['sharded_part']}",
                                  f"training.load={saves['sharded_part']}"))
-    return dict(saves, launch_output=run.stdout + run.stderr, resume_output=output)
+    return dict(saves, launch_output=run.stdout + run.stderr, resume_output=output, root=str(root))
 
 
 def _assert_same_curve(records, reference):
@@ -145,6 +148,26 @@ def test_frozen_vision_encoder_trains_the_same_sharded(runs):
     assert frozen and all(np.array_equal(got[name], initial[name]) for name in frozen)
     assert not np.array_equal(got["image_encoder.projector.encoder.linear_fc1.weight"],
                               initial["image_encoder.projector.encoder.linear_fc1.weight"])
+
+
+@pytest.mark.backend("torch")
+def test_each_rank_loads_only_its_own_rows(runs):
+    """Rank-local loading (finetune under fully_shard): each rank's shard of every parameter holds exactly its rows of
+    the checkpoint tensor, the two ranks' rows tile it, and each rank holds about half of the model."""
+    _, whole = load_mm(os.path.join(runs["root"], "cli", "mm"))
+    ranks = [np.load(os.path.join(runs["root"], f"shards.rank{r}.npz")) for r in range(2)]
+    held = [0, 0]
+    for name, tensor in whole.items():
+        covered = 0
+        for r, shards in enumerate(ranks):
+            local, row = shards[f"p/{name}"], int(shards[f"row/{name}"])
+            assert row == covered, (name, r, row)
+            assert np.array_equal(local, np.asarray(tensor, np.float32)[row:row + local.shape[0]]), (name, r)
+            covered += local.shape[0]
+            held[r] += local.size
+        assert covered == tensor.shape[0], name
+    total = sum(tensor.size for tensor in whole.values())
+    assert held[0] + held[1] == total and max(held) <= 0.55 * total, (held, total)
 
 
 def test_shard_units_come_from_the_plan():

@@ -32,7 +32,8 @@ def test_backend_distributed_modules_mirror_each_other():
     assert torch_distributed == mindspore_distributed
     assert list(torch_distributed) == ["init", "all_reduce_sum", "all_gather_numpy", "all_reduce_numpy",
                                        "broadcast_parameters", "barrier", "fully_shard", "shard_optimizer",
-                                       "sum_gradients", "full_tensor", "expert_groups", "all_to_all",
+                                       "sum_gradients", "full_tensor", "load_fully_sharded", "local_rows",
+                                       "expert_groups", "all_to_all",
                                        "all_reduce_differentiable", "sum_expert_gradients"]
 
 

@@ -7,7 +7,9 @@ process while it writes checkpoint N (after the model file, before the optimizer
 survive. Launched by torchrun / msrun it trains data parallel and rank r of a multi-process run writes OUT with
 ``.rank{r}`` before ``.npz``. ``nan_sample=K`` plants NaN pixels in sample K; the NonFiniteLossError message then goes
 to OUT with ``.txt`` for ``.npz`` and the next job runs. A job ``cli ARGS ...`` runs ``mmx ARGS ...`` (e.g. ``cli
-finetune --config F``) in the launched processes.
+finetune --config F``) in the launched processes. A job ``shardload OUT.npz MM_DIR`` builds MM_DIR's model as a
+fully sharded ``mmx finetune`` does (rank-local loading) and writes each rank's local shard of every parameter
+(``p/NAME``) and the row it starts at (``row/NAME``).
 """
 import os
 import signal
@@ -80,6 +82,21 @@ def main(args):
     np.savez(out, losses=np.array(losses), **extra, **{f"w/{name}": value for name, value in weights.items()})
 
 
+def shard_load(out, mm_dir):
+    """The ``shardload`` job (module docstring)."""
+    from mmx.train.finetune import build_model
+
+    rank, world_size = backend.get().distributed.init()
+    model, _, _ = build_model({"init_from_hf_path": mm_dir, "image_encoder": {}, "text_decoder": {}},
+                              {"data_parallel": "fully_shard"}, world_size)
+    comm, arrays = backend.get().distributed, {}
+    for name, param in nn.named_parameters(model):
+        local = param.to_local() if hasattr(param, "to_local") else param
+        arrays[f"p/{name}"] = ops.to_numpy(local)
+        arrays[f"row/{name}"] = np.array(comm.local_rows(param))
+    np.savez(out.replace(".npz", f".rank{rank}.npz"), **arrays)
+
+
 if __name__ == "__main__":
     jobs = [[]]
     for arg in sys.argv[1:]:
@@ -92,5 +109,7 @@ if __name__ == "__main__":
             from mmx.cli import main as mmx_command
 
             mmx_command(job[1:], standalone_mode=False)
+        elif job[0] == "shardload":
+            shard_load(*job[1:])
         else:
             main(job)
