@@ -63,7 +63,7 @@ TRAINING_DEFAULTS = {
     "no_save_optim": False,
     "no_save_rng": False,
     "log_dir": None,                # metrics.jsonl, loss_curve.png, TensorBoard events (default: SAVE/logs)
-    "peak_tflops": None,            # for MFU (one device); default: a known accelerator's data sheet, else a 2048² matmul
+    "peak_tflops": None,            # for MFU; default: a known accelerator's data sheet, else a 2048² matmul
     "progress_bar": True,
     # How the processes of a torchrun / msrun launch hold the model: replicate (each holds the whole model, gradients
     # and AdamW state: ~16 bytes per trainable parameter per device) or fully_shard (torch, FSDP2: each holds 1/N of
