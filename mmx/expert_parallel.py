@@ -110,7 +110,6 @@ class ExpertParallel:
     def bind(self, named_params):
         """Which of the trainable ``named_params`` are expert slices (for the gradient sums and the norm)."""
         self.is_expert = [name in self.whole_shapes for name, _ in named_params]
-        self.names = [name for name, _ in named_params]
 
     def whole_shape(self, name, shape):
         return self.whole_shapes.get(name, tuple(shape))
