@@ -153,7 +153,7 @@ def load_fully_sharded(model, unit_names, source):
     fully_shard(model, unit_names)
     model.to_empty(device=backend.device())
     params = dict(model.named_parameters())
-    handles, filled = {}, set()
+    filled = set()
     with torch.no_grad():
         for name in source.entries:
             if name not in params:
@@ -164,10 +164,9 @@ def load_fully_sharded(model, unit_names, source):
             begin = local_rows(param)
             end = begin + (local.shape[0] if local.dim() else 0)
             path = source.file_of(name)
-            if path is not None:
-                if path not in handles:
-                    handles[path] = safe_open(path, framework="pt")
-                rows = handles[path].get_slice(name)[begin:end] if local.dim() else handles[path].get_tensor(name)
+            if path is not None:   # opened per tensor: its mapped pages leave this process's RSS with it
+                with safe_open(path, framework="pt") as handle:
+                    rows = handle.get_slice(name)[begin:end] if local.dim() else handle.get_tensor(name)
             else:
                 whole = as_array(source.read(name))
                 rows = torch.from_numpy(np.ascontiguousarray(whole[begin:end] if local.dim() else whole)
