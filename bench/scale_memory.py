@@ -1,0 +1,139 @@
+"""Peak host memory per rank of loading and of training a ≥ 300M-parameter model as N = 1, 2, 4 torchrun processes
+(gloo, CPU) with ``training.data_parallel: fully_shard`` (issue 18's acceptance 4).
+
+Writes a random float32 Qwen2.5-VL checkpoint (mmx.tiny's, with a wider and deeper LLM: ``--hidden``, ``--layers``,
+``--intermediate``) and its ``mmx convert hf_to_mm`` output in a work directory, then for each N runs ``mmx
+finetune``'s code path (``mmx.train.finetune.finetune``, 1–2 steps of short digit-VQA samples) under torchrun and
+reads each rank's peak RSS (VmHWM) right after the model is built (loading: N = 1 streams the checkpoint into a model
+built without weight storage; N > 1 builds on meta, shards with FSDP2 and fills each rank's own rows straight from
+the safetensors file) and after training. Prints the table side by side and lines ``loading_peak_ratio_n2=<x>``
+(max over ranks of the N-process peak / the 1-process peak; goal ≤ 0.6) and the same for training and N = 4.
+
+    python bench/scale_memory.py [--layers 24] [--hidden 1024] [--intermediate 3584] [--steps 1]
+                                 [--work-dir /tmp/mmx-bench-scale] [--keep]
+
+The work directory (about 3 GB) is removed at the end unless ``--keep``.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+CHILD = r'''
+import json, os, sys
+import mmx.train.finetune as ft
+from mmx.train.config import load_config
+
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+marks = {}
+build = ft.build_model
+def measured(*args, **kwargs):
+    marks["before"] = peak()   # the imports, the process group and the data checks: the baseline
+    out = build(*args, **kwargs)
+    marks["load"] = peak()
+    return out
+ft.build_model = measured
+trainer = ft.finetune(load_config(sys.argv[1]), echo=lambda text: None)
+marks["train"] = peak()
+marks["loss"] = float(trainer.history[-1])
+rank = int(os.environ.get("RANK", "0"))
+with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as handle:
+    json.dump(marks, handle)
+'''
+
+
+def make_checkpoint(work, hidden, layers, intermediate):
+    """The random HF checkpoint + its mm conversion; returns (mm dir, parameter count)."""
+    from mmx.checkpoint.store import MMSource
+    from mmx.convert.drivers import hf_to_mm
+    from mmx.tiny import make_tiny_checkpoint
+
+    heads = hidden // 128
+    hf_dir = make_tiny_checkpoint(os.path.join(work, "hf"), family="qwen2_5_vl", text_hidden_size=hidden,
+                                  text_num_hidden_layers=layers, text_intermediate_size=intermediate,
+                                  text_num_attention_heads=heads, text_num_key_value_heads=max(1, heads // 4),
+                                  mrope_section=[16, 24, 24])
+    mm_dir = os.path.join(work, "mm")
+    hf_to_mm(hf_dir, mm_dir)
+    shutil.rmtree(hf_dir)
+    count = sum(int(__import__("numpy").prod(shape)) for _, shape in MMSource(mm_dir).entries.values())
+    return mm_dir, count
+
+
+def run(work, mm_dir, digits, n, steps):
+    """{rank: {"load": bytes, "train": bytes, "loss": float}} of an N-process fully sharded run."""
+    out = os.path.join(work, f"n{n}")
+    os.makedirs(out, exist_ok=True)
+    config = {"model": {"init_from_hf_path": mm_dir},
+              "data": {"dataset": digits["train"], "dataset_dir": digits["dataset_dir"], "cutoff_len": 64},
+              "training": {"train_iters": steps, "micro_batch_size": 1, "global_batch_size": 4, "lr": 1e-5,
+                           "data_parallel": "fully_shard", "log_interval": 1, "progress_bar": False,
+                           "log_dir": os.path.join(out, "logs")}}
+    path = os.path.join(out, "config.json")
+    with open(path, "w") as handle:
+        json.dump(config, handle)
+    child = os.path.join(out, "child.py")
+    with open(child, "w") as handle:
+        handle.write(CHILD)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", child, path,
+               out]
+    env = dict(os.environ, MMX_BACKEND="torch", TQDM_DISABLE="1", OMP_NUM_THREADS=str(max(1, os.cpu_count() // n)))
+    start = time.time()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"N={n} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+    result = {rank: json.load(open(os.path.join(out, f"rank{rank}.json"))) for rank in range(n)}
+    print(f"N={n}: {time.time() - start:.0f} s", flush=True)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--intermediate", type=int, default=3584)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--sizes", default="1,2,4")
+    parser.add_argument("--work-dir", default="/tmp/mmx-bench-scale")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    from mmx.data.digits import make_digits_vqa
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    try:
+        mm_dir, count = make_checkpoint(args.work_dir, args.hidden, args.layers, args.intermediate)
+        digits = make_digits_vqa(os.path.join(args.work_dir, "digits"), size=56, max_samples=8)
+        print(f"model: {count / 1e6:.0f}M parameters (float32 checkpoint {count * 4 / 2 ** 30:.2f} GiB)", flush=True)
+        sizes = [int(n) for n in args.sizes.split(",")]
+        results = {n: run(args.work_dir, mm_dir, digits, n, args.steps) for n in sizes}
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.work_dir, ignore_errors=True)
+    gib = 2 ** 30
+    print(f"{'N':>3} {'baseline (GiB)':>15} {'loading peak (GiB)':>19} {'loading - baseline':>19} "
+          f"{'training peak (GiB)':>20} {'loss':>8}   (per rank, the largest rank's)")
+    for n, ranks in results.items():
+        before = max(r["before"] for r in ranks.values())
+        load = max(r["load"] for r in ranks.values())
+        above = max(r["load"] - r["before"] for r in ranks.values())
+        train = max(r["train"] for r in ranks.values())
+        print(f"{n:>3} {before / gib:>15.2f} {load / gib:>19.2f} {above / gib:>19.2f} {train / gib:>20.2f} "
+              f"{ranks[0]['loss']:>8.4f}")
+    base = results[sizes[0]]
+
+    def most(ranks, kind):
+        return max(r["load"] - r["before"] if kind == "above" else r[kind] for r in ranks.values())
+    for n in sizes[1:]:
+        for kind, label in (("load", "loading_peak"), ("above", "loading_above_baseline"), ("train", "training_peak")):
+            print(f"{label}_ratio_n{n}={most(results[n], kind) / most(base, kind):.3f}")
+
+
+if __name__ == "__main__":
+    main()
