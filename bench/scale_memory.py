@@ -9,6 +9,12 @@ built without weight storage; N > 1 builds on meta, shards with FSDP2 and fills 
 the safetensors file) and after training. Prints the table side by side and lines ``loading_peak_ratio_n2=<x>``
 (max over ranks of the N-process peak / the 1-process peak; goal ≤ 0.6) and the same for training and N = 4.
 
+Then the save: rank 0's peak RSS (VmHWM reset through ``/proc/self/clear_refs`` first) while the trainer writes a
+checkpoint with model and AdamW moments (``Trainer.save``: gathered, written and dropped one tensor at a time), and
+while the old path writes the same checkpoint (every tensor gathered into one dict on rank 0, then written); lines
+``save_peak_ratio_n<N>=<x>`` (streamed peak / old peak, rank 0) and ``save_above_ratio_n<N>`` (the same, above the
+RSS the save started from).
+
     python bench/scale_memory.py [--layers 24] [--hidden 1024] [--intermediate 3584] [--steps 1]
                                  [--work-dir /tmp/mmx-bench-scale] [--keep]
 
@@ -43,6 +49,40 @@ ft.build_model = measured
 trainer = ft.finetune(load_config(sys.argv[1]), echo=lambda text: None)
 marks["train"] = peak()
 marks["loss"] = float(trainer.history[-1])
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+def old_save(save):
+    """The save before streaming: every tensor gathered into dicts on rank 0, then written."""
+    from mmx import nn, ops
+    from mmx.train import checkpoint as ckpt
+    tensors = {}
+    for name, value in nn.state_dict(trainer.model).items():
+        whole = trainer.comm.full_tensor(value)
+        if trainer.rank == 0:
+            tensors[name] = ops.to_numpy(whole)
+        del whole
+    moments = trainer.optimizer.state_dict(gather_only=trainer.rank != 0)
+    if trainer.rank == 0:
+        ckpt.save_checkpoint(save, trainer.iteration, tensors, dict(trainer.metadata, backend=trainer.backend.NAME),
+                             {"iteration": trainer.iteration}, moments)
+    del tensors, moments
+    trainer.comm.barrier()
+
+import gc, shutil
+for kind, save in (("save", lambda: trainer.save()), ("save_old", lambda: old_save(trainer.training["save"]))):
+    trainer.training["save"] = os.path.join(sys.argv[2], kind)
+    gc.collect()
+    open("/proc/self/clear_refs", "w").write("5")   # VmHWM := VmRSS
+    marks[kind + "_start"] = rss()
+    save()
+    marks[kind] = peak()
+    trainer.comm.barrier()
+    if int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(trainer.training["save"])
 rank = int(os.environ.get("RANK", "0"))
 with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as handle:
     json.dump(marks, handle)
@@ -133,6 +173,14 @@ def main():
     for n in sizes[1:]:
         for kind, label in (("load", "loading_peak"), ("above", "loading_above_baseline"), ("train", "training_peak")):
             print(f"{label}_ratio_n{n}={most(results[n], kind) / most(base, kind):.3f}")
+    print(f"{'N':>3} {'save start (GiB)':>17} {'streamed save peak':>19} {'old save peak':>14}   (rank 0, GiB)")
+    for n, ranks in results.items():
+        r = ranks[0]
+        print(f"{n:>3} {r['save_start'] / gib:>17.2f} {r['save'] / gib:>19.2f} {r['save_old'] / gib:>14.2f}")
+    for n, ranks in results.items():
+        r = ranks[0]
+        print(f"save_peak_ratio_n{n}={r['save'] / r['save_old']:.3f}")
+        print(f"save_above_ratio_n{n}={(r['save'] - r['save_start']) / (r['save_old'] - r['save_old_start']):.3f}")
 
 
 if __name__ == "__main__":

@@ -253,6 +253,18 @@ class ExpertOptimizer:
             whole[kind] = {name: self.experts.full(name, value) for name, value in state[kind].items()}
         return None if gather_only else whole
 
+    def stream_state(self, gather_only=False):
+        """(step, iterator of (kind, name, whole moment)): :meth:`state_dict` one moment at a time, the expert ones
+        gathered as they are drawn (a collective: every rank draws them all; ``gather_only`` ranks get None)."""
+        step, moments = self.optimizer.stream_state()
+
+        def whole():
+            for kind, name, value in moments:
+                value = self.experts.full(name, value)
+                yield kind, name, None if gather_only else value
+                del value
+        return step, whole()
+
     def load_state_dict(self, state):
         if state["step"]:
             state = dict(state, **{kind: {name: self.experts.local(name, value) for name, value in state[kind].items()}

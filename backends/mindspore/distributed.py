@@ -189,23 +189,33 @@ class _ShardedOptimizer:
     def state_dict(self, gather_only=False):
         """The whole moments (every rank calls this: each owner broadcasts its own; ``gather_only`` ranks keep
         nothing and get None), in the backend-neutral layout of AdamW.state_dict."""
-        local = self.local.state_dict()
-        if not local["step"]:
-            return None if gather_only else local
-        whole = {"step": local["step"], "exp_avg": {}, "exp_avg_sq": {}}
-        for owner, members in self.groups:
-            sizes = [int(np.prod(self.params[k].shape)) for k in members]
+        step, moments = self.stream_state(gather_only)
+        state = {"step": step, "exp_avg": {}, "exp_avg_sq": {}}
+        for kind, name, value in moments:
+            state[kind][name] = value
+        return None if gather_only else state
+
+    def stream_state(self, gather_only=False):
+        """(step, iterator of (kind, name, whole float32 numpy moment)): :meth:`state_dict` one moment at a time,
+        each broadcast by its owner as it is drawn (every rank draws them all, in the same order; ``gather_only``
+        ranks get None for each)."""
+        step = self.local.step_count
+        own = {"exp_avg": dict(zip(self.local.names, self.local.exp_avg)),
+               "exp_avg_sq": dict(zip(self.local.names, self.local.exp_avg_sq))}
+
+        def moments():
+            if not step:
+                return
             for kind in ("exp_avg", "exp_avg_sq"):
-                if owner == self.rank:
-                    flat = np.concatenate([local[kind][self.names[k]].reshape(-1) for k in members])
-                else:
-                    flat = np.zeros(sum(sizes), np.float32)
-                flat = _broadcast(owner, ms.Tensor(flat.astype(np.float32))).asnumpy()
-                if gather_only:
-                    continue
-                for k, part in zip(members, np.split(flat, np.cumsum(sizes)[:-1])):
-                    whole[kind][self.names[k]] = part.reshape(self.params[k].shape).copy()
-        return None if gather_only else whole
+                for k, (name, param) in enumerate(zip(self.names, self.params)):
+                    if self.owners[k] == self.rank:
+                        value = own[kind][name].asnumpy().astype(np.float32, copy=False)
+                    else:
+                        value = np.zeros(tuple(param.shape), np.float32)
+                    value = _broadcast(self.owners[k], ms.Tensor(value)).asnumpy()
+                    yield kind, name, None if gather_only else value.copy()
+                    del value
+        return step, moments()
 
     def load_state_dict(self, state):
         """Restore whole moments (every rank read the same arrays): each rank keeps its own parameters' share."""

@@ -93,6 +93,17 @@ class AdamW:
                 "exp_avg": {name: m.asnumpy().copy() for name, m in zip(self.names, self.exp_avg)},
                 "exp_avg_sq": {name: v.asnumpy().copy() for name, v in zip(self.names, self.exp_avg_sq)}}
 
+    def stream_state(self, gather_only=False):
+        """(step, iterator of (kind, name, float32 numpy moment)): :meth:`state_dict` one moment at a time (None
+        for each with ``gather_only``)."""
+        def moments():
+            if not self.step_count:
+                return
+            for kind, values in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                for name, value in zip(self.names, values):
+                    yield kind, name, None if gather_only else value.asnumpy().copy()
+        return self.step_count, moments()
+
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output (from either backend); a parameter with no saved moments is an error."""
         missing = [name for name in self.names if name not in state["exp_avg"]] if state["step"] else []

@@ -62,18 +62,26 @@ class AdamW:
         Sharded moments are gathered whole, one tensor at a time, a collective: with a fully sharded model every rank
         calls this, and ranks that do not write pass ``gather_only`` (they keep nothing and get None).
         """
-        exp_avg, exp_avg_sq = {}, {}
-        for name, param in zip(self.names, self.params):
-            state = self.torch_optimizer.state.get(param)
-            if state:
-                # copies: the moments are updated in place by later steps
-                for moments, key in ((exp_avg, "exp_avg"), (exp_avg_sq, "exp_avg_sq")):
-                    whole = _whole(state[key])
-                    if not gather_only:
-                        moments[name] = whole.detach().float().cpu().numpy().copy()
-        if gather_only:
-            return None
-        return {"step": self.step_count, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        step, moments = self.stream_state(gather_only)
+        state = {"step": step, "exp_avg": {}, "exp_avg_sq": {}}
+        for kind, name, value in moments:
+            state[kind][name] = value
+        return None if gather_only else state
+
+    def stream_state(self, gather_only=False):
+        """(step, iterator of (kind, name, whole float32 numpy moment)): :meth:`state_dict` one moment at a time,
+        each gathered as it is drawn (every rank of a fully sharded model draws them all, in the same order;
+        ``gather_only`` ranks get None for each)."""
+        def moments():
+            for name, param in zip(self.names, self.params):
+                state = self.torch_optimizer.state.get(param)
+                if state:
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        whole = _whole(state[key])
+                        # a copy: the moments are updated in place by later steps
+                        yield key, name, None if gather_only else whole.detach().float().cpu().numpy().copy()
+                        del whole
+        return self.step_count, moments()
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output (from either backend); a parameter with no saved moments is an error.

@@ -78,6 +78,9 @@ def _write_json(path, obj):
 
 
 def _write_safetensors(path, tensors, metadata=None):
+    """Write ``tensors`` ({name: numpy}, or a filled :class:`SafetensorsStream`) as the safetensors file ``path``."""
+    if isinstance(tensors, SafetensorsStream):
+        return tensors.finish(publish.new_file(path), metadata)
     save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(publish.new_file(path)),
               metadata={key: str(value) for key, value in (metadata or {}).items()})
 
@@ -90,59 +93,158 @@ def single_rank_layout(parallel):
             "llm_pp_layers": [sum(parallel.get("llm_pp_layers", [0]))]}
 
 
-def _dtype_label(tensors):
-    dtypes = {str(array.dtype) for array in tensors.values()
-              if array.dtype.kind in "fV" or "bfloat16" in str(array.dtype)}
-    return dtypes.pop() if len(dtypes) == 1 else "mixed"
+# safetensors' dtype codes, in the order of its Dtype enum: a file lists (and stores) its tensors by dtype, the
+# later ones first, then by name (safetensors.numpy.save_file's layout, which SafetensorsStream reproduces)
+_ST_ORDER = ("BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64")
+_ST_CODES = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16", "float16": "F16",
+             "bfloat16": "BF16", "int32": "I32", "uint32": "U32", "float32": "F32", "float64": "F64", "int64": "I64",
+             "uint64": "U64"}
+_COPY_BYTES = 16 << 20
+
+
+class SafetensorsStream:
+    """One safetensors file written from tensors handed over one at a time (:meth:`add`), so the writer never holds
+    more than the tensor it is given: each one's bytes go to a spool file in ``folder`` right away, and
+    :meth:`finish` writes the file: the header (known only once every shape and dtype is), then the data in the
+    file's order, copied in bounded chunks. The result is the file ``_write_safetensors`` writes for the same dict
+    (safetensors.numpy.save_file; metadata keys sorted); the writer keeps no reference to a tensor once :meth:`add`
+    returns."""
+
+    def __init__(self, folder, name):
+        os.makedirs(folder, exist_ok=True)
+        self.spool_path = os.path.join(folder, f".{name}.spool")
+        self.spool = open(self.spool_path, "w+b")
+        self.entries, self.size = {}, 0    # name -> (dtype code, shape, spool offset, bytes)
+        self.dtypes = set()
+
+    def add(self, name, array):
+        array = np.ascontiguousarray(array)
+        code = _ST_CODES.get(str(array.dtype))
+        if code is None:
+            raise TypeError(f"{name}: dtype {array.dtype} has no safetensors code here ({', '.join(_ST_CODES)})")
+        if name in self.entries:
+            raise ValueError(f"{name} was written twice to {self.spool_path}")
+        self.spool.write(array.reshape(-1).view(np.uint8).data)
+        self.entries[name] = (code, list(array.shape), self.size, array.nbytes)
+        self.size += array.nbytes
+        self.dtypes.add(str(array.dtype))
+
+    def finish(self, path, metadata=None):
+        order = sorted(self.entries, key=lambda name: (-_ST_ORDER.index(self.entries[name][0]), name))
+        header, offset = {}, 0
+        if metadata is not None:
+            header["__metadata__"] = {key: str(metadata[key]) for key in sorted(metadata)}
+        for name in order:
+            code, shape, _, size = self.entries[name]
+            header[name] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        with open(path, "wb") as out:
+            out.write(np.uint64(len(text)).tobytes() + text)
+            for name in order:
+                _, _, start, size = self.entries[name]
+                self.spool.seek(start)
+                while size:
+                    chunk = self.spool.read(min(size, _COPY_BYTES))
+                    out.write(chunk)
+                    size -= len(chunk)
+        self.spool.close()
+        os.remove(self.spool_path)
+
+
+def _moment_items(optimizer_state):
+    """(kind, name, array) of a whole optimizer state dict, the items of optimizer.safetensors (kind/name)."""
+    for kind in ("exp_avg", "exp_avg_sq"):
+        for name, value in optimizer_state[kind].items():
+            yield kind, name, value
 
 
 def save_checkpoint(save_dir, iteration, model_tensors, metadata, trainer_state, optimizer_state=None,
-                    rng_state=None):
+                    rng_state=None, check=None):
     """Write checkpoint ``iteration`` atomically (see the module docstring) and return its directory.
 
-    ``model_tensors`` {name: numpy}; ``metadata`` must hold ``backend``; ``optimizer_state`` / ``rng_state`` are
-    the backend's numpy dicts, or None when ``no_save_optim`` / ``no_save_rng``.
+    ``model_tensors``: {name: numpy}, or an iterable of (name, numpy) pairs that gathers each tensor as it is
+    drawn (a sharded model's save: written and dropped one at a time, so no process holds the whole model).
+    ``metadata`` must hold ``backend``; ``optimizer_state`` / ``rng_state`` are the backend's numpy dicts, or None
+    when ``no_save_optim`` / ``no_save_rng``; the optimizer state may also be ``(step, iterable of (kind, name,
+    numpy))`` (``kind`` exp_avg / exp_avg_sq), streamed the same way. Every tensor is checked as it streams
+    (:func:`unusable_reason`); ``check(found)`` (default: raise on any) is called with the problems once all are
+    written and before anything is published, so a refused checkpoint leaves nothing behind.
     """
     def write(directory):
         rank_dir = os.path.join(directory, "mp_rank_00")
-        _write_safetensors(os.path.join(rank_dir, "model.safetensors"), model_tensors, {"format": "pt"})
+        found = []
+        model = SafetensorsStream(rank_dir, "model.safetensors")
+        for name, value in (model_tensors.items() if isinstance(model_tensors, dict) else model_tensors):
+            reason = unusable_reason(name, value)
+            if reason:
+                found.append(reason)
+            model.add(name, value)
+            del value   # the writer keeps no reference either: one gathered tensor alive at a time
+        _write_safetensors(os.path.join(rank_dir, "model.safetensors"), model, {"format": "pt"})
         contents = ["model"]
         if optimizer_state is not None:
-            moments = {f"exp_avg/{name}": value for name, value in optimizer_state["exp_avg"].items()}
-            moments.update({f"exp_avg_sq/{name}": value for name, value in optimizer_state["exp_avg_sq"].items()})
-            _write_safetensors(os.path.join(rank_dir, "optimizer.safetensors"), moments,
-                               {"step": optimizer_state["step"], "backend": metadata["backend"]})
+            if isinstance(optimizer_state, dict):
+                step, moments = optimizer_state["step"], _moment_items(optimizer_state)
+            else:
+                step, moments = optimizer_state
+            optimizer = SafetensorsStream(rank_dir, "optimizer.safetensors")
+            for kind, name, value in moments:
+                reason = unusable_reason(f"{kind}/{name}", value, moment=True)
+                if reason:
+                    found.append(reason)
+                optimizer.add(f"{kind}/{name}", value)
+                del value
+            _write_safetensors(os.path.join(rank_dir, "optimizer.safetensors"), optimizer,
+                               {"step": step, "backend": metadata["backend"]})
             contents.append("optimizer")
+        (check or _refuse_unusable)(found)
         if rng_state is not None:
             _write_safetensors(os.path.join(rank_dir, "rng.safetensors"), rng_state, {"backend": metadata["backend"]})
             contents.append("rng")
         _write_json(os.path.join(directory, "trainer_state.json"), trainer_state)
+        dtypes = {dtype for dtype in model.dtypes if dtype.startswith(("float", "bfloat"))}
         _write_json(os.path.join(directory, META_FILE),
                     dict(metadata, format="mmx", iteration=int(iteration), layout_version=LAYOUT_VERSION,
                          contents=contents, parallel=single_rank_layout(metadata.get("parallel")),
-                         dtype=_dtype_label(model_tensors), mmx_version=mmx.__version__))
+                         dtype=dtypes.pop() if len(dtypes) == 1 else "mixed", mmx_version=mmx.__version__))
 
     final = publish.publish_iteration(save_dir, iteration_dir_name(iteration), write, pointer=iteration)
     return str(final)
+
+
+def _refuse_unusable(found):
+    if found:
+        raise ValueError(f"unusable tensors, no checkpoint written: {'; '.join(found[:3])}")
+
+
+def unusable_reason(name, value, moment=False):
+    """"name: why" when weight ``value`` is not finite or reaches UNUSABLE_MAGNITUDE (a ``moment``: when it is not
+    finite), else None."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "fV" and "bfloat16" not in str(value.dtype):
+        return None
+    finite = np.isfinite(value.astype(np.float32, copy=False))
+    if moment:
+        return None if finite.all() else f"{name}: non-finite optimizer moment"
+    if not finite.all():
+        return f"{name}: {int((~finite).sum())} non-finite values"
+    peak = float(np.abs(value).max()) if value.size else 0.0
+    if peak >= UNUSABLE_MAGNITUDE:
+        return f"{name}: max |w| {peak:.3g} >= {UNUSABLE_MAGNITUDE:.3g} (its square overflows float32)"
+    return None
 
 
 def unusable_tensors(model_tensors, optimizer_state=None):
     """["name: why", ...] for weights that are not finite or reach UNUSABLE_MAGNITUDE, and optimizer moments that
     are not finite: a checkpoint holding them would resume into NaN (the loss and gradient norm of the step that
     produced them can still be finite)."""
-    found = []
-    for name, value in model_tensors.items():
-        value = np.asarray(value, np.float32)
-        if not np.isfinite(value).all():
-            found.append(f"{name}: {int((~np.isfinite(value)).sum())} non-finite values")
-        elif value.size and np.abs(value).max() >= UNUSABLE_MAGNITUDE:
-            found.append(f"{name}: max |w| {float(np.abs(value).max()):.3g} >= {UNUSABLE_MAGNITUDE:.3g} (its square "
-                         f"overflows float32)")
+    found = [unusable_reason(name, value) for name, value in model_tensors.items()]
     for kind in ("exp_avg", "exp_avg_sq"):
         for name, value in ((optimizer_state or {}).get(kind) or {}).items():
-            if not np.isfinite(np.asarray(value, np.float32)).all():
-                found.append(f"{kind}/{name}: non-finite optimizer moment")
-    return found
+            found.append(unusable_reason(f"{kind}/{name}", value, moment=True))
+    return [reason for reason in found if reason]
 
 
 def _same_dir(a, b):

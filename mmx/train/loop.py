@@ -27,7 +27,8 @@ layers, vision blocks, and the root; then ``distributed.shard_optimizer``). On t
 1/N of the weights, gradients and AdamW moments, and the sharded backward already sums the gradients over the ranks
 (reduce-scatter), so the step sums only the loss; on MindSpore (ZeRO-1) every rank holds the whole weights and
 gradients and 1/N of the moments, updates its own parameters and sends them to the others. The clip uses the whole
-gradients' norm. Checkpoints are the same whole tensors: every rank takes part in gathering them, rank 0 writes;
+gradients' norm. Checkpoints are the same whole tensors: every rank takes part in gathering them, one at a time,
+and rank 0 writes each to the file and drops it before the next (no process holds the whole model at a save);
 loading fills the model before it is sharded, and the optimizer keeps each rank's share of the moments.
 """
 import inspect
@@ -353,44 +354,50 @@ class Trainer:
                 self.resume_notes.append(f"the lr schedule now {what} over {getattr(self.schedule, key)} iterations "
                                          f"(was {schedule[key]}: it follows train_iters {training['train_iters']})")
 
-    def _unusable_state(self, model_tensors, optimizer_state):
-        """What makes the state unfit for a checkpoint (rank 0 checks, every rank learns it): [] when usable."""
-        found = ckpt.unusable_tensors(model_tensors, optimizer_state) if self.rank == 0 else []
+    def _refuse_unusable(self, found):
+        """Raise NonFiniteLossError (on every rank) when rank 0 found unusable tensors while streaming the save
+        (``found``: its reasons; [] on the other ranks): a collective, called once all tensors are gathered."""
         if self.world_size > 1 and int(self.comm.all_reduce_numpy(np.array([len(found)], np.int64))[0]) and \
                 not found:
             found = ["(rank 0 found unusable tensors)"]
-        return found
+        if found:
+            raise NonFiniteLossError(
+                f"iteration {self.iteration}: the weights are unusable ({'; '.join(found[:3])}"
+                f"{'; ...' if len(found) > 3 else ''}), though the loss and gradient norm were finite; no checkpoint "
+                f"was written. Last good checkpoint: {self._last_good()}")
+
+    def _model_stream(self):
+        """(name, whole numpy tensor; None on ranks other than 0) of every saved model tensor, each gathered when
+        it is drawn (a collective for a shard or an expert slice: the ranks taking part draw them all, in order)."""
+        for name, value in nn.state_dict(self.model).items():
+            if self.checkpoint_names is not None and name not in self.checkpoint_names:
+                continue   # LoRA: the base model is named by metadata lora.base, not copied
+            whole = self.comm.full_tensor(value)  # a collective for a shard
+            if self.experts is not None:   # an expert slice: gathered from the ranks of EP group 0
+                whole = self.experts.full(name, ops.to_numpy(whole))
+            yield name, (ops.to_numpy(whole) if self.experts is None else whole) if self.rank == 0 else None
+            del whole   # gone before the next one is gathered
 
     def save(self):
         """Write the current state as checkpoint ``iteration`` under ``training.save``; returns its directory.
 
         Every rank calls this: the streaming positions of all ranks are gathered, rank 0 writes (model and optimizer
         are identical on every rank; a sharded model's and moments are gathered whole by all ranks, one tensor at a
-        time, and kept by rank 0 only), and the others wait until the checkpoint is complete.
+        time, and rank 0 writes each to the checkpoint file and drops it before the next, so no process holds the
+        whole model or moments), and the others wait until the checkpoint is complete. Each tensor is checked as it
+        streams; unusable weights or moments raise NonFiniteLossError on every rank and leave no checkpoint.
         """
         training = self.training
         data_state = None
         if self.stream is not None:
             states = gather_objects(self.comm, self.stream.state_dict())
             data_state = states if self.world_size > 1 else states[0]
-        model_tensors, optimizer_state = {}, None
         if self.rank == 0 or self.sharded or self.experts is not None:
-            for name, value in nn.state_dict(self.model).items():
-                if self.checkpoint_names is not None and name not in self.checkpoint_names:
-                    continue   # LoRA: the base model is named by metadata lora.base, not copied
-                whole = self.comm.full_tensor(value)  # a collective for a shard
-                if self.experts is not None:   # an expert slice: gathered from the ranks of EP group 0
-                    whole = self.experts.full(name, ops.to_numpy(whole))
-                if self.rank == 0:
-                    model_tensors[name] = ops.to_numpy(whole) if self.experts is None else whole
-            if not training["no_save_optim"]:
-                optimizer_state = self.optimizer.state_dict(gather_only=self.rank != 0)
-        unusable = self._unusable_state(model_tensors, optimizer_state)
-        if unusable:
-            raise NonFiniteLossError(
-                f"iteration {self.iteration}: the weights are unusable ({'; '.join(unusable[:3])}"
-                f"{'; ...' if len(unusable) > 3 else ''}), though the loss and gradient norm were finite; no checkpoint "
-                f"was written. Last good checkpoint: {self._last_good()}")
+            model_stream = self._model_stream()
+            optimizer_stream = None if training["no_save_optim"] else \
+                self.optimizer.stream_state(gather_only=self.rank != 0)
+        else:   # replicated: rank 0 alone reads its own whole copies
+            model_stream, optimizer_stream = iter(()), None
         if self.rank == 0:
             trainer_state = {"iteration": self.iteration, "consumed_samples": self.consumed_samples,
                              "schedule": self.schedule.state_dict(), "history": self.history,
@@ -399,10 +406,17 @@ class Trainer:
                              "data_parallel": training["data_parallel"], "data_state": data_state,
                              "run_settings": self.run_settings}
             ckpt.save_checkpoint(
-                training["save"], self.iteration, model_tensors, dict(self.metadata, backend=self.backend.NAME),
-                trainer_state, optimizer_state, None if training["no_save_rng"] else self.steps.get_rng_state())
+                training["save"], self.iteration, model_stream, dict(self.metadata, backend=self.backend.NAME),
+                trainer_state, optimizer_stream, None if training["no_save_rng"] else self.steps.get_rng_state(),
+                check=self._refuse_unusable)
             ckpt.finish_overwrite(training["save"])   # a replaced run's directory goes once this one is complete
             ckpt.prune_checkpoints(training["save"], training["save_total_limit"])   # the newest K stay
+        else:   # take part in every gather, in rank 0's order
+            for _ in model_stream:
+                pass
+            for _ in optimizer_stream[1] if optimizer_stream is not None else ():
+                pass
+            self._refuse_unusable([])
         self.comm.barrier()
         self.last_saved = self.iteration
         return str(ckpt.iteration_dir(training["save"], self.iteration))
