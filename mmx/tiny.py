@@ -189,11 +189,17 @@ def _write_config(out_dir, family, tied, overrides):
         vision_start_token_id=TOKEN_ID["<|vision_start|>"], vision_end_token_id=TOKEN_ID["<|vision_end|>"],
         bos_token_id=TOKEN_ID["<|endoftext|>"], eos_token_id=TOKEN_ID["<|im_end|>"],
         pad_token_id=TOKEN_ID["<|endoftext|>"])
+    return save_config(hf_config, out_dir)
+
+
+def save_config(hf_config, out_dir, token_id=TOKEN_ID):
+    """Write ``hf_config`` (float32) and a greedy generation_config.json with the Qwen chat tokens' ids in
+    ``token_id``; the written config dict."""
     hf_config.dtype = "float32"
     hf_config.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": TOKEN_ID["<|endoftext|>"], "pad_token_id": TOKEN_ID["<|endoftext|>"],
-                   "eos_token_id": [TOKEN_ID["<|im_end|>"], TOKEN_ID["<|endoftext|>"]], "do_sample": False},
+        json.dump({"bos_token_id": token_id["<|endoftext|>"], "pad_token_id": token_id["<|endoftext|>"],
+                   "eos_token_id": [token_id["<|im_end|>"], token_id["<|endoftext|>"]], "do_sample": False},
                   f, indent=2)
     with open(os.path.join(out_dir, "config.json")) as f:
         return json.load(f)

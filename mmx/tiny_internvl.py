@@ -18,6 +18,8 @@ import os
 import numpy as np
 from safetensors.numpy import save_file
 
+from mmx.tiny import save_config
+
 # Qwen2's chat tokens and InternVL's image tokens, ids 0..6 in the tiny vocabulary.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>")
 TOKEN_ID = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
@@ -101,14 +103,7 @@ def _write_config(out_dir, tied, variant, overrides):
                                image_token_id=TOKEN_ID["<IMG_CONTEXT>"], image_seq_length=seq,
                                bos_token_id=TOKEN_ID["<|endoftext|>"], eos_token_id=TOKEN_ID["<|im_end|>"],
                                pad_token_id=TOKEN_ID["<|endoftext|>"])
-    hf_config.dtype = "float32"
-    hf_config.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": TOKEN_ID["<|endoftext|>"], "pad_token_id": TOKEN_ID["<|endoftext|>"],
-                   "eos_token_id": [TOKEN_ID["<|im_end|>"], TOKEN_ID["<|endoftext|>"]], "do_sample": False},
-                  f, indent=2)
-    with open(os.path.join(out_dir, "config.json")) as f:
-        return json.load(f)
+    return save_config(hf_config, out_dir, TOKEN_ID)
 
 
 def _weights(config, init):

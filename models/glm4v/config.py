@@ -10,9 +10,9 @@ DEFAULT_TOKEN_IDS = {"image_token_id": 151343, "video_token_id": 151344, "video_
                      "video_end_token_id": 151342}
 
 
-def _field(source, key, where):
+def _field(source, key, where, model="GLM-4.1V (model_type glm4v)"):
     if key not in source:
-        raise ValueError(f"config.json: {where} has no {key!r}; is this a GLM-4.1V (model_type glm4v) config?")
+        raise ValueError(f"config.json: {where} has no {key!r}; is this a {model} config?")
     return source[key]
 
 

@@ -14,9 +14,7 @@ DEFAULT_TOKEN_IDS = {"image_token_id": 151363, "video_token_id": 151364, "video_
 
 
 def _field(source, key, where):
-    if key not in source:
-        raise ValueError(f"config.json: {where} has no {key!r}; is this a GLM-4.5V (model_type glm4v_moe) config?")
-    return source[key]
+    return glm4v._field(source, key, where, "GLM-4.5V (model_type glm4v_moe)")
 
 
 def text_config(raw):
