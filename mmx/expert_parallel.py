@@ -20,8 +20,11 @@ Dispatch (``distributed.EXPERT_DISPATCH``):
   weighted 0), an all-reduce sums the shares, and each rank keeps its slot.
 
 Checkpoints keep whole stacked tensors: saving gathers each expert tensor (one at a time) from the ranks of EP group
-0; a whole checkpoint loads into any EP size (the model is filled whole, then each rank keeps its slice), so
-checkpoints move between EP sizes and backends.
+0, so checkpoints move between EP sizes and backends. Loading is rank-local (:func:`load_rank_local`, ``mmx
+finetune`` from an mm checkpoint of any TP / PP / EP layout): the model is built without weight storage and each
+rank reads only its own experts' rows of every stacked-expert tensor (plus the dense tensors whole), so no process
+holds or reads another rank's experts. A resumed run (``training.load``) or an HF init still fills the model whole,
+then each rank keeps its slice.
 """
 import re
 
@@ -61,6 +64,63 @@ def _submodule(model, dotted):
     return module
 
 
+def stacked_experts(model, ep_size):
+    """(parameter name, its StackedExperts module, the module holding the parameter) of every stacked-expert tensor
+    of ``model``; ExpertParallelError when there is none or ``ep_size`` does not divide a layer's experts."""
+    from mmx.models.common.moe import StackedExperts
+
+    params = dict(nn.named_parameters(model))
+    modules = sorted({found.group(1) for found in map(STACKED.match, params) if found})
+    modules = [name for name in modules if isinstance(_submodule(model, name), StackedExperts)]
+    if not modules:
+        raise ExpertParallelError(f"training.expert_model_parallel_size={ep_size}: this model has no MoE layers "
+                                  f"(stacked experts); set expert_model_parallel_size: 1")
+    found = []
+    for name in modules:
+        experts = _submodule(model, name)
+        total = getattr(experts, "whole_experts", None) or int(experts.linear_fc1.weight.shape[0])
+        if total % ep_size:
+            raise ExpertParallelError(f"training.expert_model_parallel_size={ep_size} does not divide the {total} "
+                                      f"experts of {name}; use a divisor of {total}")
+        found += [(f"{name}.{leaf}.weight", experts, getattr(experts, leaf)) for leaf in ("linear_fc1", "linear_fc2")]
+    return found
+
+
+class _LocalRows:
+    """``source`` (mmx.checkpoint.store.MMSource) as :func:`mmx.models.common.weights.stream_mm_state` reads it,
+    with each tensor of ``spans`` ({name: range of rows}) cut to those rows (read alone: ``source.read_rows``)."""
+
+    def __init__(self, source, spans):
+        self.source, self.spans = source, spans
+        self.entries = {name: (dtype, (len(spans[name]),) + tuple(shape[1:]) if name in spans else shape)
+                        for name, (dtype, shape) in source.entries.items()}
+
+    def read(self, name):
+        if name not in self.spans:
+            return self.source.read(name)
+        return self.source.read_rows(name, self.spans[name].start, self.spans[name].stop)
+
+
+def load_rank_local(model, source, ep_size, ep_rank):
+    """Fill ``model`` — built under ``nn.empty_init()`` (no weight storage) — from the mm checkpoint ``source``
+    (MMSource, ``streaming=True``) with only what expert-parallel rank ``ep_rank`` of ``ep_size`` holds: each
+    stacked-expert parameter becomes its run of experts ``local_experts(E, ep_size, ep_rank)`` and is filled with just
+    those rows of the checkpoint tensor (read from the files holding them, whatever EP size the checkpoint was split
+    by), everything else whole, one tensor at a time; so no process holds, or reads, another rank's experts.
+    :meth:`ExpertParallel.shard` then keeps the slices in place. Returns ``model``."""
+    from mmx.models.common.weights import stream_mm_state
+
+    spans = {}
+    for name, experts, holder in stacked_experts(model, ep_size):
+        whole = holder.weight
+        experts.whole_experts = int(whole.shape[0])
+        spans[name] = local_experts(experts.whole_experts, ep_size, ep_rank)
+        with nn.empty_init():   # the slot of this rank's experts, filled from the checkpoint below
+            holder.weight = nn.Parameter(ops.zeros((len(spans[name]),) + tuple(whole.shape[1:]), whole.dtype),
+                                         requires_grad=getattr(whole, "requires_grad", True))
+    return stream_mm_state(model, _LocalRows(source, spans))
+
+
 class ExpertParallel:
     """The expert-parallel state of one rank: built by :func:`setup`, called by every ``StackedExperts`` forward
     (``experts.parallel``) as ``self(x, weights, indices, gate_up, down)``."""
@@ -76,34 +136,20 @@ class ExpertParallel:
     # -- placement -------------------------------------------------------------------------------------------------
 
     def shard(self, model):
-        """Keep this rank's experts of every stacked-expert tensor of ``model`` (filled whole before) and route the
-        MoE layers through the dispatcher; returns self. ExpertParallelError when the model has no experts or E % EP != 0."""
-        from mmx.models.common.moe import StackedExperts
-
-        params = dict(nn.named_parameters(model))
-        modules = sorted({found.group(1) for found in map(STACKED.match, params) if found})
-        modules = [name for name in modules if isinstance(_submodule(model, name), StackedExperts)]
-        if not modules:
-            raise ExpertParallelError(f"training.expert_model_parallel_size={self.ep_size}: this model has no MoE "
-                                      f"layers (stacked experts); set expert_model_parallel_size: 1")
-        for name in modules:
-            experts = _submodule(model, name)
-            for leaf in ("linear_fc1", "linear_fc2"):
-                holder = getattr(experts, leaf)
-                whole = holder.weight
+        """Keep this rank's experts of every stacked-expert tensor of ``model`` (filled whole before, or already
+        holding only them: :func:`load_rank_local`) and route the MoE layers through the dispatcher; returns self.
+        ExpertParallelError when the model has no experts or E % EP != 0."""
+        for name, experts, holder in stacked_experts(model, self.ep_size):
+            whole = holder.weight
+            total = getattr(experts, "whole_experts", None)   # set by load_rank_local: the slice is in place
+            if total is None:
                 total = int(whole.shape[0])
-                if total % self.ep_size:
-                    raise ExpertParallelError(
-                        f"training.expert_model_parallel_size={self.ep_size} does not divide the {total} experts of "
-                        f"{name}; use a divisor of {total}")
-                self.num_experts = total
                 span = local_experts(total, self.ep_size, self.ep_rank)
-                full_name = f"{name}.{leaf}.weight"
-                self.whole_shapes[full_name] = tuple(int(d) for d in whole.shape)
                 value = ops.to_numpy(whole)[span.start:span.stop]
-                trainable = getattr(whole, "requires_grad", True)
                 holder.weight = nn.Parameter(ops.cast(ops.tensor(np.ascontiguousarray(value)), whole.dtype),
-                                             requires_grad=trainable)
+                                             requires_grad=getattr(whole, "requires_grad", True))
+            self.num_experts = total
+            self.whole_shapes[name] = (total,) + tuple(int(d) for d in whole.shape[1:])
             experts.parallel = self
         return self
 
@@ -222,15 +268,23 @@ class ExpertParallel:
 
 def setup(model, training, rank, world_size, comm):
     """The :class:`ExpertParallel` of ``training.expert_model_parallel_size`` > 1 with ``model`` sharded (after its
-    whole weights are loaded and broadcast), or None for 1. ExpertParallelError for a size that does not fit."""
-    ep_size = int(training.get("expert_model_parallel_size") or 1)
+    whole weights are loaded and broadcast, or its own experts alone: :func:`load_rank_local`), or None for 1.
+    ExpertParallelError for a size that does not fit."""
+    ep_size = checked_size(training, world_size)
     if ep_size == 1:
         return None
-    if world_size % ep_size:
+    return ExpertParallel(comm, rank, world_size, ep_size).shard(model)
+
+
+def checked_size(training, world_size):
+    """``training.expert_model_parallel_size`` (1 when unset); ExpertParallelError when it does not divide the
+    ``world_size`` launched processes."""
+    ep_size = int(training.get("expert_model_parallel_size") or 1)
+    if ep_size > 1 and world_size % ep_size:
         raise ExpertParallelError(f"training.expert_model_parallel_size={ep_size} must divide the {world_size} "
                                   f"launched processes (world = expert parallel x data parallel); launch a multiple "
                                   f"of {ep_size} processes or change the size")
-    return ExpertParallel(comm, rank, world_size, ep_size).shard(model)
+    return ep_size
 
 
 class ExpertOptimizer:

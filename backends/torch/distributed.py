@@ -141,13 +141,11 @@ def full_tensor(tensor):
 def load_fully_sharded(model, unit_names, source):
     """``model`` — built under ``nn.empty_init()`` (meta device, no weight storage) — sharded like
     :func:`fully_shard` and then given storage for this rank's shards only, each filled with its own rows of the
-    checkpoint tensor: read straight from the safetensors file with safetensors' slicing
-    (``safe_open(...).get_slice(name)[begin:end]``) when one file holds the tensor whole, else the tensor is merged
-    from its TP / EP pieces (``source.read``) and its rows taken. ``source``: an mm checkpoint opened for reading
-    (mmx.checkpoint.store.MMSource). No rank holds the whole model, and none needs a broadcast (each reads the same
-    files). Every parameter must be filled; ``model`` itself is returned."""
-    from safetensors import safe_open
-
+    checkpoint tensor, only those rows' bytes read from the safetensors files (``source.read_rows``: the slice
+    ``safe_open(...).get_slice(name)[begin:end]`` takes, from the EP files holding them and side by side from TP
+    pieces split on another dim; a dim-0 TP split is merged first). ``source``: an mm checkpoint opened for reading
+    (mmx.checkpoint.store.MMSource, ``streaming=True``). No rank holds the whole model, and none needs a broadcast
+    (each reads the same files). Every parameter must be filled; ``model`` itself is returned."""
     from mmx.checkpoint.rows import as_array
 
     fully_shard(model, unit_names)
@@ -163,19 +161,13 @@ def load_fully_sharded(model, unit_names, source):
             local = param.to_local() if isinstance(param, DTensor) else param
             begin = local_rows(param)
             end = begin + (local.shape[0] if local.dim() else 0)
-            path = source.file_of(name)
-            if path is not None:   # opened per tensor: its mapped pages leave this process's RSS with it
-                with safe_open(path, framework="pt") as handle:
-                    rows = handle.get_slice(name)[begin:end] if local.dim() else handle.get_tensor(name)
-            else:
-                whole = as_array(source.read(name))
-                rows = torch.from_numpy(np.ascontiguousarray(whole[begin:end] if local.dim() else whole)
-                                        .astype(np.float32))
+            rows = np.ascontiguousarray(as_array(source.read_rows(name, begin, end)))
             if tuple(rows.shape) != tuple(local.shape):
                 raise ValueError(f"load_fully_sharded: {name} rows {begin}:{end} have shape {tuple(rows.shape)} "
                                  f"but this rank's shard is {tuple(local.shape)}; the checkpoint and the config "
                                  f"disagree")
-            local.copy_(rows.to(local.dtype))
+            # numpy has no bf16 torch can take: any float goes through float32 (exact), then the parameter's dtype
+            local.copy_(torch.from_numpy(rows.astype(np.float32, copy=False)).to(local.dtype))
             filled.add(name)
     missing = sorted(set(params) - filled)
     if missing:

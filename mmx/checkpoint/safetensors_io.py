@@ -100,6 +100,28 @@ class SafetensorsFile:
                                    f"copy or download the file again")
         return raw.view(DTYPES[dtype_str]).reshape(shape)
 
+    def read_rows(self, name, begin, end, arena=None):
+        """Rows ``begin:end`` (dim 0) of tensor ``name``: only their bytes are read (a row-major tensor's rows are
+        contiguous; what ``safe_open(...).get_slice(name)[begin:end]`` reads, without a memory map). A 0-d tensor
+        is read whole."""
+        dtype_str, shape = self.entries[name]
+        if not shape:
+            return self.read(name, arena)
+        if not 0 <= begin <= end <= shape[0]:
+            raise SafetensorsError(f"{self.path}: rows {begin}:{end} of {name!r} are outside its {shape[0]} rows")
+        row = DTYPES[dtype_str].itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        first = self._offsets[name][0] + begin * row
+        size = (end - begin) * row
+        raw = np.empty(size, np.uint8) if arena is None else arena.take(size)
+        with open(self.path, "rb") as handle:
+            handle.seek(self.data_start + first)
+            got = handle.readinto(raw)
+        if got != size:
+            raise SafetensorsError(f"{self.path} is truncated: rows {begin}:{end} of {name!r} need bytes "
+                                   f"{self.data_start + first}..{self.data_start + first + size} but the file has "
+                                   f"{os.path.getsize(self.path)}; copy or download the file again")
+        return raw.view(DTYPES[dtype_str]).reshape((end - begin,) + tuple(shape[1:]))
+
 
 class SafetensorsWriter:
     """Write a safetensors file whose tensors (name, dtype string, shape) are known before their data.

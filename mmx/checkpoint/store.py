@@ -23,7 +23,7 @@ import mmx
 from mmx.checkpoint.families import family
 from mmx.checkpoint.layout import SHARD_FILE, Layout, iteration_dir_name, placements, read_json, stored_name
 from mmx.checkpoint.publish import LATEST_FILE, fsync_dir, new_file, publish_iteration, recover, write_text_atomic
-from mmx.checkpoint.rows import Arena, as_array, chunks
+from mmx.checkpoint.rows import Arena, as_array, chunks, take
 from mmx.checkpoint.safetensors_io import DTYPES, SafetensorsFile, SafetensorsWriter, dtype_name, nbytes
 from mmx.checkpoint.shard import full_shape, is_expert, merge, piece_shape, split, tp_rule
 
@@ -134,6 +134,33 @@ class MMSource:
         if rule == "replicate":
             return piece(0)
         return merge([piece(tp) for tp in range(tp_size)], rule, self._arena)
+
+
+    def read_rows(self, name, begin, end):
+        """Rows ``begin:end`` (dim 0) of the whole tensor ``name`` as row blocks (valid until the next read with
+        ``streaming``), reading only those rows' bytes wherever the layout allows: the expert-parallel files that hold
+        those experts (a rank's run of experts, rows of its file), and of each tensor-parallel piece when the split
+        is not on dim 0 (``replicate``: rank 0's, ``row``: the pieces' rows side by side). A dim-0 TP split (its
+        rows are interleaved over the pieces) is merged whole and its rows taken."""
+        pp, rule = self._where[name], tp_rule(name, self.plan)
+        if rule not in ("replicate", "row") and self.layout.tp_size > 1:
+            return take(self.read(name), begin, end)
+        if self._arena is not None:
+            self._arena.reset()
+        ep_size = self.layout.ep_size if is_expert(name, self.plan) else 1
+        per = self.entries[name][1][0] // ep_size if self.entries[name][1] else 0
+
+        def rows(tp):   # this TP piece's rows begin:end, from the EP files holding them
+            if not per:
+                return [self._files[tp, pp, 0].read(name, self._arena)]
+            if begin == end:
+                return [self._files[tp, pp, 0].read_rows(name, 0, 0, self._arena)]
+            return [self._files[tp, pp, ep].read_rows(name, max(begin, ep * per) - ep * per,
+                                                      min(end, (ep + 1) * per) - ep * per, self._arena)
+                    for ep in range(begin // per, (end - 1) // per + 1)]
+        if rule == "replicate" or self.layout.tp_size == 1:
+            return rows(0)
+        return merge([rows(tp) for tp in range(self.layout.tp_size)], rule, self._arena)
 
 
 class ArraySource:

@@ -30,6 +30,7 @@ from mmx.data.dataset import describe_drops, empty_reason, summary_line
 from mmx.train.checkpoint import LATEST, prepare_save_dir
 from mmx.train.config import DATA_RESUME_SETTINGS, ConfigError, check_data_parallel
 from mmx.train.freeze import apply_freeze
+from mmx.train.host_memory import set_host_memory
 from mmx.train.loop import Trainer, shard_unit_names
 
 
@@ -49,17 +50,18 @@ def read_weights(path):
     return metadata, {name: np.asarray(value, np.float32) for name, value in tensors.items()}
 
 
-def build_model(model_config, training=None, world_size=1):
+def build_model(model_config, training=None, world_size=1, rank=0):
     """(model on the current backend with the init weights and freeze flags applied, metadata, frozen names).
 
     An mm checkpoint is streamed into a model built without weight storage (``models.build_streamed``: one tensor in
     host memory besides the model, never a second copy); an HF one is converted in memory (:func:`read_weights`).
-    Under ``training.data_parallel: fully_shard`` with several processes (and no ``training.load``), the model is
-    also sharded before it has weights and each rank reads only its own rows of every tensor from the shards
-    (``distributed.load_fully_sharded``): the Trainer (``sharded_model=True``) then neither broadcasts nor shards it
-    again.
+    Loading is rank-local with several processes (and no ``training.load``, no LoRA): under
+    ``training.data_parallel: fully_shard`` the model is sharded before it has weights and each rank reads only its
+    own rows of every tensor from the shards (``distributed.load_fully_sharded``); under expert parallel each rank
+    reads only its own experts' rows of the stacked-expert tensors (``expert_parallel.load_rank_local``). The Trainer
+    (``sharded_model=True``) then neither broadcasts nor shards it again.
     """
-    from mmx import backend, models, nn
+    from mmx import backend, expert_parallel, models, nn
     from mmx.checkpoint.store import MMSource
 
     path = model_config["init_from_hf_path"]
@@ -73,8 +75,12 @@ def build_model(model_config, training=None, world_size=1):
         with nn.empty_init():
             model = models.build(path)
         frozen = apply_freeze(model, model_config)   # before sharding: the units keep their flags
-        model = backend.get().distributed.load_fully_sharded(model, shard_unit_names(model, shard_units(path)),
-                                                              source)
+        ep_size = expert_parallel.checked_size(training, world_size)
+        if ep_size > 1:
+            model = expert_parallel.load_rank_local(model, source, ep_size, rank % ep_size)
+        else:
+            model = backend.get().distributed.load_fully_sharded(model, shard_unit_names(model, shard_units(path)),
+                                                                  source)
         metadata = source.metadata
     else:
         model = models.build_streamed(path, path)
@@ -86,10 +92,11 @@ def build_model(model_config, training=None, world_size=1):
 
 
 def rank_local(training, world_size):
-    """Whether each process loads only its own shard of the weights: a fully sharded run of several processes that
-    does not resume (a resumed one reads the checkpoint whole, then shards it) and has no LoRA adapters."""
-    return bool(training) and world_size > 1 and training["data_parallel"] == "fully_shard" and \
-        not training.get("load") and not training.get("lora")
+    """Whether each process loads only its own shard of the weights: a fully sharded or expert-parallel run of
+    several processes that does not resume (a resumed one reads the checkpoint whole, then shards it) and has no
+    LoRA adapters."""
+    return bool(training) and world_size > 1 and not training.get("load") and not training.get("lora") and \
+        (training["data_parallel"] == "fully_shard" or training.get("expert_model_parallel_size", 1) > 1)
 
 
 def shard_units(model_path):
@@ -132,6 +139,7 @@ def finetune(config, echo=print):
 
     training = config["training"]
     check_data_files(config)   # a mistyped dataset path fails before the backend import and the model build
+    set_host_memory(training["host_memory"])   # before the model's memory is allocated
     # before the model is built: on an accelerator each process takes its own device
     rank, world_size = backend.get().distributed.init()
     check_data_parallel(training, world_size)
@@ -150,7 +158,7 @@ def finetune(config, echo=print):
     note = prepare_save_dir(training, rank)   # refuses another run's checkpoint before anything is written
     if note:
         echo(note)
-    model, metadata, frozen = build_model(config["model"], training, world_size)
+    model, metadata, frozen = build_model(config["model"], training, world_size, rank)
     if frozen:   # counted in parameters (elements), not tensors
         sizes = {name: int(np.prod(param.shape)) for name, param in nn_named_parameters(model)}
         echo(f"frozen: {sum(sizes.get(name, 0) for name in frozen):,} parameters in {len(frozen)} tensors "

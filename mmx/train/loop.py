@@ -207,7 +207,8 @@ class Trainer:
     then be this rank's shard (mmx.data's ``streaming_loader(batch_size, rank, world_size)``). ``shard_units``: the
     model's ``FULLY_SHARD_UNITS`` name patterns (its plan) for ``data_parallel: fully_shard``; without them the whole
     model is one unit. ``sharded_model``: ``model`` is already fully sharded with each rank's shard loaded
-    (``distributed.load_fully_sharded``), so it is neither broadcast nor sharded here.
+    (``distributed.load_fully_sharded``), or holds this rank's experts only (``expert_parallel.load_rank_local``),
+    so it is neither broadcast nor sharded here.
     """
 
     def __init__(self, model, dataset, collate, training, metadata=None, log_dir=None, stream=None, shard_units=(),
