@@ -17,7 +17,9 @@ Workers, each in its own process (one backend per process), on each batch:
 
     transformers-torch-<dtype>   HF model (sdpa, padded), torch.autocast when bf16, HF loss, clip, torch AdamW
     mmx-torch-<dtype>            the mmx Trainer's step: fused chunked output layer + cross entropy
-                                 (ops.linear_cross_entropy), fused AdamW, autocast when bf16 (fp32 master weights)
+                                 (ops.linear_cross_entropy), fused AdamW, autocast when bf16 (fp32 master weights),
+                                 the trainer's host allocator setting (training.host_memory: keep) like every mmx
+                                 worker; the transformers worker keeps glibc's defaults, as its Trainer does
     mmx-torch-<dtype>-logits     the same with the pre-fusion loss: (N, V) float32 logits, then cross entropy
     mmx-torch-<dtype>-compiled   (--compiled) the default step with torch.compile on each decoder layer (regional)
     mmx-torch-fp32               the default step in fp32 (only when <dtype> is bf16)
@@ -148,11 +150,14 @@ def run_mmx(hf_dir, batch, steps, precision, loss="fused", compiled=False):
     entropy) or "logits" (the (N, V) float32 logits, then cross entropy); ``compiled``: torch.compile per decoder
     layer. → (trainable parameters, first loss, best step seconds, peak FLOP/s)."""
     from mmx import backend, models, ops
+    from mmx.train.config import TRAINING_DEFAULTS
     from mmx.train.finetune import read_weights
+    from mmx.train.host_memory import set_host_memory
     from mmx.train.loop import lm_loss, prepare_micro_batch, train_step
     from mmx.train.loss import token_weights, weighted_lm_loss
     from mmx.train.metrics import measure_matmul_peak
 
+    set_host_memory(TRAINING_DEFAULTS["host_memory"])   # what mmx finetune sets (transformers: glibc's defaults)
     peak = measure_matmul_peak(2048, 3, ops.bfloat16 if precision == "bf16" else ops.float32)  # before the model
     _, tensors = read_weights(hf_dir)
     model = models.build(hf_dir)
