@@ -22,6 +22,7 @@ import os
 import yaml
 
 from mmx.checkpoint.publish import recover
+from mmx.train.host_memory import MODES as HOST_MEMORY_MODES
 
 TRAINING_DEFAULTS = {
     "seed": 1234,
@@ -64,6 +65,7 @@ TRAINING_DEFAULTS = {
     "no_save_rng": False,
     "log_dir": None,                # metrics.jsonl, loss_curve.png, TensorBoard events (default: SAVE/logs)
     "peak_tflops": None,            # for MFU; default: a known accelerator's data sheet, else a 2048² matmul
+    "host_memory": "keep",          # keep: freed host memory is reused by the next step; release: glibc's defaults
     "progress_bar": True,
     # How the processes of a torchrun / msrun launch hold the model: replicate (each holds the whole model, gradients
     # and AdamW state: ~16 bytes per trainable parameter per device) or fully_shard (torch, FSDP2: each holds 1/N of
@@ -275,6 +277,9 @@ def check_training(training, where="config"):
     for key in ("eval_interval", "save_total_limit", "num_train_epochs"):
         if training[key] is not None and training[key] < 0 or (key != "eval_interval" and training[key] == 0):
             raise ConfigError(f"{where}: training.{key} {training[key]!r} must be positive (or null / remove it)")
+    if training["host_memory"] not in HOST_MEMORY_MODES:
+        raise ConfigError(f"{where}: training.host_memory {training['host_memory']!r}: use keep (freed host memory "
+                          f"is reused by the next step) or release (glibc's defaults: freed memory goes back)")
     if training["precision"] not in ("fp32", "bf16"):
         raise ConfigError(f"{where}: training.precision {training['precision']!r}: use fp32 or bf16")
     if training["train_iters"] < 1:
