@@ -12,7 +12,8 @@ process, interleaved ``--rounds`` times (the best of each column counts):
     glibc-default   glibc's allocator as the process starts (``training.host_memory: release``): blocks above the
                     mmap threshold (128 KiB rising to at most 32 MiB) are fresh mmaps, zero-filled by page faults on
                     first touch and unmapped when freed, and the heap is trimmed when 128 KiB are free at its top
-    mmx-default     what the trainer sets (``training.host_memory: keep``, mmx.train.host_memory): every block from
+    mmx-default     what the trainer sets in one process (``training.host_memory: auto``, i.e. ``keep``;
+                    mmx.train.host_memory): every block from
                     the heap, freed memory kept for the next step (``mallopt(M_MMAP_MAX, 0)``,
                     ``M_TRIM_THRESHOLD`` = unlimited)
 

@@ -6,8 +6,12 @@ Writes a random float32 Qwen2.5-VL checkpoint (mmx.tiny's, with a wider and deep
 finetune``'s code path (``mmx.train.finetune.finetune``, 1–2 steps of short digit-VQA samples) under torchrun and
 reads each rank's peak RSS (VmHWM) right after the model is built (loading: N = 1 streams the checkpoint into a model
 built without weight storage; N > 1 builds on meta, shards with FSDP2 and fills each rank's own rows straight from
-the safetensors file) and after training. Prints the table side by side and lines ``loading_peak_ratio_n2=<x>``
-(max over ranks of the N-process peak / the 1-process peak; goal ≤ 0.6) and the same for training and N = 4.
+the safetensors file) and after training, and the file-backed pages mapped at each of those points (RssFile +
+RssShmem: the shared libraries — torch's ~0.4 GiB, and under FSDP2 triton's ~0.09 GiB, which ``fully_shard``'s
+imports map — pages that every process maps from the same files, so a machine running N ranks holds them once).
+Prints the table side by side and lines ``loading_peak_ratio_n2=<x>`` (max over ranks of the N-process peak RSS /
+the 1-process peak), ``loading_private_peak_ratio_n2=<x>`` (the same for the peak less those library pages: what
+each rank adds to the machine; goal ≤ 0.6) and the same for training and N = 4.
 
 Then the save: rank 0's peak RSS (VmHWM reset through ``/proc/self/clear_refs`` first) while the trainer writes a
 checkpoint with model and AdamW moments (``Trainer.save``: gathered, written and dropped one tensor at a time), and
@@ -33,27 +37,32 @@ import json, os, sys
 import mmx.train.finetune as ft
 from mmx.train.config import load_config
 
-def peak():
+def status(key):
     for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
+
+def peak():
+    return status("VmHWM")
+
+def mark(kind):
+    """The peak RSS so far, and the file-backed pages mapped now (the shared libraries: torch, triton, ...)."""
+    marks[kind], marks[kind + "_file"] = peak(), status("RssFile") + status("RssShmem")
 
 marks = {}
 build = ft.build_model
 def measured(*args, **kwargs):
-    marks["before"] = peak()   # the imports, the process group and the data checks: the baseline
+    mark("before")   # the imports, the process group and the data checks: the baseline
     out = build(*args, **kwargs)
-    marks["load"] = peak()
+    mark("load")
     return out
 ft.build_model = measured
 trainer = ft.finetune(load_config(sys.argv[1]), echo=lambda text: None)
-marks["train"] = peak()
+mark("train")
 marks["loss"] = float(trainer.history[-1])
 
 def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
+    return status("VmRSS")
 
 def old_save(save):
     """The save before streaming: every tensor gathered into dicts on rank 0, then written."""
@@ -107,7 +116,7 @@ def make_checkpoint(work, hidden, layers, intermediate):
     return mm_dir, count
 
 
-def run(work, mm_dir, digits, n, steps):
+def run(work, mm_dir, digits, n, steps, host_memory):
     """{rank: {"load": bytes, "train": bytes, "loss": float}} of an N-process fully sharded run."""
     out = os.path.join(work, f"n{n}")
     os.makedirs(out, exist_ok=True)
@@ -115,6 +124,7 @@ def run(work, mm_dir, digits, n, steps):
               "data": {"dataset": digits["train"], "dataset_dir": digits["dataset_dir"], "cutoff_len": 64},
               "training": {"train_iters": steps, "micro_batch_size": 1, "global_batch_size": 4, "lr": 1e-5,
                            "data_parallel": "fully_shard", "log_interval": 1, "progress_bar": False,
+                           "host_memory": host_memory,
                            "log_dir": os.path.join(out, "logs")}}
     path = os.path.join(out, "config.json")
     with open(path, "w") as handle:
@@ -134,6 +144,20 @@ def run(work, mm_dir, digits, n, steps):
     return result
 
 
+def most(ranks, kind):
+    """The largest rank's value of ``kind``: a mark (bytes), ``above`` (loading peak - baseline) or
+    ``<mark>_private`` (the peak less the file-backed pages mapped at that mark: the shared libraries' code and
+    data, which every process maps from the same files and the machine holds once)."""
+    def value(r):
+        if kind == "above":
+            return r["load"] - r["before"]
+        if kind.endswith("_private"):
+            mark = kind[:-len("_private")]
+            return r[mark] - r[mark + "_file"]
+        return r[kind]
+    return max(value(r) for r in ranks.values())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=24)
@@ -143,6 +167,8 @@ def main():
     parser.add_argument("--sizes", default="1,2,4")
     parser.add_argument("--work-dir", default="/tmp/mmx-bench-scale")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--host-memory", choices=["auto", "keep", "release"], default="auto",
+                        help="training.host_memory of the runs (default: the trainer's)")
     args = parser.parse_args()
     from mmx.data.digits import make_digits_vqa
 
@@ -152,26 +178,24 @@ def main():
         digits = make_digits_vqa(os.path.join(args.work_dir, "digits"), size=56, max_samples=8)
         print(f"model: {count / 1e6:.0f}M parameters (float32 checkpoint {count * 4 / 2 ** 30:.2f} GiB)", flush=True)
         sizes = [int(n) for n in args.sizes.split(",")]
-        results = {n: run(args.work_dir, mm_dir, digits, n, args.steps) for n in sizes}
+        results = {n: run(args.work_dir, mm_dir, digits, n, args.steps, args.host_memory) for n in sizes}
     finally:
         if not args.keep:
             shutil.rmtree(args.work_dir, ignore_errors=True)
     gib = 2 ** 30
-    print(f"{'N':>3} {'baseline (GiB)':>15} {'loading peak (GiB)':>19} {'loading - baseline':>19} "
-          f"{'training peak (GiB)':>20} {'loss':>8}   (per rank, the largest rank's)")
+    print(f"{'N':>3} {'baseline':>9} {'loading peak':>13} {'- baseline':>11} {'libraries':>10} "
+          f"{'loading private':>16} {'training peak':>14} {'training private':>17} {'loss':>8}"
+          f"   (GiB per rank, the largest rank's)")
     for n, ranks in results.items():
-        before = max(r["before"] for r in ranks.values())
-        load = max(r["load"] for r in ranks.values())
-        above = max(r["load"] - r["before"] for r in ranks.values())
-        train = max(r["train"] for r in ranks.values())
-        print(f"{n:>3} {before / gib:>15.2f} {load / gib:>19.2f} {above / gib:>19.2f} {train / gib:>20.2f} "
-              f"{ranks[0]['loss']:>8.4f}")
+        print(f"{n:>3} {most(ranks, 'before') / gib:>9.2f} {most(ranks, 'load') / gib:>13.2f} "
+              f"{most(ranks, 'above') / gib:>11.2f} {most(ranks, 'load_file') / gib:>10.2f} "
+              f"{most(ranks, 'load_private') / gib:>16.2f} {most(ranks, 'train') / gib:>14.2f} "
+              f"{most(ranks, 'train_private') / gib:>17.2f} {ranks[0]['loss']:>8.4f}")
     base = results[sizes[0]]
-
-    def most(ranks, kind):
-        return max(r["load"] - r["before"] if kind == "above" else r[kind] for r in ranks.values())
     for n in sizes[1:]:
-        for kind, label in (("load", "loading_peak"), ("above", "loading_above_baseline"), ("train", "training_peak")):
+        for kind, label in (("load", "loading_peak"), ("above", "loading_above_baseline"),
+                            ("load_private", "loading_private_peak"), ("train", "training_peak"),
+                            ("train_private", "training_private_peak")):
             print(f"{label}_ratio_n{n}={most(results[n], kind) / most(base, kind):.3f}")
     print(f"{'N':>3} {'save start (GiB)':>17} {'streamed save peak':>19} {'old save peak':>14}   (rank 0, GiB)")
     for n, ranks in results.items():

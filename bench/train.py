@@ -18,7 +18,8 @@ Workers, each in its own process (one backend per process), on each batch:
     transformers-torch-<dtype>   HF model (sdpa, padded), torch.autocast when bf16, HF loss, clip, torch AdamW
     mmx-torch-<dtype>            the mmx Trainer's step: fused chunked output layer + cross entropy
                                  (ops.linear_cross_entropy), fused AdamW, autocast when bf16 (fp32 master weights),
-                                 the trainer's host allocator setting (training.host_memory: keep) like every mmx
+                                 the trainer's host allocator setting (training.host_memory: auto = keep in one
+                                 process) like every mmx
                                  worker; the transformers worker keeps glibc's defaults, as its Trainer does
     mmx-torch-<dtype>-logits     the same with the pre-fusion loss: (N, V) float32 logits, then cross entropy
     mmx-torch-<dtype>-compiled   (--compiled) the default step with torch.compile on each decoder layer (regional)

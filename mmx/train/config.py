@@ -65,7 +65,8 @@ TRAINING_DEFAULTS = {
     "no_save_rng": False,
     "log_dir": None,                # metrics.jsonl, loss_curve.png, TensorBoard events (default: SAVE/logs)
     "peak_tflops": None,            # for MFU; default: a known accelerator's data sheet, else a 2048² matmul
-    "host_memory": "keep",          # keep: freed host memory is reused by the next step; release: glibc's defaults
+    "host_memory": "auto",          # keep: freed host memory reused by the next step; release: glibc's defaults;
+                                    # auto: keep, release under fully_shard (mmx.train.host_memory)
     "progress_bar": True,
     # How the processes of a torchrun / msrun launch hold the model: replicate (each holds the whole model, gradients
     # and AdamW state: ~16 bytes per trainable parameter per device) or fully_shard (torch, FSDP2: each holds 1/N of
@@ -278,8 +279,8 @@ def check_training(training, where="config"):
         if training[key] is not None and training[key] < 0 or (key != "eval_interval" and training[key] == 0):
             raise ConfigError(f"{where}: training.{key} {training[key]!r} must be positive (or null / remove it)")
     if training["host_memory"] not in HOST_MEMORY_MODES:
-        raise ConfigError(f"{where}: training.host_memory {training['host_memory']!r}: use keep (freed host memory "
-                          f"is reused by the next step) or release (glibc's defaults: freed memory goes back)")
+        raise ConfigError(f"{where}: training.host_memory {training['host_memory']!r}: use auto, keep (freed host "
+                          f"memory is reused by the next step) or release (glibc's defaults: freed memory goes back)")
     if training["precision"] not in ("fp32", "bf16"):
         raise ConfigError(f"{where}: training.precision {training['precision']!r}: use fp32 or bf16")
     if training["train_iters"] < 1:

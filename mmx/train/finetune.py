@@ -31,7 +31,6 @@ from mmx.train.checkpoint import LATEST, prepare_save_dir
 from mmx.train.config import DATA_RESUME_SETTINGS, ConfigError, check_data_parallel
 from mmx.train.freeze import apply_freeze
 from mmx.train.host_memory import set_host_memory
-from mmx.train.host_memory import set_host_memory
 from mmx.train.loop import Trainer, shard_unit_names
 
 
@@ -140,10 +139,10 @@ def finetune(config, echo=print):
 
     training = config["training"]
     check_data_files(config)   # a mistyped dataset path fails before the backend import and the model build
-    set_host_memory(training["host_memory"])   # before the model's memory is allocated
-    set_host_memory(training["host_memory"])   # before the model's memory is allocated
     # before the model is built: on an accelerator each process takes its own device
     rank, world_size = backend.get().distributed.init()
+    # before the model's memory is allocated
+    set_host_memory(training["host_memory"], world_size > 1 and training["data_parallel"] == "fully_shard")
     check_data_parallel(training, world_size)
     if rank:
         def echo(text):  # one process reports

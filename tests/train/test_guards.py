@@ -62,7 +62,7 @@ def test_config_errors_name_key_and_fix(tmp_path):
         load_config(base={"model": {"hidden_size": 64}})
     with pytest.raises(ConfigError, match="multiple of training.micro_batch_size"):
         load_config(base={"training": {"global_batch_size": 6, "micro_batch_size": 4}})
-    with pytest.raises(ConfigError, match=r"training\.host_memory 'cache': use keep .* or release"):
+    with pytest.raises(ConfigError, match=r"training\.host_memory 'cache': use auto, keep .* or release"):
         load_config(base={"training": {"host_memory": "cache"}})
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  lr: 1.0e-3\n  train_iters: 5\nmodel:\n  text_decoder:\n    freeze: false\n")

@@ -33,6 +33,7 @@ def probe(mode):
 def test_keep_reuses_freed_host_memory():
     keep, release = probe("keep"), probe("release")
     assert keep["applied"] and not release["applied"]   # glibc (the supported Linux hosts)
+    assert probe("auto")["applied"]
     pages = 64 * 2 ** 20 // 4096
     # glibc's defaults: each 64 MiB buffer is a new mapping, all of its 16,384 pages fault in on every allocation
     assert min(release["faults"][1:]) >= 0.9 * pages
@@ -40,8 +41,9 @@ def test_keep_reuses_freed_host_memory():
     assert keep["faults"][0] >= 0.9 * pages and max(keep["faults"][1:]) <= 0.02 * pages
 
 
-def test_unknown_mode_is_refused():
+def test_unknown_mode_is_refused_and_auto_releases_under_fully_shard():
     from mmx.train.host_memory import set_host_memory
 
-    with pytest.raises(ValueError, match="training.host_memory 'cache': use keep"):
+    assert set_host_memory("auto", sharded=True) is False   # changes nothing in this process
+    with pytest.raises(ValueError, match="training.host_memory 'cache': use auto, keep"):
         set_host_memory("cache")
