@@ -6,7 +6,9 @@ rank ``r % EP`` of group ``r // EP`` and holds experts ``e * E / EP .. (e + 1) *
 MoE layer, renumbered from 0 (the EP layout ``mmx.checkpoint.shard.is_expert`` names). Every rank trains its own
 micro-batches (data parallel over all N, as without EP); the non-expert parameters are whole on every rank and their
 gradients are summed over all N; a rank's expert gradients are summed over the N / EP ranks holding the same experts
-(its expert-data-parallel group).
+(its expert-data-parallel group). With ``data_parallel: fully_shard`` (torch: ``distributed.EXPERT_FULLY_SHARD``)
+the dense part is sharded over all N ranks and each rank's expert slice is its own FSDP unit over its
+expert-data-parallel group (torchtitan's layout), whose backward does both gradient sums.
 
 Dispatch (``distributed.EXPERT_DISPATCH``):
 
@@ -86,9 +88,10 @@ def stacked_experts(model, ep_size):
     return found
 
 
-class _LocalRows:
-    """``source`` (mmx.checkpoint.store.MMSource) as :func:`mmx.models.common.weights.stream_mm_state` reads it,
-    with each tensor of ``spans`` ({name: range of rows}) cut to those rows (read alone: ``source.read_rows``)."""
+class LocalRows:
+    """``source`` (mmx.checkpoint.store.MMSource) with each tensor of ``spans`` ({name: range of rows}) cut to those
+    rows, as the rank-local loaders read it (``entries``, ``read``, ``read_rows``; only those rows' bytes are read:
+    ``source.read_rows``)."""
 
     def __init__(self, source, spans):
         self.source, self.spans = source, spans
@@ -96,29 +99,44 @@ class _LocalRows:
                         for name, (dtype, shape) in source.entries.items()}
 
     def read(self, name):
-        if name not in self.spans:
-            return self.source.read(name)
-        return self.source.read_rows(name, self.spans[name].start, self.spans[name].stop)
+        return self.read_rows(name, 0, self.entries[name][1][0]) if name in self.spans else self.source.read(name)
+
+    def read_rows(self, name, begin, end):
+        start = self.spans[name].start if name in self.spans else 0
+        return self.source.read_rows(name, start + begin, start + end)
 
 
-def load_rank_local(model, source, ep_size, ep_rank):
-    """Fill ``model`` — built under ``nn.empty_init()`` (no weight storage) — from the mm checkpoint ``source``
-    (MMSource, ``streaming=True``) with only what expert-parallel rank ``ep_rank`` of ``ep_size`` holds: each
-    stacked-expert parameter becomes its run of experts ``local_experts(E, ep_size, ep_rank)`` and is filled with just
-    those rows of the checkpoint tensor (read from the files holding them, whatever EP size the checkpoint was split
-    by), everything else whole, one tensor at a time; so no process holds, or reads, another rank's experts.
-    :meth:`ExpertParallel.shard` then keeps the slices in place. Returns ``model``."""
-    from mmx.models.common.weights import stream_mm_state
-
+def local_slots(model, ep_size, ep_rank):
+    """Cut every stacked-expert parameter of ``model`` — built under ``nn.empty_init()`` — to an empty slot for the
+    experts expert-parallel rank ``ep_rank`` of ``ep_size`` holds (``local_experts``), to be filled from the
+    checkpoint (:class:`LocalRows`); returns {parameter name: range of its experts}. :meth:`ExpertParallel.shard`
+    then keeps the slices in place."""
     spans = {}
     for name, experts, holder in stacked_experts(model, ep_size):
         whole = holder.weight
         experts.whole_experts = int(whole.shape[0])
         spans[name] = local_experts(experts.whole_experts, ep_size, ep_rank)
-        with nn.empty_init():   # the slot of this rank's experts, filled from the checkpoint below
+        with nn.empty_init():
             holder.weight = nn.Parameter(ops.zeros((len(spans[name]),) + tuple(whole.shape[1:]), whole.dtype),
                                          requires_grad=getattr(whole, "requires_grad", True))
-    return stream_mm_state(model, _LocalRows(source, spans))
+    return spans
+
+
+def expert_units(names):
+    """The dotted names of the StackedExperts modules holding the expert parameters ``names``."""
+    return sorted({name.rsplit(".", 2)[0] for name in names})
+
+
+def load_rank_local(model, source, ep_size, ep_rank):
+    """Fill ``model`` — built under ``nn.empty_init()`` (no weight storage) — from the mm checkpoint ``source``
+    (MMSource, ``streaming=True``) with only what expert-parallel rank ``ep_rank`` of ``ep_size`` holds: each
+    stacked-expert parameter becomes its run of experts (:func:`local_slots`) and is filled with just those rows of
+    the checkpoint tensor (read from the files holding them, whatever EP size the checkpoint was split by),
+    everything else whole, one tensor at a time; so no process holds, or reads, another rank's experts. Returns
+    ``model``. (Under fully_shard, ``distributed.load_fully_sharded`` fills the slots with their shards instead.)"""
+    from mmx.models.common.weights import stream_mm_state
+
+    return stream_mm_state(model, LocalRows(source, local_slots(model, ep_size, ep_rank)))
 
 
 class ExpertParallel:
@@ -130,6 +148,7 @@ class ExpertParallel:
         self.ep_rank, self.group_index, self.dp_size = rank % ep_size, rank // ep_size, world_size // ep_size
         self.groups = comm.expert_groups(ep_size)
         self.whole_shapes = {}    # expert parameter name → its whole (E, ...) shape
+        self.modules = []         # the StackedExperts modules' dotted names (fully_shard's expert units)
         self.num_experts = None
         self.is_expert = []       # per trainable parameter (bind)
 
@@ -151,6 +170,7 @@ class ExpertParallel:
             self.num_experts = total
             self.whole_shapes[name] = (total,) + tuple(int(d) for d in whole.shape[1:])
             experts.parallel = self
+        self.modules = expert_units(self.whole_shapes)
         return self
 
     def bind(self, named_params):
@@ -179,8 +199,11 @@ class ExpertParallel:
 
     # -- the step ----------------------------------------------------------------------------------------------------
 
-    def sum_gradients(self, grads):
-        """Dense gradients summed over all ranks, expert gradients over the ranks holding the same experts."""
+    def sum_gradients(self, grads, sharded=False):
+        """Dense gradients summed over all ranks, expert gradients over the ranks holding the same experts; a fully
+        sharded (``sharded``) model's backward did both already (reduce-scatters of sums on each unit's mesh)."""
+        if sharded:
+            return list(grads)
         dense = [k for k, expert in enumerate(self.is_expert) if not expert]
         expert = [k for k, flag in enumerate(self.is_expert) if flag]
         out = list(grads)
@@ -278,8 +301,18 @@ def setup(model, training, rank, world_size, comm):
 
 def checked_size(training, world_size):
     """``training.expert_model_parallel_size`` (1 when unset); ExpertParallelError when it does not divide the
-    ``world_size`` launched processes."""
+    ``world_size`` launched processes, or asks for ``data_parallel: fully_shard`` on a backend whose fully_shard
+    does not compose with it (``distributed.EXPERT_FULLY_SHARD``)."""
+    from mmx import backend
+
     ep_size = int(training.get("expert_model_parallel_size") or 1)
+    if ep_size > 1 and training.get("data_parallel") == "fully_shard" and \
+            not backend.get().distributed.EXPERT_FULLY_SHARD:
+        raise ExpertParallelError(f"training.expert_model_parallel_size={ep_size} with training.data_parallel: "
+                                  f"fully_shard is not implemented on {backend.name()} (its fully_shard gives each "
+                                  f"parameter's AdamW state to one rank, which sends the new weights to all, and "
+                                  f"expert slices differ between ranks); use data_parallel: replicate with expert "
+                                  f"parallelism there")
     if ep_size > 1 and world_size % ep_size:
         raise ExpertParallelError(f"training.expert_model_parallel_size={ep_size} must divide the {world_size} "
                                   f"launched processes (world = expert parallel x data parallel); launch a multiple "

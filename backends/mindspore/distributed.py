@@ -95,9 +95,13 @@ def barrier():
         _group["all_reduce"](ms.Tensor(np.zeros(1, np.float32))).asnumpy()
 
 
-def fully_shard(model, unit_names):
+def fully_shard(model, unit_names, expert_units=(), ep_size=1):
     """``model`` itself: on MindSpore fully_shard shards the optimizer state only (:func:`shard_optimizer`), the
-    weights stay whole on every rank (module docstring), so there are no units to shard."""
+    weights stay whole on every rank (module docstring), so there are no units to shard. Expert parallel does not
+    compose with it here (``EXPERT_FULLY_SHARD``: mmx.expert_parallel refuses the pair before this is called)."""
+    if expert_units:
+        raise NotImplementedError("fully_shard with expert parallel is not implemented on MindSpore; use "
+                                  "training.data_parallel: replicate with training.expert_model_parallel_size")
     return model
 
 
@@ -121,13 +125,13 @@ def full_tensor(tensor):
     return tensor
 
 
-def load_fully_sharded(model, unit_names, source):
+def load_fully_sharded(model, unit_names, source, expert_units=(), ep_size=1):
     """``model`` — built under ``nn.empty_init()`` — filled whole from ``source`` (an mm checkpoint opened for
     reading, mmx.checkpoint.store.MMSource), one tensor at a time: MindSpore's fully_shard keeps the weights whole on
     every rank (:func:`fully_shard`), so every rank holds and reads them all; ``model`` itself is returned."""
     from mmx.models.common.weights import stream_mm_state
 
-    return fully_shard(stream_mm_state(model, source), unit_names)
+    return fully_shard(stream_mm_state(model, source), unit_names, expert_units, ep_size)
 
 
 def local_rows(param):
@@ -232,6 +236,9 @@ class _ShardedOptimizer:
 # MindSpore 2.10 on CPU has no all-to-all (ops.AlltoAll raises under msrun, measured), so mmx.expert_parallel
 # gathers every rank's tokens with a differentiable all-reduce instead (module docstring there).
 EXPERT_DISPATCH = "all_gather"
+# expert parallel does not compose with fully_shard here: ZeRO-1 gives each parameter's moments to one owner, which
+# sends the updated weights to every rank, but expert slices differ between the ranks
+EXPERT_FULLY_SHARD = False
 
 
 def expert_groups(ep_size):

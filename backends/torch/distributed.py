@@ -100,16 +100,25 @@ def barrier():
         dist.barrier()
 
 
-def fully_shard(model, unit_names):
+def fully_shard(model, unit_names, expert_units=(), ep_size=1):
     """``model`` sharded over the ranks (FSDP2): each submodule named in ``unit_names`` (dotted names, e.g. every
     decoder layer and vision block) is its own unit, the root holds the rest; ``model`` itself is returned.
 
     Call it after the weights are loaded and broadcast, before the optimizer is built: the parameters are replaced by
     DTensors (same names and global shapes). Unit weights are gathered for their forward and freed after it
     (``reshard_after_forward``), and again for the backward. In a single process the model is returned unchanged.
+
+    ``expert_units``: under expert parallel (mmx.expert_parallel, groups of ``ep_size`` consecutive ranks), the
+    modules holding this rank's slice of a layer's stacked experts. Each is its own unit on the expert-data-parallel
+    mesh (the N / EP ranks that hold the same experts; torchtitan's layout), sharded before the layer units around
+    it, so its backward reduce-scatters the expert gradients over exactly those ranks; the rest is sharded over all.
     """
     if _world_size() == 1:
         return model
+    if expert_units:
+        mesh = _expert_data_mesh(ep_size)
+        for name in expert_units:
+            _fsdp_fully_shard(model.get_submodule(name), mesh=mesh, reshard_after_forward=True)
     for name in unit_names:
         _fsdp_fully_shard(model.get_submodule(name), reshard_after_forward=True)
     _fsdp_fully_shard(model, reshard_after_forward=True)
@@ -118,6 +127,21 @@ def fully_shard(model, unit_names):
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
     return model
+
+
+_MESHES = {}
+
+
+def _expert_data_mesh(ep_size):
+    """The 1-D mesh of the ranks holding the same experts as this one (``rank % ep_size`` equal), made once."""
+    if ep_size not in _MESHES:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        world = dist.get_world_size()
+        mesh = init_device_mesh(backend.device().split(":")[0], (world // ep_size, ep_size),
+                                mesh_dim_names=("expert_data", "expert"))
+        _MESHES[ep_size] = mesh["expert_data"]   # rank r sits at (r // ep_size, r % ep_size)
+    return _MESHES[ep_size]
 
 
 def shard_optimizer(make, named_params, *args):
@@ -138,17 +162,19 @@ def full_tensor(tensor):
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def load_fully_sharded(model, unit_names, source):
+def load_fully_sharded(model, unit_names, source, expert_units=(), ep_size=1):
     """``model`` — built under ``nn.empty_init()`` (meta device, no weight storage) — sharded like
     :func:`fully_shard` and then given storage for this rank's shards only, each filled with its own rows of the
     checkpoint tensor, only those rows' bytes read from the safetensors files (``source.read_rows``: the slice
     ``safe_open(...).get_slice(name)[begin:end]`` takes, from the EP files holding them and side by side from TP
     pieces split on another dim; a dim-0 TP split is merged first). ``source``: an mm checkpoint opened for reading
     (mmx.checkpoint.store.MMSource, ``streaming=True``). No rank holds the whole model, and none needs a broadcast
-    (each reads the same files). Every parameter must be filled; ``model`` itself is returned."""
+    (each reads the same files). Every parameter must be filled; ``model`` itself is returned. ``expert_units`` /
+    ``ep_size``: as for :func:`fully_shard`; the expert slots are then this rank's experts already and ``source``
+    gives their rows (mmx.expert_parallel.LocalRows)."""
     from mmx.checkpoint.rows import as_array
 
-    fully_shard(model, unit_names)
+    fully_shard(model, unit_names, expert_units, ep_size)
     model.to_empty(device=backend.device())
     params = dict(model.named_parameters())
     filled = set()
@@ -189,6 +215,7 @@ def local_rows(param):
 # -- expert parallel (mmx.expert_parallel) ------------------------------------------------------------------------
 
 EXPERT_DISPATCH = "all_to_all"   # how mmx.expert_parallel sends tokens to the ranks holding their experts
+EXPERT_FULLY_SHARD = True   # expert parallel composes with fully_shard (expert units on their own mesh)
 
 
 def expert_groups(ep_size):

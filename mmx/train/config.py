@@ -312,10 +312,6 @@ def check_training(training, where="config"):
     if not isinstance(expert, int) or isinstance(expert, bool) or expert < 1:
         raise ConfigError(f"{where}: training.expert_model_parallel_size {expert!r} must be a positive integer (1: "
                           f"every process holds all experts)")
-    if expert > 1 and training["data_parallel"] != "replicate":
-        raise ConfigError(f"{where}: training.expert_model_parallel_size={expert} with training.data_parallel: "
-                          f"{training['data_parallel']} is not implemented yet; use data_parallel: replicate with "
-                          f"expert parallelism")
     for key in MODEL_PARALLEL_KEYS:
         if key == "expert_model_parallel_size":
             continue   # checked above; mmx.expert_parallel checks it against the launch and the model

@@ -63,6 +63,7 @@ def build_model(model_config, training=None, world_size=1, rank=0):
     """
     from mmx import backend, expert_parallel, models, nn
     from mmx.checkpoint.store import MMSource
+    from mmx.models.common.weights import stream_mm_state
 
     path = model_config["init_from_hf_path"]
     if not path or not recover(path) or not os.path.isdir(path) or not os.path.exists(os.path.join(path, LATEST)):
@@ -75,13 +76,15 @@ def build_model(model_config, training=None, world_size=1, rank=0):
         with nn.empty_init():
             model = models.build(path)
         frozen = apply_freeze(model, model_config)   # before sharding: the units keep their flags
+        metadata, units, experts = source.metadata, shard_unit_names(model, shard_units(path)), ()
         ep_size = expert_parallel.checked_size(training, world_size)
-        if ep_size > 1:
-            model = expert_parallel.load_rank_local(model, source, ep_size, rank % ep_size)
+        if ep_size > 1:   # the expert slots cut to this rank's experts, their rows read alone
+            spans = expert_parallel.local_slots(model, ep_size, rank % ep_size)
+            source, experts = expert_parallel.LocalRows(source, spans), (expert_parallel.expert_units(spans), ep_size)
+        if training["data_parallel"] == "fully_shard":
+            model = backend.get().distributed.load_fully_sharded(model, units, source, *experts)
         else:
-            model = backend.get().distributed.load_fully_sharded(model, shard_unit_names(model, shard_units(path)),
-                                                                  source)
-        metadata = source.metadata
+            model = stream_mm_state(model, source)
     else:
         model = models.build_streamed(path, path)
         frozen = apply_freeze(model, model_config)
@@ -148,8 +151,11 @@ def finetune(config, echo=print):
         def echo(text):  # one process reports
             return None
     elif world_size > 1 and training["data_parallel"] == "fully_shard":
+        ep = training["expert_model_parallel_size"]
         echo(f"fully sharded data parallel: {world_size} processes, each holding 1/{world_size} of the "
-             f"{backend.get().distributed.SHARDED}")
+             f"{backend.get().distributed.SHARDED}" + (f"; every MoE layer's experts split over {ep} expert-parallel "
+                                                       f"ranks, each slice sharded over the {world_size // ep} "
+                                                       f"rank(s) holding it" if ep > 1 else ""))
     elif world_size > 1 and training["expert_model_parallel_size"] > 1:
         ep = training["expert_model_parallel_size"]
         echo(f"expert parallel: {world_size} processes = {ep} expert-parallel x {world_size // ep} data-parallel, "

@@ -71,7 +71,7 @@ def train_step(steps, params, optimizer, loss_fn, micro_batches, lr, max_grad_no
     """
     loss, grads = steps.accumulate_grads(params, loss_fn, micro_batches, precision)
     if comm is not None:
-        grads = comm.sum_gradients(grads, sharded) if experts is None else experts.sum_gradients(grads)
+        grads = comm.sum_gradients(grads, sharded) if experts is None else experts.sum_gradients(grads, sharded)
         loss = float(comm.all_reduce_numpy(np.array([loss], np.float64))[0])
     if experts is None:
         grads, norm = steps.clip_grad_norm(grads, max_grad_norm)
@@ -254,11 +254,13 @@ class Trainer:
         # every rank read the same files; the broadcast also covers weights a model initialised at random
         if not sharded_model:
             self.comm.broadcast_parameters([param for _, param in nn.named_parameters(model)])
+        # expert parallel: each rank keeps its slice of every stacked-expert tensor (mmx.expert_parallel); under
+        # fully_shard the slices are then sharded over the ranks holding the same experts
+        self.experts = expert_parallel.setup(model, training, self.rank, self.world_size, self.comm)
         if training["data_parallel"] == "fully_shard" and not sharded_model:  # the parameters become shards
-            self.model = self.comm.fully_shard(model, shard_unit_names(model, shard_units))
+            experts = (self.experts.modules, self.experts.ep_size) if self.experts is not None else ()
+            self.model = self.comm.fully_shard(model, shard_unit_names(model, shard_units), *experts)
         self.sharded = training["data_parallel"] == "fully_shard" and self.world_size > 1
-        # expert parallel: each rank keeps its slice of every stacked-expert tensor (mmx.expert_parallel)
-        self.experts = expert_parallel.setup(self.model, training, self.rank, self.world_size, self.comm)
         self.named_params = self.steps.trainable_parameters(self.model)
         if not self.named_params:
             raise ConfigError("every parameter is frozen (model.*.freeze); nothing would train")

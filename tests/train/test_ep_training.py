@@ -30,6 +30,7 @@ from test_data_parallel import _free_port
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(HERE, "train_runner.py")
 EP = "training.expert_model_parallel_size"
+FSDP = "training.data_parallel=fully_shard"
 OTHER = {"torch": "mindspore", "mindspore": "torch"}
 
 
@@ -81,7 +82,7 @@ def _launch(root, processes, jobs):
     """Run the mmx command lines ``jobs`` one after the other in one launch of ``processes`` processes."""
     command = _launcher(root, processes) + [RUNNER]
     for k, job in enumerate(jobs):
-        command += (["then"] if k else []) + ["cli"] + job
+        command += (["then"] if k else []) + ([] if job[0] == "shardload" else ["cli"]) + job
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", TQDM_DISABLE="1")
     run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=500)
     logs = root / f"launch_logs_{processes}"
@@ -112,9 +113,14 @@ def runs(tmp_path_factory):
     _cli(_finetune(config, root / "single", "training.save_interval=2"))
     _cli(_finetune(mixed, root / "mixed_single"))
     from_single = _first_two_steps(root / "single", root / "from_single")   # continued with EP=2
-    _launch(root, 2, [_finetune(config, root / "ep2", f"{EP}=2", "training.save_interval=2"),
-                      _finetune(config, from_single, f"{EP}=2", f"training.load={from_single}"),
-                      _finetune(mixed, root / "mixed_ep2", f"{EP}=2")])
+    jobs = [_finetune(config, root / "ep2", f"{EP}=2", "training.save_interval=2"),
+            _finetune(config, from_single, f"{EP}=2", f"training.load={from_single}"),
+            _finetune(mixed, root / "mixed_ep2", f"{EP}=2")]
+    if backend.name() == "torch":   # EP with fully_shard (FSDP2): rank-local, and resumed from the 1-process run
+        from_single_fsdp = _first_two_steps(root / "single", root / "from_single_fsdp")
+        jobs += [_finetune(config, root / "ep2_fsdp", f"{EP}=2", FSDP, "training.save_interval=2"),
+                 _finetune(config, from_single_fsdp, f"{EP}=2", FSDP, f"training.load={from_single_fsdp}")]
+    _launch(root, 2, jobs)
     # the EP=2 checkpoint continued by one process of the other backend
     from_ep2 = _first_two_steps(root / "ep2", root / "from_ep2")
     other = OTHER[backend.name()]
@@ -125,7 +131,12 @@ def runs(tmp_path_factory):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     if backend.name() == "torch":
         _launch(root, 4, [_finetune(config, root / "ep2_dp2", f"{EP}=2"),
-                          _finetune(config, root / "ep4", f"{EP}=4")])
+                          _finetune(config, root / "ep4", f"{EP}=4"),
+                          _finetune(config, root / "ep2_dp2_fsdp", f"{EP}=2", FSDP),
+                          ["shardload", str(root / "shards.npz"), str(root / "mm"), "2"]])
+        # the EP=2 x fully_shard run's step-2 checkpoint continued by 1 process
+        from_ep2_fsdp = _first_two_steps(root / "ep2_fsdp", root / "from_ep2_fsdp")
+        _cli(_finetune(config, from_ep2_fsdp, f"training.load={from_ep2_fsdp}"))
     return root
 
 
@@ -155,8 +166,10 @@ def _assert_same_run(got_dir, want_dir, steps, tolerance=TRAIN_TOLERANCE["expert
 
 
 # The 4-process runs are torch's (MindSpore's launch is the 2-process EP=2): deselected on MindSpore, not skipped.
-@pytest.mark.parametrize("run", ["ep2", pytest.param("ep2_dp2", marks=pytest.mark.backend("torch")),
-                                 pytest.param("ep4", marks=pytest.mark.backend("torch"))])
+# ep2_fsdp / ep2_dp2_fsdp: EP with fully_shard (torch FSDP2: the dense part over all ranks, each expert slice its own
+# unit over the ranks holding it), rank-local loading.
+@pytest.mark.parametrize("run", ["ep2"] + [pytest.param(run, marks=pytest.mark.backend("torch"))
+                                           for run in ("ep2_dp2", "ep4", "ep2_fsdp", "ep2_dp2_fsdp")])
 def test_expert_parallel_trains_like_one_process(runs, run):
     errors = _assert_same_run(runs / run, runs / "single", 3)
     experts = [name for name in errors if ".experts." in name]
@@ -189,6 +202,45 @@ def test_expert_parallel_checkpoints_continue_across_ep_sizes(runs):
                      TRAIN_TOLERANCE["cross_backend_loss_rel"])
 
 
+@pytest.mark.backend("torch")
+def test_expert_parallel_with_fully_shard_checkpoints_continue(runs):
+    """The EP=2 x fully_shard run's step-2 checkpoint (whole tensors, the 1-process layout) continued by 1 process,
+    and the 1-process run's continued under EP=2 x fully_shard (whole load, experts cut, then sharded): step 3 of the
+    3-step curve and its weights."""
+    for continued in ("from_ep2_fsdp", "from_single_fsdp"):
+        assert sorted(_curve(runs / continued)) == [3]
+        _assert_same_run(runs / continued, runs / "single", 3, steps_run=[3])
+    metadata, tensors = load_mm(str(runs / "ep2_fsdp"))
+    _, single = load_mm(str(runs / "single"))
+    assert metadata["parallel"]["ep_size"] == 1 and {name: value.shape for name, value in tensors.items()} == \
+        {name: value.shape for name, value in single.items()}
+
+
+@pytest.mark.backend("torch")
+def test_expert_parallel_with_fully_shard_shards_experts_over_their_ranks(runs):
+    """EP=2 x fully_shard in 4 processes, loaded as finetune does: every rank's shard of every parameter is exactly
+    its rows of the checkpoint tensor, the 4 ranks' dense shards tile each dense tensor (FSDP over all ranks), each
+    expert slice of 2 experts is split over the 2 ranks holding it (rank r: expert (r % 2) * 2 + r // 2), and each
+    rank holds about a quarter of the model."""
+    _, whole = load_mm(str(runs / "mm"))
+    ranks = [np.load(runs / f"shards.rank{r}.npz") for r in range(4)]
+    held = [0] * 4
+    for name, tensor in whole.items():
+        rows = []
+        for r, shards in enumerate(ranks):
+            local, row = shards[f"p/{name}"], int(shards[f"row/{name}"])
+            assert np.array_equal(local, np.asarray(tensor, np.float32)[row:row + local.shape[0]]), (name, r)
+            rows.append((row, local.shape[0]))
+            held[r] += local.size
+        if ".experts." in name:
+            assert rows == [(0, 1), (2, 1), (1, 1), (3, 1)], (name, rows)
+        else:   # the ranks' rows tile the tensor in rank order
+            assert [row for row, _ in rows] == list(np.cumsum([0] + [n for _, n in rows])[:-1]), (name, rows)
+            assert sum(n for _, n in rows) == tensor.shape[0], name
+    total = sum(tensor.size for tensor in whole.values())
+    assert sum(held) == total and max(held) <= 0.3 * total, (held, total)
+
+
 def test_a_rank_with_only_text_only_batches_trains_under_expert_parallel(runs):
     """Rank 1's micro-batches are all text-only: the vision encoder still runs there (a zero-weighted dummy image)
     and both ranks dispatch the same MoE calls, so the EP=2 run completes with the 1-process curve and weights
@@ -202,8 +254,6 @@ def test_expert_parallel_sizes_that_do_not_fit_are_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="expert_model_parallel_size 0 must be a positive integer"):
         load_config(base={"training": {"expert_model_parallel_size": 0}})
-    with pytest.raises(ConfigError, match="expert_model_parallel_size=2 with training.data_parallel: fully_shard"):
-        load_config(base={"training": {"expert_model_parallel_size": 2, "data_parallel": "fully_shard"}})
     with pytest.raises(ExpertParallelError, match=r"expert_model_parallel_size=2 must divide the 3 launched"):
         setup(None, {"expert_model_parallel_size": 2}, 0, 3, backend.get().distributed)
     assert setup(None, {"expert_model_parallel_size": 1}, 0, 1, backend.get().distributed) is None
@@ -295,6 +345,18 @@ def test_rank_local_loading_reads_and_holds_only_this_ranks_experts(tmp_path):
     whole_peak, half_peak = (got["load_peak"] - got["rss_before"] for got in (whole, half))
     assert half_peak <= 0.6 * whole_peak, (half_peak, whole_peak)
     assert half_peak < half["held_bytes"] + expert_bytes // 2, (half_peak, half["held_bytes"])
+
+
+@pytest.mark.backend("mindspore")
+def test_expert_parallel_with_fully_shard_is_refused_on_mindspore():
+    """MindSpore's fully_shard (ZeRO-1: each parameter's moments on one rank, which sends the new weights to all)
+    does not compose with expert slices, which differ between ranks: refused before any tensor is read."""
+    from mmx.expert_parallel import ExpertParallelError, checked_size
+
+    training = load_config(base={"training": {"expert_model_parallel_size": 2, "data_parallel": "fully_shard"}})
+    with pytest.raises(ExpertParallelError, match="expert_model_parallel_size=2 with training.data_parallel: "
+                                                  "fully_shard is not implemented on mindspore"):
+        checked_size(training["training"], 2)
 
 
 def test_dispatch_plan_and_expert_ranges():

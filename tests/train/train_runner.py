@@ -9,7 +9,8 @@ survive. Launched by torchrun / msrun it trains data parallel and rank r of a mu
 to OUT with ``.txt`` for ``.npz`` and the next job runs. A job ``cli ARGS ...`` runs ``mmx ARGS ...`` (e.g. ``cli
 finetune --config F``) in the launched processes. A job ``shardload OUT.npz MM_DIR`` builds MM_DIR's model as a
 fully sharded ``mmx finetune`` does (rank-local loading) and writes each rank's local shard of every parameter
-(``p/NAME``) and the row it starts at (``row/NAME``).
+(``p/NAME``) and the row of the whole tensor it starts at (``row/NAME``); ``shardload OUT.npz MM_DIR EP`` does so
+with expert parallel of size EP too (an expert shard's row counts from expert 0 of the whole stack).
 """
 import os
 import signal
@@ -82,18 +83,23 @@ def main(args):
     np.savez(out, losses=np.array(losses), **extra, **{f"w/{name}": value for name, value in weights.items()})
 
 
-def shard_load(out, mm_dir):
+def shard_load(out, mm_dir, ep_size="1"):
     """The ``shardload`` job (module docstring)."""
+    from mmx.expert_parallel import local_experts
     from mmx.train.finetune import build_model
 
     rank, world_size = backend.get().distributed.init()
+    ep_size = int(ep_size)
     model, _, _ = build_model({"init_from_hf_path": mm_dir, "image_encoder": {}, "text_decoder": {}},
-                              {"data_parallel": "fully_shard"}, world_size)
+                              {"data_parallel": "fully_shard", "expert_model_parallel_size": ep_size}, world_size, rank)
     comm, arrays = backend.get().distributed, {}
     for name, param in nn.named_parameters(model):
         local = param.to_local() if hasattr(param, "to_local") else param
         arrays[f"p/{name}"] = ops.to_numpy(local)
-        arrays[f"row/{name}"] = np.array(comm.local_rows(param))
+        first = 0
+        if ".experts." in name and ep_size > 1:   # this rank's run of experts starts there
+            first = local_experts(int(param.shape[0]) * ep_size, ep_size, rank % ep_size).start
+        arrays[f"row/{name}"] = np.array(first + comm.local_rows(param))
     np.savez(out.replace(".npz", f".rank{rank}.npz"), **arrays)
 
 
