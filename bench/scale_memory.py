@@ -51,10 +51,18 @@ def mark(kind):
 
 marks = {}
 build = ft.build_model
+def write_marks():
+    rank = int(os.environ.get("RANK", "0"))
+    with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as handle:
+        json.dump(marks, handle)
+
 def measured(*args, **kwargs):
     mark("before")   # the imports, the process group and the data checks: the baseline
     out = build(*args, **kwargs)
     mark("load")
+    if sys.argv[3] == "load":   # --phase load: no training, no save
+        write_marks()
+        os._exit(0)
     return out
 ft.build_model = measured
 trainer = ft.finetune(load_config(sys.argv[1]), echo=lambda text: None)
@@ -92,9 +100,7 @@ for kind, save in (("save", lambda: trainer.save()), ("save_old", lambda: old_sa
     trainer.comm.barrier()
     if int(os.environ.get("RANK", "0")) == 0:
         shutil.rmtree(trainer.training["save"])
-rank = int(os.environ.get("RANK", "0"))
-with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as handle:
-    json.dump(marks, handle)
+write_marks()
 '''
 
 
@@ -116,7 +122,7 @@ def make_checkpoint(work, hidden, layers, intermediate):
     return mm_dir, count
 
 
-def run(work, mm_dir, digits, n, steps, host_memory):
+def run(work, mm_dir, digits, n, steps, host_memory, phase):
     """{rank: {"load": bytes, "train": bytes, "loss": float}} of an N-process fully sharded run."""
     out = os.path.join(work, f"n{n}")
     os.makedirs(out, exist_ok=True)
@@ -133,7 +139,7 @@ def run(work, mm_dir, digits, n, steps, host_memory):
     with open(child, "w") as handle:
         handle.write(CHILD)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", child, path,
-               out]
+               out, phase]
     env = dict(os.environ, MMX_BACKEND="torch", TQDM_DISABLE="1", OMP_NUM_THREADS=str(max(1, os.cpu_count() // n)))
     start = time.time()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -167,6 +173,8 @@ def main():
     parser.add_argument("--sizes", default="1,2,4")
     parser.add_argument("--work-dir", default="/tmp/mmx-bench-scale")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--phase", choices=["all", "load"], default="all",
+                        help="load: only build and load the model (a model too large to train here)")
     parser.add_argument("--host-memory", choices=["auto", "keep", "release"], default="auto",
                         help="training.host_memory of the runs (default: the trainer's)")
     args = parser.parse_args()
@@ -178,25 +186,30 @@ def main():
         digits = make_digits_vqa(os.path.join(args.work_dir, "digits"), size=56, max_samples=8)
         print(f"model: {count / 1e6:.0f}M parameters (float32 checkpoint {count * 4 / 2 ** 30:.2f} GiB)", flush=True)
         sizes = [int(n) for n in args.sizes.split(",")]
-        results = {n: run(args.work_dir, mm_dir, digits, n, args.steps, args.host_memory) for n in sizes}
+        results = {n: run(args.work_dir, mm_dir, digits, n, args.steps, args.host_memory, args.phase) for n in sizes}
     finally:
         if not args.keep:
             shutil.rmtree(args.work_dir, ignore_errors=True)
     gib = 2 ** 30
-    print(f"{'N':>3} {'baseline':>9} {'loading peak':>13} {'- baseline':>11} {'libraries':>10} "
-          f"{'loading private':>16} {'training peak':>14} {'training private':>17} {'loss':>8}"
-          f"   (GiB per rank, the largest rank's)")
+    trained = args.phase == "all"
+    print(f"{'N':>3} {'baseline':>9} {'loading peak':>13} {'- baseline':>11} {'libraries':>10} {'loading private':>16}"
+          + (f" {'training peak':>14} {'training private':>17} {'loss':>8}" if trained else "")
+          + "   (GiB per rank, the largest rank's)")
     for n, ranks in results.items():
         print(f"{n:>3} {most(ranks, 'before') / gib:>9.2f} {most(ranks, 'load') / gib:>13.2f} "
               f"{most(ranks, 'above') / gib:>11.2f} {most(ranks, 'load_file') / gib:>10.2f} "
-              f"{most(ranks, 'load_private') / gib:>16.2f} {most(ranks, 'train') / gib:>14.2f} "
-              f"{most(ranks, 'train_private') / gib:>17.2f} {ranks[0]['loss']:>8.4f}")
+              f"{most(ranks, 'load_private') / gib:>16.2f}"
+              + (f" {most(ranks, 'train') / gib:>14.2f} {most(ranks, 'train_private') / gib:>17.2f} "
+                 f"{ranks[0]['loss']:>8.4f}" if trained else ""))
     base = results[sizes[0]]
+    kinds = (("load", "loading_peak"), ("above", "loading_above_baseline"), ("load_private", "loading_private_peak"))
+    if trained:
+        kinds += (("train", "training_peak"), ("train_private", "training_private_peak"))
     for n in sizes[1:]:
-        for kind, label in (("load", "loading_peak"), ("above", "loading_above_baseline"),
-                            ("load_private", "loading_private_peak"), ("train", "training_peak"),
-                            ("train_private", "training_private_peak")):
+        for kind, label in kinds:
             print(f"{label}_ratio_n{n}={most(results[n], kind) / most(base, kind):.3f}")
+    if not trained:
+        return
     print(f"{'N':>3} {'save start (GiB)':>17} {'streamed save peak':>19} {'old save peak':>14}   (rank 0, GiB)")
     for n, ranks in results.items():
         r = ranks[0]
@@ -205,7 +218,6 @@ def main():
         r = ranks[0]
         print(f"save_peak_ratio_n{n}={r['save'] / r['save_old']:.3f}")
         print(f"save_above_ratio_n{n}={(r['save'] - r['save_start']) / (r['save_old'] - r['save_old_start']):.3f}")
-
 
 if __name__ == "__main__":
     main()
