@@ -3,6 +3,7 @@
     python bench/train.py [--hidden 384] [--layers 8] [--vocab 151936] [--batch 4] [--image 448] [--prompt 32]
                           [--answer 220] [--steps 3] [--rounds 2] [--dtype auto|bf16|fp32] [--skip-mindspore]
                           [--compiled] [--memory-lengths 512,1024,2048,4096] [--skip-throughput]
+                          [--workers mmx-torch-fp32,mmx-mindspore-fp32] [--batches equal,sft]
 
 One random Qwen2.5-VL (mmx.tiny with a wider LLM and Qwen's real 151,936-token vocabulary, tied embeddings like
 Qwen2.5-VL-3B: ~72M parameters by default) and two batches of the guides' shape, per row a 448x448 image (256 merged
@@ -254,6 +255,9 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps per worker run (best counts)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of every worker, interleaved (best counts)")
     parser.add_argument("--skip-mindspore", action="store_true")
+    parser.add_argument("--workers", default="",
+                        help="comma-separated worker names to run (default all), e.g. mmx-torch-fp32,mmx-mindspore-fp32")
+    parser.add_argument("--batches", default=",".join(BATCHES), help="comma-separated batches to run: equal,sft")
     parser.add_argument("--compiled", action="store_true", help="also time torch.compile per decoder layer")
     parser.add_argument("--skip-throughput", action="store_true", help="only the memory sweep")
     parser.add_argument("--memory-lengths", default="512,1024,2048,4096",
@@ -355,9 +359,11 @@ def compare(args, dtype, hf_dir):
     """Make both batches, run every worker on each, print each one's line and the ratios."""
     workers = [name for name in dict.fromkeys(name.format(dtype=dtype) for name in WORKERS)
                if not (name.startswith("mmx-mindspore") and args.skip_mindspore)
-               and not (name.endswith("-compiled") and not args.compiled)]
+               and not (name.endswith("-compiled") and not args.compiled)
+               and (not args.workers or name in args.workers.split(","))]
     flops, results = {}, {}
-    for kind in BATCHES:
+    batches = [kind for kind in BATCHES if kind in args.batches.split(",")]
+    for kind in batches:
         batch = make_batch(hf_dir, args.batch, args.image, args.prompt, args.answer,
                            "every" if kind == "equal" else "answer", args.vocab)
         np.savez(os.path.join(hf_dir, f"batch_{kind}.npz"), **batch)
@@ -369,7 +375,7 @@ def compare(args, dtype, hf_dir):
               f"({100 * supervised / batch['input_ids'].size:.0f}%); executed FLOPs per step: mmx "
               f"{flops[kind]['mmx'] / 1e9:.1f} G, transformers {flops[kind]['transformers'] / 1e9:.1f} G")
     for _ in range(args.rounds):  # interleaved rounds: a burst of other load on the machine hits every worker
-        for kind in BATCHES:
+        for kind in batches:
             for name in workers:
                 result = run_worker(name, hf_dir, os.path.join(hf_dir, f"batch_{kind}.npz"), args.steps)
                 if result is None:
