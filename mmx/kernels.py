@@ -8,6 +8,8 @@ supports the call; a kernel asked for by name that cannot run raises an error li
 """
 from dataclasses import dataclass
 
+import numpy as np
+
 from mmx import ops
 
 
@@ -63,7 +65,9 @@ def register(table, name, available, supports=None):
 @dataclass
 class AttentionCall:
     """One attention call, validated; kernels take it whole. Dense: q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D).
-    Varlen: q/k/v (T, H, D) with ``cu_seqlens`` (N+1,) int32 and ``seqlens`` its N lengths as Python ints."""
+    Varlen: q/k/v (T, H, D) with ``cu_seqlens`` (N+1,) int32 and ``seqlens`` its N lengths as Python ints;
+    ``cu_seqlens`` is what the caller gave: a backend tensor, or a numpy array (host metadata, as the models pass
+    it: its bounds need no device -> host read; a kernel that wants a device tensor converts it)."""
 
     q: object
     k: object
@@ -103,8 +107,9 @@ class AttentionCall:
             if key_padding_mask is not None:
                 raise ValueError("attention: key_padding_mask is for dense (B, S, H, D) inputs; a varlen batch "
                                  "has no padding (leave padded tokens out of cu_seqlens)")
-            # Integer metadata read on the host, as HF does with cu_seqlens.
-            bounds = [int(b) for b in ops.to_numpy(cu_seqlens).tolist()]
+            # Integer metadata read on the host, as HF does with cu_seqlens: numpy as given (no sync), a tensor read.
+            host = cu_seqlens if isinstance(cu_seqlens, (np.ndarray, list, tuple)) else ops.to_numpy(cu_seqlens)
+            bounds = [int(b) for b in np.asarray(host).tolist()]
             if bounds[0] != 0 or bounds[-1] != q.shape[0] or k.shape[0] != q.shape[0] or any(
                     after < before for before, after in zip(bounds, bounds[1:])):
                 raise ValueError(f"attention: cu_seqlens {bounds} must rise from 0 to the {q.shape[0]} packed "

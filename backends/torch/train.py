@@ -127,20 +127,23 @@ def accumulate_grads(params, loss_fn, micro_batches, precision="fp32"):
 
     ``loss_fn(micro_batch)`` returns a scalar tensor already weighted for its share of the global batch (see
     mmx.train.loss), so the summed gradient is the global batch's. ``precision="bf16"`` runs the forward under
-    autocast with the fp32 parameters as master weights.
+    autocast with the fp32 parameters as master weights. The losses are summed on the device in float64 (the same
+    bits as adding each one's float on the host) and read once, after the last backward: one device -> host sync per
+    step, not one per micro-batch.
     """
     for param in params:
         param.grad = None
-    total = 0.0
+    total = None
     for micro_batch in micro_batches:
         with _autocast(precision, params):
             loss = loss_fn(micro_batch)
         loss.backward()
-        total += float(loss.detach())
+        loss = loss.detach().double()
+        total = loss if total is None else total + loss
     grads = [param.grad if param.grad is not None else torch.zeros_like(param) for param in params]
     for param in params:
         param.grad = None
-    return total, grads
+    return (0.0 if total is None else float(total)), grads
 
 
 def clip_grad_norm(grads, max_norm):

@@ -344,7 +344,8 @@ def attention(q, k, v, *, causal=False, cu_seqlens=None, window=None, key_paddin
     """Scaled dot-product attention, the kernel chosen by name (``impl``; see ``backend.kernels``).
 
     Dense: q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) → (B, Sq, Hq, D). Varlen: q (T, Hq, D), k/v (T, Hkv, D) and
-    ``cu_seqlens`` (N+1,) int32: each of the N sequences attends only to itself (block-diagonal).
+    ``cu_seqlens`` (N+1,) int32, a tensor or numpy (host bounds: no device -> host read): each of the N sequences
+    attends only to itself (block-diagonal).
     GQA when Hq is a multiple of Hkv (query head h uses KV head h // (Hq / Hkv)).
     ``causal``: query i sees keys j <= i + (Sk - Sq) (bottom-right aligned, so a decode step with Sq=1 sees all
     cached keys). ``window``: with ``causal``, key j is visible only if i + (Sk - Sq) - j < window (sliding window).

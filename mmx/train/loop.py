@@ -52,6 +52,9 @@ from mmx.train.schedule import LRSchedule
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 # Batch keys that are integer metadata for the host (grids, window/rope indices), passed to the model as numpy.
+# A model also gets as numpy the inputs its class lists in ``host_inputs`` (the Qwen-VL models: input_ids,
+# attention_mask, position ids, which they read on the host anyway): a tensor there would be read straight back, a
+# device -> host sync per micro-batch (tests/train/test_host_reads.py).
 HOST_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts", "cu_seqlens", "logits_positions")
 
 
@@ -130,13 +133,15 @@ def aux_loss_coef(training, model):
 
 
 def model_inputs(model, batch):
-    """The keyword arguments of ``model.forward`` found in ``batch``: tensors, except integer host metadata."""
+    """The keyword arguments of ``model.forward`` found in ``batch``: tensors, except integer host metadata
+    (:data:`HOST_KEYS` and the model's ``host_inputs``), which stays numpy."""
     accepted = inspect.signature(model.forward).parameters
+    host = HOST_KEYS + tuple(getattr(model, "host_inputs", ()))
     inputs = {}
     for key, value in batch.items():
         if key not in accepted or value is None or key == "labels":
             continue
-        inputs[key] = np.asarray(value) if key in HOST_KEYS else ops.tensor(np.asarray(value))
+        inputs[key] = np.asarray(value) if key in host else ops.tensor(np.asarray(value))
     return inputs
 
 

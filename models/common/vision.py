@@ -25,7 +25,7 @@ class VisionAttention(nn.Module):
         self.linear_proj = Linear(hidden_size, hidden_size)
 
     def forward(self, x, cos, sin, cu_seqlens):
-        """x (T, C), cos/sin (T, D), cu_seqlens (N+1,) int32 tensor → (T, C)."""
+        """x (T, C), cos/sin (T, D), cu_seqlens (N+1,) int32 (numpy host bounds or a tensor) → (T, C)."""
         tokens = x.shape[0]
         qkv = ops.reshape(self.linear_qkv(x), (tokens, self.num_heads, 3, self.head_dim))
         q, k, v = qkv[:, :, 0, :], qkv[:, :, 1, :], qkv[:, :, 2, :]

@@ -47,6 +47,9 @@ class QwenVLModel(nn.Module):
     """
 
     image_encoder_class = None
+    # Inputs read on the host (token types, 3-D positions, masks): the trainer passes them as numpy
+    # (mmx.train.loop.model_inputs), so no device -> host read happens per micro-batch.
+    host_inputs = ("input_ids", "attention_mask", "position_ids", "mm_token_type_ids")
 
     def __init__(self, config, stage=None):
         super().__init__()
@@ -100,7 +103,8 @@ class QwenVLModel(nn.Module):
                                     cache, cu_seqlens, mm_token_type_ids)
         cos, sin = self.text_decoder.rotary(positions)
         key_mask = None if mask is None or mask.all() else ops.tensor(mask.astype(bool))
-        packed = None if cu_seqlens is None else ops.tensor(np.asarray(_host(cu_seqlens), np.int32))
+        # numpy: ops.attention reads the bounds from it, no device -> host read in each layer
+        packed = None if cu_seqlens is None else np.asarray(_host(cu_seqlens), np.int32)
         router_logits = [] if return_aux_loss else None
         logits = self.text_decoder(hidden, cos, sin, key_mask, packed, cache, logits_to_keep, logits_positions,
                                    deepstack, router_logits, loss_targets, loss_weights)
@@ -125,11 +129,21 @@ class QwenVLModel(nn.Module):
             raise ValueError(f"{kind.capitalize()} features and {kind} tokens do not match: input_ids hold "
                              f"{int(slots.sum())} {kind} tokens (id {token_id}) but the {kind}s give "
                              f"{features.shape[0]} features; build input_ids with the checkpoint's processor")
-        positions = ops.tensor(slots[..., None])
+        # masked_scatter as a gather with a host-built index (the counts are checked above, on the host): row i of
+        # the result is the feature row for the k-th slot, else the embedding row i; no device -> host read.
+        rows = int(np.prod(slots.shape))
+        index = np.arange(rows, dtype=np.int64)
+        index[np.flatnonzero(slots)] = rows + np.arange(features.shape[0], dtype=np.int64)
+        index = ops.tensor(index)
+
+        def scattered(base, values):
+            flat = ops.reshape(base, (rows, base.shape[-1]))
+            both = ops.cat([flat, ops.cast(values, base.dtype)], 0)
+            return ops.reshape(ops.index_select(both, 0, index), tuple(base.shape))
+
         bases = deepstack or [ops.zeros_like(hidden)] * len(levels)
-        deepstack = [ops.masked_scatter(base, positions, ops.cast(level, hidden.dtype))
-                     for base, level in zip(bases, levels)]
-        return ops.masked_scatter(hidden, positions, ops.cast(features, hidden.dtype)), deepstack
+        deepstack = [scattered(base, level) for base, level in zip(bases, levels)]
+        return scattered(hidden, features), deepstack
 
     def _positions(self, ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts, position_ids, cache,
                    cu_seqlens, mm_token_type_ids=None):

@@ -35,7 +35,7 @@ from mmx.nn.layers import Embedding, LayerNorm, Linear, RMSNorm
 class Glm4vVisionAttention(nn.Module):
     """Bidirectional attention within frames with 2-D rotary (HF ``Glm4vVisionAttention``): ``qkv`` rows are
     [q (all heads); k; v], as HF and MindSpeed-MM's GLM converter store them; ``proj`` has no bias.
-    x (T, C), cos/sin (T, D), cu_seqlens (N+1,) int32 tensor → (T, C)."""
+    x (T, C), cos/sin (T, D), cu_seqlens (N+1,) int32 (numpy host bounds or a tensor) → (T, C)."""
 
     def __init__(self, hidden_size, num_heads):
         super().__init__()
@@ -146,7 +146,7 @@ class Glm4vVisionEncoder(nn.Module):
                                                         vision.spatial_merge_size)
         hidden = hidden + resampled_position_table(encoder.embeddings.position_embedding, indices, weights,
                                                    hidden.dtype)
-        frames = ops.tensor(vision_cu_seqlens(grid))                 # full attention within each frame
+        frames = vision_cu_seqlens(grid)  # numpy; full attention within each frame
         for i in encoder.block_indices:
             hidden = encoder.blocks.layers[str(i)](hidden, cos, sin, frames)
         merged = encoder.downsample(encoder.blocks.final_layernorm(hidden))

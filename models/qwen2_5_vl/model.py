@@ -58,7 +58,7 @@ class Qwen2_5VisionEncoder(nn.Module):
         hidden = ops.reshape(ops.index_select(blocks, 0, ops.tensor(window_index)), (tokens, width))
         positions = vision_position_ids(grid_thw, vision.spatial_merge_size).reshape(tokens // unit, unit, 2)
         cos, sin = vision_rotary(positions[window_index].reshape(tokens, 2), vision)
-        frames, windows = ops.tensor(vision_cu_seqlens(grid_thw)), ops.tensor(window_bounds)
+        frames, windows = vision_cu_seqlens(grid_thw), window_bounds  # numpy: host bounds for ops.attention
         for i in self.encoder.block_indices:
             segments = frames if i in vision.fullatt_block_indexes else windows
             hidden = self.encoder.blocks.layers[str(i)](hidden, cos, sin, segments)

@@ -40,7 +40,7 @@ class Qwen2VisionEncoder(nn.Module):
         levels)."""
         hidden = self.encoder.patch_embed.proj(pixel_values)
         cos, sin = vision_rotary(vision_position_ids(grid_thw, self.vision.spatial_merge_size), self.vision)
-        frames = ops.tensor(vision_cu_seqlens(grid_thw))           # full attention within each frame
+        frames = vision_cu_seqlens(grid_thw)  # numpy; full attention within each frame
         for i in self.encoder.block_indices:
             hidden = self.encoder.blocks.layers[str(i)](hidden, cos, sin, frames)
         return self.projector(hidden), ()

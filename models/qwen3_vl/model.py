@@ -67,7 +67,7 @@ class Qwen3VisionEncoder(nn.Module):
                                                 vision.spatial_merge_size)
         hidden = hidden + resampled_position_table(self.encoder.pos_embed, indices, weights, hidden.dtype)
         cos, sin = vision_rotary(vision_position_ids(grid_thw, vision.spatial_merge_size), vision)
-        frames = ops.tensor(vision_cu_seqlens(grid_thw))           # full attention within each frame
+        frames = vision_cu_seqlens(grid_thw)  # numpy; full attention within each frame
         levels = []
         for i in self.encoder.block_indices:
             if i in vision.deepstack_visual_indexes:

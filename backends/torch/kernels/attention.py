@@ -7,6 +7,7 @@ that sees no key returns zeros. Varlen sequences attend only within themselves (
 import importlib
 import importlib.util
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -130,7 +131,10 @@ def flash_attn(call):
     # flash-attn's causal mask is bottom-right aligned (>= 2.1), like the contract; window counts keys to the left.
     window = (call.window - 1, 0) if call.window is not None else (-1, -1)
     if call.varlen:
-        cu_seqlens = call.cu_seqlens.to(device=call.q.device, dtype=torch.int32)
+        cu_seqlens = call.cu_seqlens
+        if not isinstance(cu_seqlens, torch.Tensor):  # host bounds: an asynchronous upload, no device -> host read
+            cu_seqlens = torch.from_numpy(np.asarray(cu_seqlens, np.int32)).to(call.q.device, non_blocking=True)
+        cu_seqlens = cu_seqlens.to(device=call.q.device, dtype=torch.int32)
         longest = max(call.seqlens)
         return flash.flash_attn_varlen_func(call.q, call.k, call.v, cu_seqlens, cu_seqlens, longest, longest,
                                             softmax_scale=call.scale, causal=call.causal, window_size=window)
@@ -164,7 +168,7 @@ def npu_fusion(call):
     torch_npu = importlib.import_module("torch_npu")
     heads = call.q.shape[-2]
     if call.varlen:
-        lengths = [int(b) for b in call.cu_seqlens[1:].tolist()]
+        lengths = [int(b) for b in np.cumsum(call.seqlens)]  # cu_seqlens[1:], from the host bounds
         mask, mode = None, 0
         if call.causal:
             size = _NPU_CAUSAL_MASK_SIZE
