@@ -1,7 +1,7 @@
 """Host memory churn of training steps whose shapes change every step: minor page faults, kernel (system) time and
 step time per step, and the peak RSS, for the host allocator settings side by side (issue 20).
 
-    python bench/host_memory.py [--hidden 384] [--layers 4] [--vocab 151936] [--steps 12] [--rounds 2]
+    python bench/host_memory.py [--hidden 384] [--layers 4] [--vocab 151936] [--steps 36] [--rounds 1]
 
 The bench model of bench/train.py (a random Qwen2.5-VL, 151,936-token vocabulary, tied embeddings; ~72M parameters
 at the defaults) trains ``--steps`` steps of the mmx Trainer's step (fused output layer + cross entropy, fused AdamW,
@@ -18,7 +18,8 @@ process, interleaved ``--rounds`` times (the best of each column counts):
                     ``M_TRIM_THRESHOLD`` = unlimited)
 
 Per worker: the medians over the steps after the first (warm-up) of minor page faults (``ru_minflt``), system
-seconds (``ru_stime``) and wall seconds, and the peak RSS. The last lines: ``host_memory_faults_ratio=<x>``,
+seconds (``ru_stime``) and wall seconds, the peak RSS, and the RSS after steps 3, 12 and the last (a heap that keeps
+freed memory fragments as the shapes change: its RSS grows for some steps, then settles). The last lines: ``host_memory_faults_ratio=<x>``,
 ``host_memory_step_ratio=<x>`` and ``host_memory_peak_rss_ratio=<x>`` (mmx-default / glibc-default).
 """
 import argparse
@@ -40,8 +41,16 @@ SHAPES = ((448, 220), (224, 150), (336, 250), (280, 120), (392, 180), (252, 200)
 WORKERS = {"glibc-default": "release", "mmx-default": "keep"}
 
 
+def rss():
+    """This process's resident memory now (VmRSS), bytes."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+
 def worker(hf_dir, batch_dir, steps, mode):
-    """Train ``steps`` steps cycling through the saved batches; → per-step (minor faults, system s, wall s)."""
+    """Train ``steps`` steps cycling through the saved batches; → per-step (minor faults, system s, wall s, RSS after
+    the step) and the losses."""
     from mmx import backend, models
     from mmx.train.finetune import read_weights
     from mmx.train.host_memory import set_host_memory
@@ -66,7 +75,7 @@ def worker(hf_dir, batch_dir, steps, mode):
         loss, _ = train_step(train, params, optimizer, lambda item: lm_loss(model, *item), prepared, 1e-5, 1.0)
         after = resource.getrusage(resource.RUSAGE_SELF)
         records.append((after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime,
-                        time.perf_counter() - start))
+                        time.perf_counter() - start, rss()))
         losses.append(loss)
     return records, losses
 
@@ -85,8 +94,8 @@ def main():
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=QWEN_VOCAB_SIZE)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=36)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--batch-dir", help=argparse.SUPPRESS)
@@ -110,14 +119,17 @@ def main():
                 result = run_worker(name, hf_dir, work, args.steps)
                 faults, system, wall = (statistics.median(r[i] for r in result["records"][1:]) for i in range(3))
                 row = best.setdefault(name, {"faults": faults, "system": system, "wall": wall,
-                                             "peak_rss": result["peak_rss"], "losses": result["losses"]})
+                                             "peak_rss": result["peak_rss"], "losses": result["losses"],
+                                             "rss": [r[3] for r in result["records"]]})
                 row.update(faults=min(row["faults"], faults), system=min(row["system"], system),
                            wall=min(row["wall"], wall), peak_rss=max(row["peak_rss"], result["peak_rss"]))
-    print(f"{'worker':14s} {'minor faults/step':>18s} {'system s/step':>14s} {'step s':>8s} {'peak RSS MiB':>13s}"
-          f"  (medians over steps 2..{args.steps}, best of {args.rounds} rounds)")
+    marks = sorted({min(3, args.steps), min(12, args.steps), args.steps})
+    print(f"{'worker':14s} {'minor faults/step':>18s} {'system s/step':>14s} {'step s':>8s} {'peak RSS MiB':>13s}  "
+          + "  ".join(f"RSS after {k}" for k in marks)
+          + f"  (medians over steps 2..{args.steps}, best of {args.rounds} round(s))")
     for name, row in best.items():
         print(f"{name:14s} {row['faults']:>18.0f} {row['system']:>14.3f} {row['wall']:>8.3f} "
-              f"{row['peak_rss'] / 2 ** 20:>13.0f}")
+              f"{row['peak_rss'] / 2 ** 20:>13.0f}  " + "  ".join(f"{row['rss'][k - 1] / 2 ** 20:>11.0f}" for k in marks))
     ours, theirs = best["mmx-default"], best["glibc-default"]
     drift = max(abs(a - b) / abs(b) for a, b in zip(ours["losses"], theirs["losses"]))
     print(f"losses of the two workers: max relative difference {drift:.1e} over {args.steps} steps")
