@@ -23,7 +23,8 @@ Workers, each in its own process (one backend per process), on each batch:
                                  process) like every mmx
                                  worker; the transformers worker keeps glibc's defaults, as its Trainer does
     mmx-torch-<dtype>-logits     the same with the pre-fusion loss: (N, V) float32 logits, then cross entropy
-    mmx-torch-<dtype>-compiled   (--compiled) the default step with torch.compile on each decoder layer (regional)
+    mmx-torch-<dtype>-compiled   (--compiled) the default step with training.compile's regions (torch.compile on
+                                 each decoder layer and vision block)
     mmx-torch-fp32               the default step in fp32 (only when <dtype> is bf16)
     mmx-mindspore-fp32           mmx on MindSpore (fp32: MindSpore has no bf16 CPU kernels)
 
@@ -165,9 +166,10 @@ def run_mmx(hf_dir, batch, steps, precision, loss="fused", compiled=False):
     model = models.build(hf_dir)
     models.load_mm_state(model, tensors)
     del tensors
-    if compiled:   # regional compilation, as torchtitan does: each decoder layer is one compiled region
-        for layer in model.text_decoder.decoder.layers.values():
-            layer.compile()
+    if compiled:   # training.compile's regions, as torchtitan does: each decoder layer / vision block compiled
+        from mmx.models.qwen2_5_vl.plan import FULLY_SHARD_UNITS
+        from mmx.train.loop import shard_unit_names
+        backend.get().train.compile_regions(model, shard_unit_names(model, FULLY_SHARD_UNITS))
     train = backend.get().train
     named = train.trainable_parameters(model)
     params = [p for _, p in named]

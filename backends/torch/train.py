@@ -184,6 +184,14 @@ def _gradient_norms(grads):
     return norms
 
 
+def compile_regions(model, names):
+    """``training.compile``: ``torch.compile`` each submodule of ``model`` named in ``names`` ("" = the whole model)
+    in place (``nn.Module.compile``: the parameter names and the state dict stay as they are), one compiled region
+    per decoder layer / vision block as torchtitan does; compilation happens at each region's first call."""
+    for name in names:
+        model.get_submodule(name).compile()
+
+
 def set_seed(seed):
     """Seed torch's generators (CPU and every visible accelerator)."""
     torch.manual_seed(seed)

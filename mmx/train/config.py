@@ -67,6 +67,7 @@ TRAINING_DEFAULTS = {
     "peak_tflops": None,            # for MFU; default: a known accelerator's data sheet, else a 2048² matmul
     "host_memory": "auto",          # keep: freed host memory reused by the next step; release: glibc's defaults;
                                     # auto: keep, release under fully_shard (mmx.train.host_memory)
+    "compile": False,               # true: compile each decoder layer / vision block (torch.compile, regional)
     "progress_bar": True,
     # How the processes of a torchrun / msrun launch hold the model: replicate (each holds the whole model, gradients
     # and AdamW state: ~16 bytes per trainable parameter per device) or fully_shard (torch, FSDP2: each holds 1/N of

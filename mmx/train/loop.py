@@ -266,6 +266,8 @@ class Trainer:
             experts = (self.experts.modules, self.experts.ep_size) if self.experts is not None else ()
             self.model = self.comm.fully_shard(model, shard_unit_names(model, shard_units), *experts)
         self.sharded = training["data_parallel"] == "fully_shard" and self.world_size > 1
+        if training.get("compile"):   # after sharding: each unit's gathers run around its compiled forward
+            self._compile(shard_units)
         self.named_params = self.steps.trainable_parameters(self.model)
         if not self.named_params:
             raise ConfigError("every parameter is frozen (model.*.freeze); nothing would train")
@@ -283,6 +285,16 @@ class Trainer:
             self._load_state(self._loaded)
         self._loaded = None
         self.last_saved = ckpt.read_latest(training["save"], self.rank == 0) if training["save"] else None
+
+    def _compile(self, shard_units):
+        """``training.compile``: one compiled region per decoder layer / vision block (the plan's
+        ``FULLY_SHARD_UNITS``; without them the whole model is one region), as torchtitan compiles torch models;
+        the host metadata (positions, masks, cu_seqlens) is prepared outside the regions."""
+        compile_regions = getattr(self.steps, "compile_regions", None)
+        if compile_regions is None:
+            raise ConfigError(f"training.compile: true is not supported on the {self.backend.NAME} backend (no "
+                              f"compiled regions there yet); set training.compile: false")
+        compile_regions(self.model, shard_unit_names(self.model, shard_units) if shard_units else [""])
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 

@@ -177,8 +177,10 @@ class TextDecoder(nn.Module):
         ``ops.linear_cross_entropy`` in row chunks (no (N, V) float32 logits are built).
         """
         for j in self.layer_indices:
-            hidden = self.decoder.layers[str(j)](hidden, cos, sin, attention_mask, cu_seqlens, cache, j,
-                                                 router_logits)
+            # the layer index only addresses the cache: without one every layer gets the same arguments, so one
+            # compiled region (training.compile) serves them all instead of one specialisation per index
+            hidden = self.decoder.layers[str(j)](hidden, cos, sin, attention_mask, cu_seqlens, cache,
+                                                 None if cache is None else j, router_logits)
             if j < len(deepstack):
                 hidden = hidden + deepstack[j]
         if not self.last:
