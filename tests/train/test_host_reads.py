@@ -96,3 +96,16 @@ def test_the_step_loss_is_the_float64_sum_of_the_micro_batch_losses(tmp_path):
         host += float(ops.to_numpy(lm_loss(model, *item)))
     total, _ = train.accumulate_grads(params, lambda item: lm_loss(model, *item), prepared)
     assert isinstance(total, float) and total == host, (total, host)
+
+
+def test_attention_takes_cu_seqlens_as_host_bounds_or_a_tensor():
+    """ops.attention's varlen call gives the same numbers with numpy bounds (no device read) as with a tensor."""
+    ops = backend.get().ops
+    rng = np.random.default_rng(1)
+    q, k, v = (ops.tensor(rng.standard_normal((9, 2, 8)).astype(np.float32)) for _ in range(3))
+    bounds = np.array([0, 4, 9], np.int32)
+    host = ops.to_numpy(ops.attention(q, k, v, causal=True, cu_seqlens=bounds))
+    device = ops.to_numpy(ops.attention(q, k, v, causal=True, cu_seqlens=ops.tensor(bounds)))
+    assert np.array_equal(host, device)
+    with pytest.raises(ValueError, match=r"cu_seqlens \[0, 4, 8\] must rise from 0 to the 9 packed tokens"):
+        ops.attention(q, k, v, cu_seqlens=np.array([0, 4, 8], np.int32))
