@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import QWEN_VOCAB_SIZE, build_checkpoint, make_batch  # noqa: E402  (bench/train.py: the same model)
+from train import QWEN_VOCAB_SIZE, build_checkpoint, make_batch, trainable_model  # noqa: E402  (bench/train.py: the same model)
 
 SHAPES = ((448, 220), (224, 150), (336, 250), (280, 120), (392, 180), (252, 200))   # (image side, answer tokens)
 WORKERS = {"glibc-default": "release", "mmx-default": "keep"}
@@ -51,21 +51,12 @@ def rss():
 def worker(hf_dir, batch_dir, steps, mode):
     """Train ``steps`` steps cycling through the saved batches; → per-step (minor faults, system s, wall s, RSS after
     the step) and the losses."""
-    from mmx import backend, models
-    from mmx.train.finetune import read_weights
     from mmx.train.host_memory import set_host_memory
     from mmx.train.loop import lm_loss, prepare_micro_batch, train_step
     from mmx.train.loss import token_weights
 
     set_host_memory(mode)
-    _, tensors = read_weights(hf_dir)
-    model = models.build(hf_dir)
-    models.load_mm_state(model, tensors)
-    del tensors
-    train = backend.get().train
-    named = train.trainable_parameters(model)
-    params = [p for _, p in named]
-    optimizer = train.AdamW(named)
+    model, train, params, optimizer = trainable_model(hf_dir)
     batches = [dict(np.load(os.path.join(batch_dir, f"batch{i}.npz"))) for i in range(len(SHAPES))]
     records, losses = [], []
     for step in range(steps):

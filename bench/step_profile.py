@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import build_checkpoint, make_batch  # noqa: E402 - bench/train.py's model and batch
+from train import build_checkpoint, make_batch, trainable_model  # noqa: E402 - bench/train.py's model and batch
 
 
 def best_of(fn, repeats):
@@ -54,19 +54,11 @@ def main():
             return
     batch = dict(np.load(batch_path))
 
-    from mmx import backend, models, ops
-    from mmx.train.finetune import read_weights
+    from mmx import backend, ops
     from mmx.train.loop import lm_loss, prepare_micro_batch, train_step
     from mmx.train.loss import token_weights
 
-    _, tensors = read_weights(hf_dir)
-    model = models.build(hf_dir)
-    models.load_mm_state(model, tensors)
-    del tensors
-    train = backend.get().train
-    named = train.trainable_parameters(model)
-    params = [p for _, p in named]
-    optimizer = train.AdamW(named)
+    model, train, params, optimizer = trainable_model(hf_dir)
     prepared = [prepare_micro_batch(model, batch, token_weights([batch], "per_token")[0])]
     inputs, targets, weights = prepared[0]
     rng = np.random.default_rng(0)

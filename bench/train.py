@@ -148,13 +148,27 @@ def run_transformers(hf_dir, batch, steps, dtype_name):
     return sum(p.numel() for p in params), loss, seconds, max(peak, matmul_peak_torch(dtype_name, 2048, 3))
 
 
+def trainable_model(hf_dir):
+    """The bench checkpoint as the mmx trainer holds it: (model, the backend's train module, its trainable
+    parameters, a fused AdamW over them)."""
+    from mmx import backend, models
+    from mmx.train.finetune import read_weights
+
+    _, tensors = read_weights(hf_dir)
+    model = models.build(hf_dir)
+    models.load_mm_state(model, tensors)
+    del tensors
+    train = backend.get().train
+    named = train.trainable_parameters(model)
+    return model, train, [p for _, p in named], train.AdamW(named)
+
+
 def run_mmx(hf_dir, batch, steps, precision, loss="fused", compiled=False):
     """The mmx Trainer's step on ``batch``: ``loss`` "fused" (the default: the model's chunked output layer + cross
     entropy) or "logits" (the (N, V) float32 logits, then cross entropy); ``compiled``: torch.compile per decoder
     layer. → (trainable parameters, first loss, best step seconds, peak FLOP/s)."""
-    from mmx import backend, models, ops
+    from mmx import ops
     from mmx.train.config import TRAINING_DEFAULTS
-    from mmx.train.finetune import read_weights
     from mmx.train.host_memory import set_host_memory
     from mmx.train.loop import lm_loss, prepare_micro_batch, train_step
     from mmx.train.loss import token_weights, weighted_lm_loss
@@ -162,18 +176,11 @@ def run_mmx(hf_dir, batch, steps, precision, loss="fused", compiled=False):
 
     set_host_memory(TRAINING_DEFAULTS["host_memory"])   # what mmx finetune sets (transformers: glibc's defaults)
     peak = measure_matmul_peak(2048, 3, ops.bfloat16 if precision == "bf16" else ops.float32)  # before the model
-    _, tensors = read_weights(hf_dir)
-    model = models.build(hf_dir)
-    models.load_mm_state(model, tensors)
-    del tensors
+    model, train, params, optimizer = trainable_model(hf_dir)
     if compiled:   # training.compile's regions, as torchtitan does: each decoder layer / vision block compiled
         from mmx.models.qwen2_5_vl.plan import FULLY_SHARD_UNITS
         from mmx.train.loop import shard_unit_names
-        backend.get().train.compile_regions(model, shard_unit_names(model, FULLY_SHARD_UNITS))
-    train = backend.get().train
-    named = train.trainable_parameters(model)
-    params = [p for _, p in named]
-    optimizer = train.AdamW(named)
+        train.compile_regions(model, shard_unit_names(model, FULLY_SHARD_UNITS))
     prepared = [prepare_micro_batch(model, batch, token_weights([batch], "per_token")[0])]
 
     def loss_fn(item):
@@ -297,18 +304,10 @@ def memory_worker(loss, hf_dir, length):
     vocab = (read_hf_config(hf_dir).get("text_config") or read_hf_config(hf_dir))["vocab_size"]
     ids = rng.integers(10, vocab, (1, length)).astype(np.int64)
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids.copy()}
-    from mmx import backend, models
-    from mmx.train.finetune import read_weights
     from mmx.train.loop import lm_loss, prepare_micro_batch, train_step
     from mmx.train.loss import token_weights, weighted_lm_loss
 
-    _, tensors = read_weights(hf_dir)
-    model = models.build(hf_dir)
-    models.load_mm_state(model, tensors)
-    del tensors
-    train = backend.get().train
-    named = train.trainable_parameters(model)
-    optimizer = train.AdamW(named)
+    model, train, params, optimizer = trainable_model(hf_dir)
     prepared = [prepare_micro_batch(model, batch, token_weights([batch], "per_token")[0])]
 
     def loss_fn(item):
@@ -317,7 +316,7 @@ def memory_worker(loss, hf_dir, length):
         return weighted_lm_loss(model(**item[0]), item[1], item[2])
 
     start = time.perf_counter()
-    train_step(train, [p for _, p in named], optimizer, loss_fn, prepared, 1e-5, 1.0, "fp32")
+    train_step(train, params, optimizer, loss_fn, prepared, 1e-5, 1.0, "fp32")
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "step_s": time.perf_counter() - start}))
 
 
