@@ -168,6 +168,13 @@ def clip_grad_norm(grads, max_norm):
     return grads, norm_value
 
 
+def compile_regions(model, names):
+    """``training.compile``: compiled regions are not written for MindSpore (``mindspore.jit`` over the framework-free
+    decoder layers and vision blocks); the key is refused before the first step, with the fix."""
+    raise ValueError("training.compile: true is not supported on the mindspore backend (no compiled regions there "
+                     "yet); set training.compile: false")
+
+
 def set_seed(seed):
     """Seed MindSpore's global generator and the dropout masks' (backends/mindspore/ops.py ``dropout``)."""
     ms.set_seed(seed)
