@@ -11,6 +11,9 @@ from ops_harness import DTYPES, as_float64, check_op, error, random, rounded, to
 KERNELS = backend.get().kernels.available_attention_kernels()
 PADDING = np.array([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=bool)
 CU_SEQLENS = np.array([0, 3, 8, 12], dtype=np.int32)                               # 3 sequences: 3, 5, 4 tokens
+EQUAL_SEQLENS = np.array([0, 4, 8, 12], dtype=np.int32)                            # 3 x 4 tokens (ViT windows)
+REPEATED_SEQLENS = np.array([0, 3, 5, 8, 9, 12], dtype=np.int32)                   # 3, 2, 3, 1, 3 tokens
+MANY_SEQLENS = np.concatenate([[0], np.cumsum(np.arange(1, 10))]).astype(np.int32)  # 9 lengths: 1 .. 9 tokens
 
 # name: (q shape, k/v shape, options); dense (B, S, H, D), varlen (T, H, D) with cu_seqlens
 CASES = {
@@ -25,6 +28,11 @@ CASES = {
     "varlen": ((12, 2, 4), (12, 2, 4), {"cu_seqlens": CU_SEQLENS}),
     "varlen_causal_gqa": ((12, 4, 4), (12, 2, 4), {"cu_seqlens": CU_SEQLENS, "causal": True}),
     "varlen_window": ((12, 2, 4), (12, 2, 4), {"cu_seqlens": CU_SEQLENS, "causal": True, "window": 2}),
+    # MindSpore's math kernel batches sequences of equal length (one group; groups through a permutation) and
+    # falls back to one block-diagonal matmul over more than 8 distinct lengths
+    "varlen_equal": ((12, 2, 4), (12, 2, 4), {"cu_seqlens": EQUAL_SEQLENS}),
+    "varlen_repeated_causal_gqa": ((12, 4, 4), (12, 2, 4), {"cu_seqlens": REPEATED_SEQLENS, "causal": True}),
+    "varlen_many_lengths_causal": ((45, 2, 4), (45, 2, 4), {"cu_seqlens": MANY_SEQLENS, "causal": True}),
 }
 
 

@@ -22,6 +22,22 @@ _HALF = (mindspore.float16, mindspore.bfloat16)
 _bmm_nt = P.BatchMatMul(transpose_b=True)
 
 
+class _Softmax(mindspore.nn.Cell):
+    """Softmax over the last axis with the gradient written out, ``p * g - p * sum(p * g)`` (the row sum tiled, not
+    broadcast): MindSpore 2.10's CPU SoftmaxGrad makes a (2, 6, 510, 510) softmax's fwd+bwd 100 ms, this 60
+    (gradients within 1.5e-8)."""
+
+    def construct(self, x):
+        return P.softmax(x, -1)
+
+    def bprop(self, x, out, dout):
+        weighted = out * dout
+        return (weighted - out * ops._full(P.sum(weighted, -1, True), out.shape),)  # noqa: SLF001
+
+
+_softmax = _Softmax()
+
+
 def _causal_visible(query_len, key_len, window):
     """(Sq, Sk) numpy bool, true where query i may see key j (bottom-right causal, optional window)."""
     query_pos = np.arange(query_len)[:, None] + (key_len - query_len)
@@ -94,14 +110,58 @@ def eager(call):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# math: the fast CPU kernel — one batched matmul pair over all heads (and all packed sequences)
+# math: the fast CPU kernel — one batched matmul pair over all heads (packed sequences batched by length)
 # ----------------------------------------------------------------------------------------------------------------
+
+_MAX_LENGTH_GROUPS = 8   # more distinct lengths in one packed call: one block-diagonal matmul instead
+
 
 @register(ATTENTION, "math", available=lambda: True)
 def math(call):
     q, k, v = ops._compute(call.q), ops._compute(call.k), ops._compute(call.v)
-    if call.varlen:  # packed sequences are one batch row with a block-diagonal mask
-        q, k, v = P.expand_dims(q, 0), P.expand_dims(k, 0), P.expand_dims(v, 0)
+    if not call.varlen:
+        out = _math_dense(q, k, v, call.causal, call.window, call.key_padding_mask, call.scale)
+    elif len(set(call.seqlens)) <= _MAX_LENGTH_GROUPS:
+        out = _math_by_length(q, k, v, call)
+    else:   # packed sequences as one batch row with a block-diagonal mask
+        out = _math_dense(P.expand_dims(q, 0), P.expand_dims(k, 0), P.expand_dims(v, 0), call.causal, call.window,
+                          None, call.scale, tuple(call.seqlens))[0]
+    return ops._back(out, call.q.dtype)
+
+
+def _math_by_length(q, k, v, call):
+    """Packed sequences (T, H, D) attended as batches of equal-length sequences: those of one length are stacked
+    (N, L, H, D) and need no block-diagonal mask, so each costs L² scores instead of T × L. bench/train.py's vision
+    tower (two 1024-patch images, 16-patch windows, 2 heads; 2 CPU cores) fwd+bwd: window attention 0.63 → 0.055 s,
+    per-image attention 0.63 → 0.29 s. Sequences of different lengths are grouped through one token permutation
+    (a gather) and put back by its inverse."""
+    seqlens = [int(n) for n in call.seqlens]
+    lengths = sorted(set(seqlens))
+
+    def attend(q, k, v, length):
+        def fold(t):
+            return P.reshape(t, (t.shape[0] // length, length) + tuple(t.shape[1:]))
+        out = _math_dense(fold(q), fold(k), fold(v), call.causal, call.window, None, call.scale)
+        return P.reshape(out, (q.shape[0],) + tuple(out.shape[2:]))
+
+    if len(lengths) == 1:
+        return attend(q, k, v, lengths[0])
+    starts = np.concatenate([[0], np.cumsum(seqlens)[:-1]])
+    order = np.concatenate([np.arange(starts[i], starts[i] + n) for length in lengths
+                            for i, n in enumerate(seqlens) if n == length])
+    index = Tensor(order.astype(np.int32))
+    q, k, v = (P.gather(t, index, 0) for t in (q, k, v))
+    outs, offset = [], 0
+    for length in lengths:
+        size = length * seqlens.count(length)
+        outs.append(attend(q[offset:offset + size], k[offset:offset + size], v[offset:offset + size], length))
+        offset += size
+    return P.gather(P.cat(tuple(outs), 0), Tensor(np.argsort(order).astype(np.int32)), 0)
+
+
+def _math_dense(q, k, v, causal, window, key_padding_mask, scale, seqlens=None):
+    """One batched matmul pair over all heads: q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) → (B, Sq, Hq, D);
+    ``seqlens``: the row is that many packed sequences (a block-diagonal mask)."""
     batch, query_len, heads, dim = q.shape
     key_len, kv_heads = k.shape[1], k.shape[2]
     groups = heads // kv_heads
@@ -109,22 +169,20 @@ def math(call):
     query = P.reshape(P.swapaxes(q, 1, 2), (batch, kv_heads, groups * query_len, dim))
     key, value = P.swapaxes(k, 1, 2), P.swapaxes(v, 1, 2)                                # (B, Hkv, Sk, D)
     scores = P.reshape(_bmm_nt(query, key), (batch, heads, query_len, key_len))
-    scores = ops._fp32(scores) * call.scale
-    seqlens = tuple(call.seqlens) if call.varlen else None
-    additive, visible, row_scale = _host_mask(query_len, key_len, call.causal, call.window, seqlens)
+    scores = ops._fp32(scores) * scale
+    additive, visible, row_scale = _host_mask(query_len, key_len, causal, window, seqlens)
     if additive is not None:
-        scores = scores + additive
-    if call.key_padding_mask is not None:
-        padding = P.cast(call.key_padding_mask, mindspore.bool_).reshape(batch, 1, 1, key_len)
+        scores = scores + ops._full(additive, scores.shape)
+    if key_padding_mask is not None:
+        padding = P.cast(key_padding_mask, mindspore.bool_).reshape(batch, 1, 1, key_len)
         scores = P.masked_fill(scores, P.logical_not(padding), float(np.finfo(np.float32).min))
         visible = padding if visible is None else P.logical_and(visible, padding)
         row_scale = P.cast(P.any(visible, -1, True), mindspore.float32)
-    probs = P.softmax(scores, -1)
+    probs = _softmax(scores)
     if row_scale is not None:
-        probs = probs * row_scale  # rows that see no key return zeros
+        probs = probs * ops._full(row_scale, probs.shape)  # rows that see no key return zeros
     probs = P.reshape(ops._back(probs, v.dtype), (batch, kv_heads, groups * query_len, key_len))
-    out = P.swapaxes(P.reshape(P.matmul(probs, value), (batch, heads, query_len, dim)), 1, 2)
-    return ops._back(out[0] if call.varlen else out, call.q.dtype)
+    return P.swapaxes(P.reshape(P.matmul(probs, value), (batch, heads, query_len, dim)), 1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
