@@ -169,10 +169,13 @@ def clip_grad_norm(grads, max_norm):
 
 
 def compile_regions(model, names):
-    """``training.compile``: compiled regions are not written for MindSpore (``mindspore.jit`` over the framework-free
-    decoder layers and vision blocks); the key is refused before the first step, with the fix."""
-    raise ValueError("training.compile: true is not supported on the mindspore backend (no compiled regions there "
-                     "yet); set training.compile: false")
+    """``training.compile``: refused on MindSpore, before the first step, with the fix. Measured with MindSpore 2.10
+    on CPU (docs/performance.md): ``mindspore.jit(capture_mode="ast")`` cannot parse the framework-free model code;
+    ``capture_mode="trace"`` runs a decoder layer of bench/train.py's model 1.2x faster alone (fwd+bwd 0.56 -> 0.46 s)
+    but replays host reads (MoE routing counts) as constants without a word, and four traced layers in the model
+    gave a wrong first-step loss (22.86 vs 26.20) when the graph's output was read after later ops had run."""
+    raise ValueError("training.compile: true is not supported on the mindspore backend (MindSpore 2.10's traced "
+                     "graphs gave wrong losses in mmx's models; see docs/performance.md); set training.compile: false")
 
 
 def set_seed(seed):
